@@ -1,0 +1,398 @@
+//! Connection tuples, the kernel's `nf_conntrack_tuple`.
+//!
+//! A [`Tuple`] names one direction of a flow: L3 family, addresses, L4 protocol
+//! and the protocol's "ports". An entry stores only its original tuple; the reply
+//! tuple is [`Tuple::invert`]ed on demand (Tollgate does no NAT, so the reply is
+//! always the exact inverse).
+//!
+//! Port fields by protocol, as in the kernel:
+//! - TCP, UDP, UDP-Lite, SCTP, DCCP: source and destination ports;
+//! - ICMP and ICMPv6: `src_port` is the echo identifier, `dst_port` holds
+//!   `type << 8 | code`;
+//! - GRE (PPTP): `src_port`/`dst_port` are the call ids (keys);
+//! - anything else: both zero (generic tracking by addresses only).
+
+use core::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// IP protocol numbers Tollgate knows by name.
+pub mod ipproto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// GRE.
+    pub const GRE: u8 = 47;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
+    /// DCCP.
+    pub const DCCP: u8 = 33;
+    /// UDP-Lite.
+    pub const UDPLITE: u8 = 136;
+}
+
+/// Address family of a tuple.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4: the address occupies the low 32 bits of [`Addr`].
+    V4 = 4,
+    /// IPv6.
+    V6 = 6,
+}
+
+/// An IPv4 or IPv6 address stored as 128 bits (IPv4 in the low 32 bits).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Default)]
+pub struct Addr(pub u128);
+
+impl Addr {
+    /// IPv4 address from its 4 network-order bytes.
+    pub fn v4(b: [u8; 4]) -> Self {
+        Addr(u128::from(u32::from_be_bytes(b)))
+    }
+    /// IPv6 address from its 16 network-order bytes.
+    pub fn v6(b: [u8; 16]) -> Self {
+        Addr(u128::from_be_bytes(b))
+    }
+    /// The address as a `std` value for display.
+    pub fn to_ip(self, family: Family) -> IpAddr {
+        match family {
+            // Truncation is the point: an IPv4 address lives in the low 32 bits.
+            #[allow(clippy::cast_possible_truncation)]
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(self.0 as u32)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(self.0)),
+        }
+    }
+    /// From a `std` address.
+    pub fn from_ip(ip: IpAddr) -> (Family, Self) {
+        match ip {
+            IpAddr::V4(a) => (Family::V4, Addr(u128::from(u32::from(a)))),
+            IpAddr::V6(a) => (Family::V6, Addr(u128::from(a))),
+        }
+    }
+}
+
+/// One direction of a flow.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Tuple {
+    /// Source address.
+    pub src: Addr,
+    /// Destination address.
+    pub dst: Addr,
+    /// Source port, ICMP echo id or GRE key (see the module doc).
+    pub src_port: u16,
+    /// Destination port, ICMP `type << 8 | code` or GRE key.
+    pub dst_port: u16,
+    /// IP protocol number of the L4 header.
+    pub proto: u8,
+    /// Address family.
+    pub family: Family,
+}
+
+/// Which way a packet travels relative to the entry that tracks it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Direction {
+    /// Same direction as the packet that created the entry.
+    Original = 0,
+    /// The other way.
+    Reply = 1,
+}
+
+impl Direction {
+    /// The opposite direction.
+    pub fn flip(self) -> Self {
+        match self {
+            Direction::Original => Direction::Reply,
+            Direction::Reply => Direction::Original,
+        }
+    }
+    /// 0 for original, 1 for reply: an index into per-direction arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// ICMP type that answers `ty`, for the query/response pairs the kernel tracks
+/// (`invmap` in nf_conntrack_proto_icmp.c). `None` when `ty` starts no tracked
+/// exchange.
+pub fn icmp_inverse_type(ty: u8) -> Option<u8> {
+    Some(match ty {
+        8 => 0, // echo request -> reply
+        0 => 8,
+        13 => 14, // timestamp
+        14 => 13,
+        15 => 16, // information
+        16 => 15,
+        17 => 18, // address mask
+        18 => 17,
+        _ => return None,
+    })
+}
+
+/// ICMPv6 counterpart of [`icmp_inverse_type`] (`invmap` in nf_conntrack_proto_icmpv6.c).
+pub fn icmpv6_inverse_type(ty: u8) -> Option<u8> {
+    Some(match ty {
+        128 => 129, // echo request -> reply
+        129 => 128,
+        139 => 140, // node information query -> response
+        140 => 139,
+        _ => return None,
+    })
+}
+
+/// True for ICMP(v6) types that may open a new entry (the kernel's `valid_new`).
+pub fn icmp_type_opens(family: Family, ty: u8) -> bool {
+    match family {
+        Family::V4 => matches!(ty, 8 | 13 | 15 | 17),
+        Family::V6 => matches!(ty, 128 | 139),
+    }
+}
+
+impl Tuple {
+    /// True when the L4 protocol is ICMP for IPv4 or ICMPv6 for IPv6.
+    pub fn is_icmp(&self) -> bool {
+        matches!(
+            (self.family, self.proto),
+            (Family::V4, ipproto::ICMP) | (Family::V6, ipproto::ICMPV6)
+        )
+    }
+
+    /// ICMP type of an ICMP tuple.
+    pub fn icmp_type(&self) -> u8 {
+        self.dst_port.to_be_bytes()[0]
+    }
+
+    /// ICMP code of an ICMP tuple.
+    pub fn icmp_code(&self) -> u8 {
+        self.dst_port.to_be_bytes()[1]
+    }
+
+    /// The tuple of the opposite direction (`nf_ct_invert_tuple`). For ICMP the type
+    /// maps to its answer; a type without one keeps its value, as such tuples never
+    /// reach the table.
+    #[must_use]
+    pub fn invert(&self) -> Tuple {
+        if self.is_icmp() {
+            let ty = self.icmp_type();
+            let inv = match self.family {
+                Family::V4 => icmp_inverse_type(ty),
+                Family::V6 => icmpv6_inverse_type(ty),
+            }
+            .unwrap_or(ty);
+            return Tuple {
+                src: self.dst,
+                dst: self.src,
+                src_port: self.src_port,
+                dst_port: u16::from_be_bytes([inv, self.icmp_code()]),
+                ..*self
+            };
+        }
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..*self
+        }
+    }
+
+    /// The direction-free key both directions of a flow share: the lookup index
+    /// and the worker steering hash use it, so a packet and its reply find the same
+    /// slot (and the same core) without a second index entry.
+    pub fn key(&self) -> FlowKey {
+        if self.is_icmp() {
+            // Both directions carry the same id; the type pair is implied by the id
+            // exchange. Requests and replies share one key.
+            let (a, b) = if self.src <= self.dst {
+                (self.src, self.dst)
+            } else {
+                (self.dst, self.src)
+            };
+            return FlowKey {
+                lo: a,
+                hi: b,
+                lo_port: self.src_port,
+                hi_port: self.src_port,
+                proto: self.proto,
+                family: self.family,
+            };
+        }
+        if (self.src, self.src_port) <= (self.dst, self.dst_port) {
+            FlowKey {
+                lo: self.src,
+                hi: self.dst,
+                lo_port: self.src_port,
+                hi_port: self.dst_port,
+                proto: self.proto,
+                family: self.family,
+            }
+        } else {
+            FlowKey {
+                lo: self.dst,
+                hi: self.src,
+                lo_port: self.dst_port,
+                hi_port: self.src_port,
+                proto: self.proto,
+                family: self.family,
+            }
+        }
+    }
+}
+
+/// A direction-free flow key (see [`Tuple::key`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct FlowKey {
+    /// The smaller endpoint's address.
+    pub lo: Addr,
+    /// The larger endpoint's address.
+    pub hi: Addr,
+    /// The smaller endpoint's port.
+    pub lo_port: u16,
+    /// The larger endpoint's port.
+    pub hi_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Family.
+    pub family: Family,
+}
+
+impl FlowKey {
+    /// Keyed hash of the key (SipHash-1-3 with the table's secret), the same for
+    /// both directions of a flow.
+    pub fn hash(&self, secret: &HashSecret) -> u64 {
+        use core::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(secret.0, secret.1);
+        h.write_u128(self.lo.0);
+        h.write_u128(self.hi.0);
+        h.write_u64(
+            u64::from(self.lo_port)
+                | u64::from(self.hi_port) << 16
+                | u64::from(self.proto) << 32
+                | (self.family as u64) << 40,
+        );
+        h.finish()
+    }
+}
+
+/// The secret that keys the table hash, chosen at start-up by the caller (the core
+/// never reads a random source itself, so tests stay deterministic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashSecret(pub u64, pub u64);
+
+impl fmt::Display for Tuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let src = self.src.to_ip(self.family);
+        let dst = self.dst.to_ip(self.family);
+        if self.is_icmp() {
+            write!(
+                f,
+                "src={src} dst={dst} type={} code={} id={}",
+                self.icmp_type(),
+                self.icmp_code(),
+                self.src_port
+            )
+        } else {
+            write!(
+                f,
+                "src={src} dst={dst} sport={} dport={}",
+                self.src_port, self.dst_port
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_tuple() -> impl Strategy<Value = Tuple> {
+        (
+            any::<bool>(),
+            any::<u128>(),
+            any::<u128>(),
+            any::<u16>(),
+            any::<u16>(),
+            prop_oneof![Just(6u8), Just(17), Just(1), Just(58), Just(47), any::<u8>()],
+        )
+            .prop_map(|(v6, s, d, sp, dp, proto)| {
+                let (family, mask) = if v6 {
+                    (Family::V6, u128::MAX)
+                } else {
+                    (Family::V4, u128::from(u32::MAX))
+                };
+                let proto = match (family, proto) {
+                    (Family::V4, 58) => 1,
+                    (Family::V6, 1) => 58,
+                    (_, p) => p,
+                };
+                let mut t = Tuple {
+                    src: Addr(s & mask),
+                    dst: Addr(d & mask),
+                    src_port: sp,
+                    dst_port: dp,
+                    proto,
+                    family,
+                };
+                if t.is_icmp() {
+                    // Only query types have an inverse; keep those.
+                    let ty = match family {
+                        Family::V4 => [8u8, 0, 13, 14, 15, 16, 17, 18][usize::from(dp % 8)],
+                        Family::V6 => [128u8, 129, 139, 140][usize::from(dp % 4)],
+                    };
+                    t.dst_port = u16::from_be_bytes([ty, 0]);
+                }
+                t
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn invert_is_an_involution(t in arb_tuple()) {
+            prop_assert_eq!(t.invert().invert(), t);
+        }
+
+        #[test]
+        fn both_directions_share_key_and_hash(t in arb_tuple(), k0 in any::<u64>(), k1 in any::<u64>()) {
+            let s = HashSecret(k0, k1);
+            prop_assert_eq!(t.key(), t.invert().key());
+            prop_assert_eq!(t.key().hash(&s), t.invert().key().hash(&s));
+        }
+    }
+
+    #[test]
+    fn icmp_echo_inverts_type() {
+        let t = Tuple {
+            src: Addr::v4([10, 0, 0, 1]),
+            dst: Addr::v4([10, 0, 0, 2]),
+            src_port: 77,
+            dst_port: 8 << 8,
+            proto: ipproto::ICMP,
+            family: Family::V4,
+        };
+        let r = t.invert();
+        assert_eq!(r.icmp_type(), 0);
+        assert_eq!(r.src_port, 77);
+        assert_eq!(r.src, t.dst);
+        assert_eq!(format!("{t}"), "src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=77");
+    }
+
+    #[test]
+    fn different_secrets_hash_differently() {
+        let t = Tuple {
+            src: Addr::v4([10, 0, 0, 1]),
+            dst: Addr::v4([10, 0, 0, 2]),
+            src_port: 1000,
+            dst_port: 80,
+            proto: ipproto::TCP,
+            family: Family::V4,
+        };
+        assert_ne!(
+            t.key().hash(&HashSecret(1, 2)),
+            t.key().hash(&HashSecret(3, 4))
+        );
+    }
+}
