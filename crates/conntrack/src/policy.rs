@@ -245,14 +245,10 @@ impl Rule {
         if !self.dst.is_empty() && !self.dst.iter().any(|p| p.contains(t.family, t.dst)) {
             return false;
         }
-        if !self.sport.is_empty()
-            && !(has_ports(t.proto) && self.sport.iter().any(|r| r.contains(t.src_port)))
-        {
-            return false;
-        }
-        if !self.dport.is_empty()
-            && !(has_ports(t.proto) && self.dport.iter().any(|r| r.contains(t.dst_port)))
-        {
+        let ports_ok = |ranges: &[PortRange], port: u16| {
+            ranges.is_empty() || (has_ports(t.proto) && ranges.iter().any(|r| r.contains(port)))
+        };
+        if !ports_ok(&self.sport, t.src_port) || !ports_ok(&self.dport, t.dst_port) {
             return false;
         }
         true
@@ -434,7 +430,13 @@ mod tests {
             rules: vec![r],
             default: Action::Accept,
         };
-        assert!(p.notrack(Side::Inside, &t([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, ipproto::UDP)));
-        assert!(!p.notrack(Side::Inside, &t([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, ipproto::TCP)));
+        assert!(p.notrack(
+            Side::Inside,
+            &t([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, ipproto::UDP)
+        ));
+        assert!(!p.notrack(
+            Side::Inside,
+            &t([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, ipproto::TCP)
+        ));
     }
 }

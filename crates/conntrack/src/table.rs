@@ -1,8 +1,24 @@
-//! The conntrack table (being implemented).
+//! The conntrack table: a fixed-capacity slab of entries, an open-addressing
+//! index keyed by the direction-free [`FlowKey`], a lazy timer wheel for expiry,
+//! and the per-packet logic that ties the L4 trackers together (the kernel's
+//! `nf_conntrack_in` / `resolve_normal_ct` / `__nf_conntrack_confirm`).
+//!
+//! Memory is allocated once in [`Conntrack::new`]; the packet path never
+//! allocates. One index slot serves both directions of a connection, because
+//! the key is the same for a tuple and its inverse.
+//!
+//! Lifecycle of an entry, as in the kernel: [`Conntrack::track`] of a packet
+//! that opens a connection fills a free entry but leaves it *unconfirmed* (not
+//! in the index); [`Conntrack::confirm`] inserts it once policy accepted the
+//! packet, [`Conntrack::abort`] frees it when policy dropped it, so a dropped
+//! first packet leaves nothing behind.
 
-use crate::proto::tcp::TcpConfig;
-use crate::timeouts::Timeouts;
-use crate::tuple::HashSecret;
+use crate::packet::{Frag, Icmp, Packet, L4};
+use crate::proto::tcp::{self, TcpConfig, TcpConn, TcpCtx, TcpVerdict};
+use crate::reason::DropReason;
+use crate::timeouts::{Timeouts, SEC};
+use crate::tuple::{icmp_type_opens, ipproto, Addr, Direction, Family, FlowKey, HashSecret, Tuple};
+use crate::{CtState, HelperKind};
 
 /// Conntrack configuration.
 #[derive(Clone, Debug)]
@@ -17,6 +33,10 @@ pub struct Config {
     pub checksum: bool,
     /// Secret for the table hash.
     pub hash_secret: HashSecret,
+    /// Slots of the fragment table (first-fragment verdicts awaiting later fragments).
+    pub frag_slots: u32,
+    /// Seconds a fragment verdict is kept (the kernel's `ipfrag_time`).
+    pub frag_timeout: u32,
 }
 
 impl Default for Config {
@@ -27,49 +47,988 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             checksum: true,
             hash_secret: HashSecret::default(),
+            frag_slots: 4096,
+            frag_timeout: 30,
         }
     }
 }
 
-/// Kernel-named counters (`conntrack -S`).
+/// Kernel-named counters (`conntrack -S`), plus the entry count.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Lookups that found an entry.
     pub found: u64,
-    /// Entries created (confirmed).
+    /// Connections created and confirmed (`insert`).
     pub new: u64,
     /// Packets marked invalid.
     pub invalid: u64,
-    /// Confirmations that failed.
+    /// Confirmations that failed because the tuple was taken meanwhile.
     pub insert_failed: u64,
     /// New packets dropped because the table was full.
     pub drop: u64,
-    /// Entries evicted to make room.
+    /// Entries evicted to make room for a new one.
     pub early_drop: u64,
-    /// Lookups restarted (port reuse).
+    /// Lookups restarted: a dead TCP entry replaced by a new connection on the
+    /// same tuple (port reuse).
     pub search_restart: u64,
+    /// Entries that timed out.
+    pub expired: u64,
+    /// Non-first fragments that followed their first fragment's verdict.
+    pub frag_followed: u64,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Entry status bits (`IPS_*`).
+mod status {
+    /// Entry holds a connection (confirmed or pending).
+    pub const USED: u8 = 1;
+    /// In the index.
+    pub const CONFIRMED: u8 = 2;
+    /// A reply was seen (`IPS_SEEN_REPLY`).
+    pub const SEEN_REPLY: u8 = 4;
+    /// Assured: never early-dropped (`IPS_ASSURED`).
+    pub const ASSURED: u8 = 8;
+    /// Created from an expectation (`IPS_EXPECTED`).
+    pub const EXPECTED: u8 = 16;
+}
+
+/// A tuple stored without `u128`'s 16-byte alignment, to keep entries small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct Stored {
+    src: [u64; 2],
+    dst: [u64; 2],
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+    v6: bool,
+}
+
+fn split(a: Addr) -> [u64; 2] {
+    // Truncations are the point: the halves of a 128-bit address.
+    #[allow(clippy::cast_possible_truncation)]
+    [(a.0 >> 64) as u64, a.0 as u64]
+}
+
+impl Stored {
+    fn from(t: &Tuple) -> Stored {
+        Stored {
+            src: split(t.src),
+            dst: split(t.dst),
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            proto: t.proto,
+            v6: t.family == Family::V6,
+        }
+    }
+    fn tuple(&self) -> Tuple {
+        Tuple {
+            src: Addr(u128::from(self.src[0]) << 64 | u128::from(self.src[1])),
+            dst: Addr(u128::from(self.dst[0]) << 64 | u128::from(self.dst[1])),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+            family: if self.v6 { Family::V6 } else { Family::V4 },
+        }
+    }
+}
+
+/// One connection.
+#[derive(Clone, Debug, Default)]
+struct Entry {
+    orig: Stored,
+    status: u8,
+    /// 0 = none, else `HelperKind as u8 + 1`.
+    helper: u8,
+    /// Expiry time (ns).
+    deadline: u64,
+    /// UDP/GRE: time after which a replied flow counts as a stream (kernel `stream_ts`).
+    stream_ts: u64,
+    tcp: TcpConn,
+    /// Packets and bytes per direction.
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    /// Timer wheel links; `tnext` doubles as the free-list link.
+    tnext: u32,
+    tprev: u32,
+    /// Absolute wheel tick the entry is linked at.
+    ttick: u32,
+    /// Master entry of an expected connection.
+    master: u32,
+}
+
+fn helper_code(h: Option<HelperKind>) -> u8 {
+    h.map_or(0, |h| h as u8 + 1)
+}
+
+fn helper_of(code: u8) -> Option<HelperKind> {
+    code.checked_sub(1)
+        .and_then(|i| HelperKind::ALL.get(usize::from(i)).copied())
+}
+
+/// What [`Conntrack::track`] decided for a packet; pass it to [`Conntrack::confirm`]
+/// or [`Conntrack::abort`] once policy has spoken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Track {
+    /// State for policy.
+    pub state: CtState,
+    /// Reply direction of its entry.
+    pub reply: bool,
+    /// Why the packet is invalid (with `state == Invalid`) or why it must be
+    /// dropped regardless of policy (table full).
+    pub reason: Option<DropReason>,
+    /// Helper of the connection (of its master for related packets).
+    pub helper: Option<HelperKind>,
+    /// Conntrack itself requires the drop (table full): policy cannot accept.
+    pub must_drop: bool,
+    pending: u32,
+    hash: u64,
+    frag: Option<FragKey>,
+}
+
+impl Track {
+    fn verdictless(state: CtState, reason: Option<DropReason>) -> Track {
+        Track {
+            state,
+            reply: false,
+            reason,
+            helper: None,
+            must_drop: false,
+            pending: NONE,
+            hash: 0,
+            frag: None,
+        }
+    }
+}
+
+/// Read-only view of one connection, for listings (`conntrack -L`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Original-direction tuple.
+    pub orig: Tuple,
+    /// Reply-direction tuple.
+    pub reply: Tuple,
+    /// TCP state name, if TCP.
+    pub tcp_state: Option<&'static str>,
+    /// Nanoseconds until expiry.
+    pub expires_in: u64,
+    /// A reply was seen.
+    pub seen_reply: bool,
+    /// Assured.
+    pub assured: bool,
+    /// Helper.
+    pub helper: Option<HelperKind>,
+    /// Packets per direction.
+    pub packets: [u64; 2],
+    /// Bytes per direction.
+    pub bytes: [u64; 2],
+}
+
+// ---- the fragment table: verdicts of first fragments, followed by the rest ----
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct FragKey {
+    src: [u64; 2],
+    dst: [u64; 2],
+    id: u32,
+    proto: u8,
+    v6: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct FragSlot {
+    key: FragKey,
+    used: bool,
+    deadline: u64,
+    /// Outcome of the first fragment, replayed for the others.
+    accepted: bool,
+    state: u8,
+    reply: bool,
+    conn: u32,
+}
+
+/// Timer wheel geometry: 2^28 ns (~268 ms) ticks, 4096 buckets (~18 min a turn).
+const TICK_SHIFT: u32 = 28;
+const WHEEL_BITS: u32 = 12;
+const WHEEL: usize = 1 << WHEEL_BITS;
+
+fn tick_of(ns: u64) -> u32 {
+    // Ticks wrap after ~36 years of uptime; truncation is intended.
+    #[allow(clippy::cast_possible_truncation)]
+    let t = (ns >> TICK_SHIFT) as u32;
+    t
 }
 
 /// The table.
 pub struct Conntrack {
     cfg: Config,
     stats: Stats,
+    entries: Vec<Entry>,
+    /// Index slots: 0 = empty, else `(hash >> 32) << 32 | (entry + 1)`.
+    index: Vec<u64>,
+    mask: usize,
+    free: u32,
+    /// Entries in use (confirmed or pending).
+    count: u32,
+    wheel: Vec<u32>,
+    /// Next wheel tick to process.
+    wheel_tick: u32,
+    wheel_started: bool,
+    frags: Vec<FragSlot>,
+}
+
+fn timeout_ns(secs: u32) -> u64 {
+    u64::from(secs) * SEC
 }
 
 impl Conntrack {
     /// A table with the given configuration, all memory allocated now.
     pub fn new(cfg: Config) -> Self {
+        let cap = cfg.max_entries.max(1);
+        let mut entries = vec![Entry::default(); cap as usize];
+        for (i, e) in entries.iter_mut().enumerate() {
+            // `i + 1 < cap <= u32::MAX`, so the cast cannot truncate.
+            #[allow(clippy::cast_possible_truncation)]
+            let next = if i + 1 < cap as usize {
+                i as u32 + 1
+            } else {
+                NONE
+            };
+            e.tnext = next;
+            e.tprev = NONE;
+            e.master = NONE;
+        }
+        // Load factor at most 1/2: short probe sequences at a full table.
+        let slots = (cap as usize * 2).next_power_of_two();
+        let frag_slots = cfg.frag_slots.max(1).next_power_of_two() as usize;
         Conntrack {
             cfg,
             stats: Stats::default(),
+            entries,
+            index: vec![0; slots],
+            mask: slots - 1,
+            free: 0,
+            count: 0,
+            wheel: vec![NONE; WHEEL],
+            wheel_tick: 0,
+            wheel_started: false,
+            frags: vec![FragSlot::default(); frag_slots],
         }
     }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+
     /// Configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+
+    /// Connections in the table (confirmed ones and at most one pending).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Counts a packet the parser found invalid (it never reaches [`Self::track`]).
+    pub fn count_invalid(&mut self) {
+        self.stats.invalid += 1;
+    }
+
+    /// True if no connection is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of memory the table holds per connection of capacity (entries,
+    /// index and wheel; the fragment table is separate and fixed).
+    pub fn bytes_per_entry(&self) -> usize {
+        let total = self.entries.capacity() * core::mem::size_of::<Entry>()
+            + self.index.capacity() * 8
+            + self.wheel.capacity() * 4;
+        total / self.entries.len().max(1)
+    }
+
+    // ---------------------------------------------------------------- index
+
+    fn hash(&self, key: &FlowKey) -> u64 {
+        key.hash(&self.cfg.hash_secret)
+    }
+
+    /// Finds the entry holding `t` in either direction.
+    fn lookup(&self, t: &Tuple, hash: u64) -> Option<(u32, Direction)> {
+        let want = Stored::from(t);
+        let inv = Stored::from(&t.invert());
+        #[allow(clippy::cast_possible_truncation)]
+        let mut pos = hash as usize & self.mask;
+        let tag = hash >> 32;
+        loop {
+            let s = self.index[pos];
+            if s == 0 {
+                return None;
+            }
+            if s >> 32 == tag {
+                // Low half is entry + 1.
+                #[allow(clippy::cast_possible_truncation)]
+                let idx = (s as u32).wrapping_sub(1);
+                let e = &self.entries[idx as usize];
+                if e.orig == want {
+                    return Some((idx, Direction::Original));
+                }
+                if e.orig == inv {
+                    return Some((idx, Direction::Reply));
+                }
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
+    fn index_insert(&mut self, idx: u32, hash: u64) {
+        #[allow(clippy::cast_possible_truncation)]
+        let mut pos = hash as usize & self.mask;
+        while self.index[pos] != 0 {
+            pos = (pos + 1) & self.mask;
+        }
+        self.index[pos] = (hash >> 32) << 32 | u64::from(idx + 1);
+    }
+
+    /// Removes entry `idx` from the index (backward-shift deletion: no tombstones,
+    /// probe sequences stay short).
+    fn index_remove(&mut self, idx: u32) {
+        let t = self.entries[idx as usize].orig.tuple();
+        let hash = self.hash(&t.key());
+        #[allow(clippy::cast_possible_truncation)]
+        let mut pos = hash as usize & self.mask;
+        loop {
+            let s = self.index[pos];
+            if s == 0 {
+                return; // not indexed (cannot happen for confirmed entries)
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            if s as u32 == idx + 1 {
+                break;
+            }
+            pos = (pos + 1) & self.mask;
+        }
+        let mut hole = pos;
+        let mut next = (hole + 1) & self.mask;
+        loop {
+            let s = self.index[next];
+            if s == 0 {
+                break;
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            let e = (s as u32).wrapping_sub(1);
+            let home = {
+                let et = self.entries[e as usize].orig.tuple();
+                #[allow(clippy::cast_possible_truncation)]
+                let h = self.hash(&et.key()) as usize & self.mask;
+                h
+            };
+            // Move `next` into the hole if its home is not in (hole, next].
+            let dist_next = next.wrapping_sub(home) & self.mask;
+            let dist_hole = hole.wrapping_sub(home) & self.mask;
+            if dist_hole <= dist_next {
+                self.index[hole] = s;
+                hole = next;
+            }
+            next = (next + 1) & self.mask;
+        }
+        self.index[hole] = 0;
+    }
+
+    // ---------------------------------------------------------------- timer wheel
+
+    fn wheel_link(&mut self, idx: u32, tick: u32) {
+        let b = tick as usize & (WHEEL - 1);
+        let head = self.wheel[b];
+        {
+            let e = &mut self.entries[idx as usize];
+            e.ttick = tick;
+            e.tprev = NONE;
+            e.tnext = head;
+        }
+        if head != NONE {
+            self.entries[head as usize].tprev = idx;
+        }
+        self.wheel[b] = idx;
+    }
+
+    fn wheel_unlink(&mut self, idx: u32) {
+        let (prev, next, tick) = {
+            let e = &self.entries[idx as usize];
+            (e.tprev, e.tnext, e.ttick)
+        };
+        if prev == NONE {
+            self.wheel[tick as usize & (WHEEL - 1)] = next;
+        } else {
+            self.entries[prev as usize].tnext = next;
+        }
+        if next != NONE {
+            self.entries[next as usize].tprev = prev;
+        }
+    }
+
+    /// Sets an entry's deadline. The wheel is only touched when the deadline moves
+    /// earlier than the bucket the entry sits in; later deadlines are found lazily
+    /// when that bucket fires, so a busy flow costs one store per packet.
+    fn set_deadline(&mut self, idx: u32, deadline: u64) {
+        let e = &mut self.entries[idx as usize];
+        e.deadline = deadline;
+        if e.status & status::CONFIRMED != 0
+            && tick_of(deadline).wrapping_sub(e.ttick) > u32::MAX / 2
+        {
+            let t = self.clamp_tick(deadline);
+            self.wheel_unlink(idx);
+            self.wheel_link(idx, t);
+        }
+    }
+
+    /// Tick to link a deadline at: never behind the wheel's cursor.
+    fn clamp_tick(&self, deadline: u64) -> u32 {
+        let t = tick_of(deadline);
+        if self.wheel_started && t.wrapping_sub(self.wheel_tick) > u32::MAX / 2 {
+            self.wheel_tick
+        } else {
+            t
+        }
+    }
+
+    /// Reaps entries whose deadline has passed, one wheel tick (~268 ms) at a
+    /// time. Work is bounded by the ticks elapsed (at most one turn of the wheel)
+    /// plus the entries linked in those buckets; it never scans the table. Lookups
+    /// check deadlines exactly, so reaping late never changes a verdict.
+    pub fn expire(&mut self, now: u64) -> usize {
+        let now_tick = tick_of(now);
+        if !self.wheel_started {
+            self.wheel_started = true;
+            self.wheel_tick = now_tick;
+            return 0;
+        }
+        let mut expired = 0;
+        let mut steps = 0usize;
+        while self.wheel_tick != now_tick
+            && now_tick.wrapping_sub(self.wheel_tick) <= u32::MAX / 2
+            && steps < WHEEL
+        {
+            let b = self.wheel_tick as usize & (WHEEL - 1);
+            let mut cur = core::mem::replace(&mut self.wheel[b], NONE);
+            while cur != NONE {
+                let next = self.entries[cur as usize].tnext;
+                let deadline = self.entries[cur as usize].deadline;
+                if deadline <= now {
+                    self.destroy_unlinked(cur);
+                    self.stats.expired += 1;
+                    expired += 1;
+                } else {
+                    // deadline > now, so its tick is at or after `now_tick`, which is
+                    // after the bucket being processed.
+                    self.wheel_link(cur, tick_of(deadline));
+                }
+                cur = next;
+            }
+            self.wheel_tick = self.wheel_tick.wrapping_add(1);
+            steps += 1;
+        }
+        if steps == WHEEL {
+            // A jump of a turn or more: every bucket was visited once.
+            self.wheel_tick = now_tick;
+        }
+        expired
+    }
+
+    // ---------------------------------------------------------------- allocation
+
+    fn alloc(&mut self, hash: u64, now: u64) -> Result<u32, DropReason> {
+        if self.free == NONE && !self.early_drop(hash, now) {
+            self.stats.drop += 1;
+            return Err(DropReason::TableFull);
+        }
+        let idx = self.free;
+        let e = &mut self.entries[idx as usize];
+        self.free = e.tnext;
+        *e = Entry {
+            status: status::USED,
+            tnext: NONE,
+            tprev: NONE,
+            master: NONE,
+            ..Entry::default()
+        };
+        self.count += 1;
+        Ok(idx)
+    }
+
+    fn release(&mut self, idx: u32) {
+        let free = self.free;
+        let e = &mut self.entries[idx as usize];
+        e.status = 0;
+        e.tnext = free;
+        e.tprev = NONE;
+        self.free = idx;
+        self.count -= 1;
+    }
+
+    /// Removes a confirmed entry: index, wheel, slab.
+    fn destroy(&mut self, idx: u32) {
+        self.wheel_unlink(idx);
+        self.destroy_unlinked(idx);
+    }
+
+    fn destroy_unlinked(&mut self, idx: u32) {
+        if self.entries[idx as usize].status & status::CONFIRMED != 0 {
+            self.index_remove(idx);
+        }
+        self.release(idx);
+    }
+
+    /// Evicts one non-assured entry near `hash` (the kernel samples the
+    /// neighbouring buckets too). Returns true if room was made.
+    fn early_drop(&mut self, hash: u64, now: u64) -> bool {
+        #[allow(clippy::cast_possible_truncation)]
+        let mut pos = hash as usize & self.mask;
+        let mut looked = 0;
+        let mut scanned = 0;
+        // Look at up to 8 occupied slots, skipping empty ones (bounded).
+        while looked < 8 && scanned < 64 {
+            let s = self.index[pos];
+            scanned += 1;
+            if s != 0 {
+                looked += 1;
+                #[allow(clippy::cast_possible_truncation)]
+                let idx = (s as u32).wrapping_sub(1);
+                let e = &self.entries[idx as usize];
+                if e.status & status::ASSURED == 0 || e.deadline <= now {
+                    self.destroy(idx);
+                    self.stats.early_drop += 1;
+                    return true;
+                }
+            }
+            pos = (pos + 1) & self.mask;
+        }
+        false
+    }
+
+    // ---------------------------------------------------------------- per packet
+
+    /// Tracks one parsed packet: finds or creates (unconfirmed) its entry and runs
+    /// the L4 tracker. Call [`Conntrack::confirm`] if policy accepts the packet,
+    /// [`Conntrack::abort`] otherwise.
+    pub fn track(&mut self, pkt: &Packet<'_>, now: u64) -> Track {
+        if let Some(f) = pkt.frag {
+            if f.offset != 0 {
+                return self.follow_fragment(pkt, f, now);
+            }
+        }
+        let mut t = match pkt.l4 {
+            L4::Icmp(Icmp::Error { inner }) => return self.icmp_error(pkt, &inner, now),
+            L4::Icmp(Icmp::Untracked) => return Track::verdictless(CtState::Untracked, None),
+            _ => self.track_flow(pkt, now),
+        };
+        if let Some(f) = pkt.frag {
+            if f.more {
+                t.frag = Some(frag_key(pkt, f));
+            }
+        }
+        if t.state == CtState::Invalid {
+            self.stats.invalid += 1;
+        }
+        t
+    }
+
+    fn track_flow(&mut self, pkt: &Packet<'_>, now: u64) -> Track {
+        let t = &pkt.tuple;
+        let hash = self.hash(&t.key());
+        // At most one restart: a dead TCP entry replaced by a new connection.
+        for _ in 0..2 {
+            let Some((idx, dir)) = self.lookup(t, hash) else {
+                return self.new_conn(pkt, hash, now);
+            };
+            if self.entries[idx as usize].deadline <= now {
+                // Expired but not yet reaped: gone, as the kernel sees it.
+                self.destroy(idx);
+                self.stats.expired += 1;
+                return self.new_conn(pkt, hash, now);
+            }
+            self.stats.found += 1;
+            match self.existing(idx, dir, pkt, now) {
+                Some(track) => return track,
+                None => {
+                    self.destroy(idx);
+                    self.stats.search_restart += 1;
+                }
+            }
+        }
+        Track::verdictless(CtState::Invalid, Some(DropReason::TcpInvalidState))
+    }
+
+    /// A packet of an existing entry. `None` means "restart": the caller destroys
+    /// the entry and processes the packet as new.
+    fn existing(&mut self, idx: u32, dir: Direction, pkt: &Packet<'_>, now: u64) -> Option<Track> {
+        let (st, helper_code, master) = {
+            let e = &self.entries[idx as usize];
+            (e.status, e.helper, e.master)
+        };
+        let seen_reply = st & status::SEEN_REPLY != 0;
+        let state = if dir == Direction::Reply || seen_reply {
+            CtState::Established
+        } else if st & status::EXPECTED != 0 {
+            CtState::Related
+        } else {
+            CtState::New
+        };
+        let helper = helper_of(helper_code).or_else(|| {
+            (master != NONE)
+                .then(|| helper_of(self.entries[master as usize].helper))
+                .flatten()
+        });
+        let mut track = Track {
+            state,
+            reply: dir == Direction::Reply,
+            reason: None,
+            helper,
+            must_drop: false,
+            pending: NONE,
+            hash: 0,
+            frag: None,
+        };
+        let timeout = match pkt.l4 {
+            L4::Tcp(seg) => {
+                let ctx = TcpCtx {
+                    seen_reply,
+                    assured: st & status::ASSURED != 0,
+                };
+                let cfg = &self.cfg.tcp;
+                let e = &mut self.entries[idx as usize];
+                match tcp::packet(&mut e.tcp, dir, &seg, ctx, cfg) {
+                    TcpVerdict::Accept {
+                        timeout,
+                        set_assured,
+                    } => {
+                        if set_assured {
+                            e.status |= status::ASSURED;
+                        }
+                        Some(timeout_ns(timeout))
+                    }
+                    TcpVerdict::AcceptKill => {
+                        self.account(idx, dir, pkt);
+                        self.destroy(idx);
+                        return Some(track);
+                    }
+                    TcpVerdict::Invalid(r) => {
+                        track.state = CtState::Invalid;
+                        track.reason = Some(r);
+                        return Some(track);
+                    }
+                    TcpVerdict::Restart => return None,
+                }
+            }
+            L4::Udp { .. } => Some(self.stream_timeout(
+                idx,
+                seen_reply,
+                now,
+                self.cfg.timeouts.udp,
+                self.cfg.timeouts.udp_stream,
+            )),
+            L4::Other { .. } if pkt.tuple.proto == ipproto::GRE => Some(self.stream_timeout(
+                idx,
+                seen_reply,
+                now,
+                self.cfg.timeouts.gre,
+                self.cfg.timeouts.gre_stream,
+            )),
+            L4::Icmp(_) => Some(timeout_ns(self.icmp_timeout(pkt.tuple.family))),
+            L4::Other { .. } | L4::Fragment => Some(timeout_ns(self.cfg.timeouts.generic)),
+        };
+        if let Some(tmo) = timeout {
+            self.set_deadline(idx, now + tmo);
+        }
+        self.account(idx, dir, pkt);
+        if dir == Direction::Reply {
+            self.entries[idx as usize].status |= status::SEEN_REPLY;
+        }
+        Some(track)
+    }
+
+    /// UDP and GRE: unreplied timeout until a reply, then the stream timeout once
+    /// the flow has lived two seconds, which also makes it assured (kernel
+    /// `udp_packet`, `gre_packet`).
+    fn stream_timeout(
+        &mut self,
+        idx: u32,
+        seen_reply: bool,
+        now: u64,
+        unreplied: u32,
+        stream: u32,
+    ) -> u64 {
+        let e = &mut self.entries[idx as usize];
+        if !seen_reply {
+            return timeout_ns(unreplied);
+        }
+        if now > e.stream_ts {
+            e.status |= status::ASSURED;
+            timeout_ns(stream)
+        } else {
+            timeout_ns(unreplied)
+        }
+    }
+
+    fn icmp_timeout(&self, f: Family) -> u32 {
+        match f {
+            Family::V4 => self.cfg.timeouts.icmp,
+            Family::V6 => self.cfg.timeouts.icmpv6,
+        }
+    }
+
+    fn account(&mut self, idx: u32, dir: Direction, pkt: &Packet<'_>) {
+        let e = &mut self.entries[idx as usize];
+        e.packets[dir.index()] += 1;
+        e.bytes[dir.index()] += u64::from(pkt.ip_len);
+    }
+
+    /// First packet of a flow: may it open an entry, and with which timeout?
+    fn new_conn(&mut self, pkt: &Packet<'_>, hash: u64, now: u64) -> Track {
+        let t = &pkt.tuple;
+        let mut tcp_state = TcpConn::default();
+        let timeout = match pkt.l4 {
+            L4::Tcp(seg) => match tcp::new_conn(&seg, &self.cfg.tcp) {
+                Ok((conn, tmo)) => {
+                    tcp_state = conn;
+                    tmo
+                }
+                Err(r) => return Track::verdictless(CtState::Invalid, Some(r)),
+            },
+            L4::Udp { .. } => self.cfg.timeouts.udp,
+            L4::Icmp(Icmp::Query) => {
+                if !icmp_type_opens(t.family, t.icmp_type()) {
+                    return Track::verdictless(CtState::Invalid, Some(DropReason::IcmpBadType));
+                }
+                self.icmp_timeout(t.family)
+            }
+            L4::Icmp(_) => {
+                return Track::verdictless(CtState::Invalid, Some(DropReason::IcmpBadType));
+            }
+            L4::Other { .. } if t.proto == ipproto::GRE => self.cfg.timeouts.gre,
+            L4::Other { .. } | L4::Fragment => self.cfg.timeouts.generic,
+        };
+        let idx = match self.alloc(hash, now) {
+            Ok(i) => i,
+            Err(r) => {
+                let mut tr = Track::verdictless(CtState::New, Some(r));
+                tr.must_drop = true;
+                return tr;
+            }
+        };
+        let e = &mut self.entries[idx as usize];
+        e.orig = Stored::from(t);
+        e.tcp = tcp_state;
+        e.deadline = now + timeout_ns(timeout);
+        e.stream_ts = now + 2 * SEC;
+        e.packets[0] = 1;
+        e.bytes[0] = u64::from(pkt.ip_len);
+        Track {
+            state: CtState::New,
+            reply: false,
+            reason: None,
+            helper: None,
+            must_drop: false,
+            pending: idx,
+            hash,
+            frag: None,
+        }
+    }
+
+    /// ICMP error: `related` to the entry of the packet it quotes, else invalid
+    /// (kernel `nf_conntrack_inet_error`). The quoted packet travelled towards the
+    /// error's sender, so the outer destination must be the quoted source.
+    fn icmp_error(&mut self, pkt: &Packet<'_>, inner: &Tuple, now: u64) -> Track {
+        let invalid = |s: &mut Self, r| {
+            s.stats.invalid += 1;
+            Track::verdictless(CtState::Invalid, Some(r))
+        };
+        if inner.family != pkt.tuple.family {
+            return invalid(self, DropReason::IcmpErrorBadInner);
+        }
+        let hash = self.hash(&inner.key());
+        let Some((idx, inner_dir)) = self.lookup(inner, hash) else {
+            return invalid(self, DropReason::IcmpErrorNoFlow);
+        };
+        if self.entries[idx as usize].deadline <= now {
+            return invalid(self, DropReason::IcmpErrorNoFlow);
+        }
+        if pkt.tuple.dst != inner.src {
+            return invalid(self, DropReason::IcmpErrorBadInner);
+        }
+        self.stats.found += 1;
+        let e = &self.entries[idx as usize];
+        let helper = helper_of(e.helper);
+        // The error travels opposite to the packet it quotes.
+        let dir = inner_dir.flip();
+        self.account(idx, dir, pkt);
+        Track {
+            state: CtState::Related,
+            reply: dir == Direction::Reply,
+            reason: None,
+            helper,
+            must_drop: false,
+            pending: NONE,
+            hash: 0,
+            frag: None,
+        }
+    }
+
+    /// A non-first fragment gets its first fragment's verdict and state.
+    fn follow_fragment(&mut self, pkt: &Packet<'_>, f: Frag, now: u64) -> Track {
+        let key = frag_key(pkt, f);
+        let slot = self.frag_slot(&key);
+        let s = self.frags[slot];
+        if !s.used || s.key != key || s.deadline <= now {
+            self.stats.invalid += 1;
+            return Track::verdictless(CtState::Invalid, Some(DropReason::FragmentNoFirst));
+        }
+        if !f.more {
+            self.frags[slot].used = false;
+        }
+        self.stats.frag_followed += 1;
+        let state = match s.state {
+            0 => CtState::New,
+            1 => CtState::Established,
+            2 => CtState::Related,
+            3 => CtState::Invalid,
+            _ => CtState::Untracked,
+        };
+        if s.conn != NONE && self.entries[s.conn as usize].status & status::CONFIRMED != 0 {
+            let dir = if s.reply {
+                Direction::Reply
+            } else {
+                Direction::Original
+            };
+            self.account(s.conn, dir, pkt);
+        }
+        let mut t = Track::verdictless(state, None);
+        t.reply = s.reply;
+        t.must_drop = !s.accepted;
+        if t.must_drop {
+            t.reason = Some(DropReason::FragmentBad);
+        }
+        t
+    }
+
+    fn frag_slot(&self, k: &FragKey) -> usize {
+        use core::hash::{Hash, Hasher};
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(
+            self.cfg.hash_secret.1,
+            self.cfg.hash_secret.0,
+        );
+        k.hash(&mut h);
+        #[allow(clippy::cast_possible_truncation)]
+        let i = h.finish() as usize & (self.frags.len() - 1);
+        i
+    }
+
+    fn remember_fragment(&mut self, track: &Track, accepted: bool, conn: u32, now: u64) {
+        let Some(key) = track.frag else { return };
+        let slot = self.frag_slot(&key);
+        self.frags[slot] = FragSlot {
+            key,
+            used: true,
+            deadline: now + timeout_ns(self.cfg.frag_timeout),
+            accepted,
+            state: track.state as u8,
+            reply: track.reply,
+            conn,
+        };
+    }
+
+    /// Policy accepted the packet: a pending entry enters the table (with the
+    /// helper policy assigned), and a first fragment's verdict is remembered.
+    pub fn confirm(&mut self, track: &Track, helper: Option<HelperKind>, now: u64) {
+        let mut conn = NONE;
+        if track.pending != NONE {
+            let idx = track.pending;
+            // Another packet cannot have inserted the tuple meanwhile (one packet at
+            // a time per table), but keep the kernel's check: a clash is counted.
+            let t = self.entries[idx as usize].orig.tuple();
+            if self.lookup(&t, track.hash).is_some() {
+                self.stats.insert_failed += 1;
+                self.release(idx);
+            } else {
+                self.index_insert(idx, track.hash);
+                let e = &mut self.entries[idx as usize];
+                e.status |= status::CONFIRMED;
+                e.helper = helper_code(helper);
+                let deadline = e.deadline;
+                let tick = self.clamp_tick(deadline);
+                self.wheel_link(idx, tick);
+                self.stats.new += 1;
+                conn = idx;
+            }
+        }
+        self.remember_fragment(track, true, conn, now);
+    }
+
+    /// Policy dropped the packet: a pending entry is freed, leaving no state.
+    pub fn abort(&mut self, track: &Track, now: u64) {
+        if track.pending != NONE {
+            self.release(track.pending);
+        }
+        self.remember_fragment(track, false, NONE, now);
+    }
+
+    /// Removes every connection.
+    pub fn flush(&mut self) {
+        for b in 0..WHEEL {
+            let mut cur = core::mem::replace(&mut self.wheel[b], NONE);
+            while cur != NONE {
+                let next = self.entries[cur as usize].tnext;
+                self.destroy_unlinked(cur);
+                cur = next;
+            }
+        }
+    }
+
+    /// Every confirmed connection, for listings. Walks the slab: control plane only.
+    pub fn connections(&self, now: u64) -> impl Iterator<Item = ConnInfo> + '_ {
+        self.entries
+            .iter()
+            .filter(|e| e.status & status::CONFIRMED != 0)
+            .map(move |e| {
+                let orig = e.orig.tuple();
+                ConnInfo {
+                    orig,
+                    reply: orig.invert(),
+                    tcp_state: (orig.proto == ipproto::TCP).then(|| e.tcp.state.name()),
+                    expires_in: e.deadline.saturating_sub(now),
+                    seen_reply: e.status & status::SEEN_REPLY != 0,
+                    assured: e.status & status::ASSURED != 0,
+                    helper: helper_of(e.helper),
+                    packets: e.packets,
+                    bytes: e.bytes,
+                }
+            })
+    }
 }
+
+fn frag_key(pkt: &Packet<'_>, f: Frag) -> FragKey {
+    FragKey {
+        src: split(pkt.tuple.src),
+        dst: split(pkt.tuple.dst),
+        id: f.id,
+        proto: pkt.tuple.proto,
+        v6: pkt.tuple.family == Family::V6,
+    }
+}
+
+impl core::hash::Hash for FragKey {
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.src[0]);
+        h.write_u64(self.src[1]);
+        h.write_u64(self.dst[0]);
+        h.write_u64(self.dst[1]);
+        h.write_u64(u64::from(self.id) | u64::from(self.proto) << 32 | u64::from(self.v6) << 40);
+    }
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

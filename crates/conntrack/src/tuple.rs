@@ -316,7 +316,14 @@ mod tests {
             any::<u128>(),
             any::<u16>(),
             any::<u16>(),
-            prop_oneof![Just(6u8), Just(17), Just(1), Just(58), Just(47), any::<u8>()],
+            prop_oneof![
+                Just(6u8),
+                Just(17),
+                Just(1),
+                Just(58),
+                Just(47),
+                any::<u8>()
+            ],
         )
             .prop_map(|(v6, s, d, sp, dp, proto)| {
                 let (family, mask) = if v6 {
@@ -377,7 +384,10 @@ mod tests {
         assert_eq!(r.icmp_type(), 0);
         assert_eq!(r.src_port, 77);
         assert_eq!(r.src, t.dst);
-        assert_eq!(format!("{t}"), "src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=77");
+        assert_eq!(
+            format!("{t}"),
+            "src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=77"
+        );
     }
 
     #[test]

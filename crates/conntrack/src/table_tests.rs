@@ -1,0 +1,383 @@
+use super::*;
+use crate::packet::{Frag, Icmp, Packet, L4};
+use crate::tuple::{ipproto, Addr, Family, Tuple};
+use proptest::prelude::*;
+
+const S: u64 = SEC;
+
+fn udp(src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16) -> Packet<'static> {
+    Packet {
+        tuple: Tuple {
+            src: Addr::v4(src),
+            dst: Addr::v4(dst),
+            src_port: sp,
+            dst_port: dp,
+            proto: ipproto::UDP,
+            family: Family::V4,
+        },
+        ip_len: 100,
+        frag: None,
+        ip_options: false,
+        l4: L4::Udp { payload: b"" },
+    }
+}
+
+fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, ty: u8) -> Packet<'static> {
+    Packet {
+        tuple: Tuple {
+            src: Addr::v4(src),
+            dst: Addr::v4(dst),
+            src_port: id,
+            dst_port: u16::from(ty) << 8,
+            proto: ipproto::ICMP,
+            family: Family::V4,
+        },
+        ip_len: 84,
+        frag: None,
+        ip_options: false,
+        l4: L4::Icmp(Icmp::Query),
+    }
+}
+
+fn icmp_err(src: [u8; 4], dst: [u8; 4], inner: Tuple) -> Packet<'static> {
+    Packet {
+        tuple: Tuple {
+            src: Addr::v4(src),
+            dst: Addr::v4(dst),
+            src_port: 0,
+            dst_port: 3 << 8 | 3,
+            proto: ipproto::ICMP,
+            family: Family::V4,
+        },
+        ip_len: 56,
+        frag: None,
+        ip_options: false,
+        l4: L4::Icmp(Icmp::Error { inner }),
+    }
+}
+
+fn table(max: u32) -> Conntrack {
+    Conntrack::new(Config {
+        max_entries: max,
+        hash_secret: HashSecret(7, 11),
+        ..Config::default()
+    })
+}
+
+/// Tracks and confirms (policy accept), like the pipeline does.
+fn accept(ct: &mut Conntrack, p: &Packet<'_>, now: u64) -> Track {
+    ct.expire(now);
+    let t = ct.track(p, now);
+    if !t.must_drop {
+        ct.confirm(&t, None, now);
+    }
+    t
+}
+
+const A: [u8; 4] = [10, 0, 0, 1];
+const B: [u8; 4] = [192, 0, 2, 1];
+
+#[test]
+fn udp_new_then_established_both_ways() {
+    let mut ct = table(16);
+    let out = udp(A, 1000, B, 53);
+    let back = udp(B, 53, A, 1000);
+    let t = accept(&mut ct, &out, 0);
+    assert_eq!((t.state, t.reply), (CtState::New, false));
+    // Original direction again before any reply: still new.
+    let t = accept(&mut ct, &out, S);
+    assert_eq!((t.state, t.reply), (CtState::New, false));
+    let t = accept(&mut ct, &back, S);
+    assert_eq!((t.state, t.reply), (CtState::Established, true));
+    let t = accept(&mut ct, &out, 2 * S);
+    assert_eq!((t.state, t.reply), (CtState::Established, false));
+    assert_eq!(ct.len(), 1);
+    assert_eq!(ct.stats().new, 1);
+    let c: Vec<_> = ct.connections(2 * S).collect();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].packets, [3, 1]);
+    assert!(c[0].seen_reply);
+}
+
+#[test]
+fn udp_unreplied_times_out_after_30s_assured_stream_after_2s() {
+    let mut ct = table(16);
+    let out = udp(A, 1000, B, 53);
+    accept(&mut ct, &out, 0);
+    // 29.9 s later the entry is still there: original direction stays new.
+    assert_eq!(accept(&mut ct, &out, 29 * S).state, CtState::New);
+    // Refreshed at 29 s: gone at 59.5 s, a fresh entry is created.
+    let t = accept(&mut ct, &out, 59 * S + S / 2);
+    assert_eq!(t.state, CtState::New);
+    assert_eq!(ct.stats().new, 2);
+
+    // Replied within 2 s of creation: not yet assured, unreplied timeout.
+    let mut ct = table(16);
+    accept(&mut ct, &out, 0);
+    accept(&mut ct, &udp(B, 53, A, 1000), S);
+    assert!(!ct.connections(S).next().unwrap().assured);
+    assert_eq!(ct.connections(S).next().unwrap().expires_in, 30 * S);
+    // After 2 s of life, traffic on a replied flow makes it an assured stream.
+    accept(&mut ct, &out, 3 * S);
+    let c = ct.connections(3 * S).next().unwrap();
+    assert!(c.assured);
+    assert_eq!(c.expires_in, 120 * S);
+}
+
+#[test]
+fn expiry_reaps_entries_via_the_wheel() {
+    let mut ct = table(64);
+    for p in 0..10u16 {
+        accept(&mut ct, &udp(A, 2000 + p, B, 53), 0);
+    }
+    assert_eq!(ct.len(), 10);
+    assert_eq!(ct.expire(29 * S), 0);
+    assert_eq!(ct.len(), 10);
+    // The wheel reaps one tick after the deadline at most.
+    let n = ct.expire(31 * S);
+    assert_eq!(n, 10);
+    assert!(ct.is_empty());
+    // The slots are reusable.
+    for p in 0..64u16 {
+        let t = accept(&mut ct, &udp(A, 3000 + p, B, 53), 32 * S);
+        assert_eq!(t.reason, None);
+    }
+    assert_eq!(ct.len(), 64);
+}
+
+#[test]
+fn big_time_jump_reaps_everything() {
+    let mut ct = table(64);
+    for p in 0..20u16 {
+        accept(&mut ct, &udp(A, 2000 + p, B, 53), 5 * S);
+    }
+    // A day later (many wheel turns).
+    assert_eq!(ct.expire(86_400 * S), 20);
+    assert!(ct.is_empty());
+}
+
+#[test]
+fn per_protocol_timeouts() {
+    // ICMP entries live 30 s, generic ones 600 s.
+    let mut ct = table(16);
+    accept(&mut ct, &icmp_echo(A, B, 9, 8), 0);
+    let mut g = udp(A, 0, B, 0);
+    g.tuple.proto = 50;
+    g.l4 = L4::Other { payload: b"" };
+    let t = accept(&mut ct, &g, 0);
+    assert_eq!(t.state, CtState::New);
+    assert_eq!(ct.expire(31 * S), 1);
+    assert_eq!(ct.len(), 1);
+    assert_eq!(ct.expire(601 * S), 1);
+    assert!(ct.is_empty());
+}
+
+#[test]
+fn dropped_first_packet_leaves_no_state() {
+    let mut ct = table(16);
+    let out = udp(A, 1000, B, 53);
+    let t = ct.track(&out, 0);
+    assert_eq!(t.state, CtState::New);
+    ct.abort(&t, 0);
+    assert!(ct.is_empty());
+    let t = ct.track(&out, 0);
+    assert_eq!(t.state, CtState::New);
+    assert_eq!(ct.stats().new, 0);
+}
+
+#[test]
+fn icmp_echo_and_related_errors() {
+    let mut ct = table(16);
+    let req = icmp_echo(A, B, 77, 8);
+    let rep = icmp_echo(B, A, 77, 0);
+    assert_eq!(accept(&mut ct, &req, 0).state, CtState::New);
+    let t = accept(&mut ct, &rep, 0);
+    assert_eq!((t.state, t.reply), (CtState::Established, true));
+    // A reply with another id matches nothing and cannot open an entry.
+    let t = accept(&mut ct, &icmp_echo(B, A, 78, 0), 0);
+    assert_eq!(
+        (t.state, t.reason),
+        (CtState::Invalid, Some(DropReason::IcmpBadType))
+    );
+
+    // UDP flow A->B, then B's port unreachable quoting A->B: related, reply.
+    let out = udp(A, 41614, B, 5555);
+    accept(&mut ct, &out, 0);
+    let t = accept(&mut ct, &icmp_err(B, A, out.tuple), 0);
+    assert_eq!((t.state, t.reply), (CtState::Related, true));
+    // From a router in the middle: still related (OVS "ICMP related 2").
+    let t = accept(&mut ct, &icmp_err([172, 16, 0, 3], A, out.tuple), 0);
+    assert_eq!((t.state, t.reply), (CtState::Related, true));
+    // An error quoting B->A (reply direction) travels in the original direction.
+    let t = accept(&mut ct, &icmp_err(A, B, udp(B, 5555, A, 41614).tuple), 0);
+    assert_eq!((t.state, t.reply), (CtState::Related, false));
+    // Orphan: quotes a flow that does not exist.
+    let t = accept(&mut ct, &icmp_err(B, A, udp(A, 1, B, 2).tuple), 0);
+    assert_eq!(
+        (t.state, t.reason),
+        (CtState::Invalid, Some(DropReason::IcmpErrorNoFlow))
+    );
+    // Outer destination is not the quoted source.
+    let t = accept(&mut ct, &icmp_err(B, [10, 9, 9, 9], out.tuple), 0);
+    assert_eq!(t.state, CtState::Invalid);
+    // Errors create nothing.
+    assert_eq!(ct.len(), 2);
+}
+
+#[test]
+fn table_full_early_drops_unassured_else_counts_drop() {
+    let mut ct = table(8);
+    for p in 0..8u16 {
+        accept(&mut ct, &udp(A, 1000 + p, B, 53), 0);
+    }
+    assert_eq!(ct.len(), 8);
+    // Full of unassured entries: a new flow evicts one.
+    let t = accept(&mut ct, &udp(A, 5000, B, 53), 0);
+    assert_eq!((t.state, t.reason), (CtState::New, None));
+    assert_eq!(ct.stats().early_drop, 1);
+    assert_eq!(ct.len(), 8);
+
+    // Make every entry assured (replied, older than 2 s, refreshed).
+    let live: Vec<Tuple> = ct.connections(0).map(|c| c.orig).collect();
+    for t in &live {
+        let mut back = udp(A, 0, B, 0);
+        back.tuple = t.invert();
+        accept(&mut ct, &back, S);
+        let mut fwd = back;
+        fwd.tuple = *t;
+        accept(&mut ct, &fwd, 3 * S);
+    }
+    assert!(ct.connections(3 * S).all(|c| c.assured));
+    let t = accept(&mut ct, &udp(A, 6000, B, 53), 3 * S);
+    assert!(t.must_drop);
+    assert_eq!(t.reason, Some(DropReason::TableFull));
+    assert_eq!(ct.stats().drop, 1);
+    assert_eq!(ct.len(), 8);
+    // Assured entries survive.
+    assert!(ct.connections(3 * S).all(|c| c.assured));
+}
+
+#[test]
+fn fragments_follow_the_first() {
+    let mut ct = table(16);
+    let mut first = udp(A, 1000, B, 53);
+    first.frag = Some(Frag {
+        id: 42,
+        offset: 0,
+        more: true,
+    });
+    let mut rest = udp(A, 0, B, 0);
+    rest.l4 = L4::Fragment;
+    rest.frag = Some(Frag {
+        id: 42,
+        offset: 1480,
+        more: false,
+    });
+    // Last fragment first: no verdict to follow.
+    let t = accept(&mut ct, &rest, 0);
+    assert_eq!(
+        (t.state, t.reason),
+        (CtState::Invalid, Some(DropReason::FragmentNoFirst))
+    );
+    assert_eq!(accept(&mut ct, &first, 0).state, CtState::New);
+    let t = accept(&mut ct, &rest, 0);
+    assert_eq!((t.state, t.must_drop), (CtState::New, false));
+    assert_eq!(ct.connections(0).next().unwrap().packets, [2, 0]);
+    // The last fragment closed the slot.
+    assert_eq!(accept(&mut ct, &rest, 0).state, CtState::Invalid);
+
+    // A dropped first fragment drops the rest.
+    let mut first2 = first;
+    first2.frag = Some(Frag {
+        id: 43,
+        offset: 0,
+        more: true,
+    });
+    let t = ct.track(&first2, 0);
+    ct.abort(&t, 0);
+    let mut rest2 = rest;
+    rest2.frag = Some(Frag {
+        id: 43,
+        offset: 8,
+        more: false,
+    });
+    let t = ct.track(&rest2, 0);
+    assert!(t.must_drop);
+}
+
+#[test]
+fn flush_empties() {
+    let mut ct = table(32);
+    for p in 0..20u16 {
+        accept(&mut ct, &udp(A, 1000 + p, B, 53), 0);
+    }
+    ct.flush();
+    assert!(ct.is_empty());
+    assert_eq!(ct.connections(0).count(), 0);
+    for p in 0..32u16 {
+        assert_eq!(accept(&mut ct, &udp(A, 1000 + p, B, 53), 0).reason, None);
+    }
+}
+
+#[test]
+fn memory_per_entry_within_budget() {
+    let ct = table(1 << 16);
+    let b = ct.bytes_per_entry();
+    assert!(b <= 192, "{b} bytes per entry");
+}
+
+proptest! {
+    /// The index agrees with a model (a HashMap) through random inserts, lookups
+    /// and expiries, including backward-shift deletions in long probe runs.
+    #[test]
+    fn index_matches_model(ops in proptest::collection::vec((0u16..64, 0u8..3, 0u64..200), 1..400)) {
+        use std::collections::HashMap;
+        let mut ct = table(32);
+        let mut model: HashMap<u16, u64> = HashMap::new(); // port -> deadline
+        let mut now = 0u64;
+        for (port, op, dt) in ops {
+            now += dt * S / 10;
+            ct.expire(now);
+            model.retain(|_, d| *d > now);
+            let p = udp(A, port, B, 53);
+            match op {
+                0 | 1 => {
+                    let t = accept(&mut ct, &p, now);
+                    if t.must_drop {
+                        prop_assert_eq!(ct.len(), 32);
+                    } else if let Some(d) = model.get_mut(&port) {
+                        prop_assert_eq!(t.state, CtState::New);
+                        *d = now + 30 * S;
+                    } else {
+                        prop_assert_eq!(t.state, CtState::New);
+                        if ct.len() <= model.len() {
+                            // Early drop evicted someone: find whom.
+                            let live: std::collections::HashSet<u16> =
+                                ct.connections(now).map(|c| c.orig.src_port).collect();
+                            model.retain(|k, _| live.contains(k));
+                        }
+                        model.insert(port, now + 30 * S);
+                    }
+                }
+                _ => {
+                    let live: HashMap<u16, u64> = ct
+                        .connections(now)
+                        .filter(|c| c.expires_in > 0)
+                        .map(|c| (c.orig.src_port, now + c.expires_in))
+                        .collect();
+                    prop_assert_eq!(&live, &model);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn entry_size() {
+    eprintln!(
+        "entry {} bytes, tcp {}",
+        core::mem::size_of::<Entry>(),
+        core::mem::size_of::<TcpConn>()
+    );
+    assert!(core::mem::size_of::<Entry>() <= 160);
+}
