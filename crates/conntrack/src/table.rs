@@ -438,6 +438,33 @@ impl Conntrack {
         self.index[hole] = 0;
     }
 
+    /// The flow hash of a packet's tuple, for [`Self::prefetch`] and [`Self::track_hashed`].
+    pub fn flow_hash(&self, t: &Tuple) -> u64 {
+        self.hash(&t.key())
+    }
+
+    /// Batch helper, stage 1: start loading the index slot of `hash`.
+    pub fn prefetch_index(&self, hash: u64) {
+        #[allow(clippy::cast_possible_truncation)]
+        let pos = hash as usize & self.mask;
+        prefetch(&self.index[pos]);
+    }
+
+    /// Batch helper, stage 2: start loading the entry the index slot of `hash`
+    /// points to (usually the right one: the first probe hits at load <= 1/2).
+    pub fn prefetch_entry(&self, hash: u64) {
+        #[allow(clippy::cast_possible_truncation)]
+        let pos = hash as usize & self.mask;
+        let s = self.index[pos];
+        if s != 0 {
+            #[allow(clippy::cast_possible_truncation)]
+            let idx = (s as u32).wrapping_sub(1) as usize;
+            if let Some(e) = self.entries.get(idx) {
+                prefetch(e);
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- timer wheel
 
     fn wheel_link(&mut self, idx: u32, tick: u32) {
@@ -615,6 +642,16 @@ impl Conntrack {
     /// the L4 tracker. Call [`Conntrack::confirm`] if policy accepts the packet,
     /// [`Conntrack::abort`] otherwise.
     pub fn track(&mut self, pkt: &Packet<'_>, now: u64) -> Track {
+        self.track_inner(pkt, None, now)
+    }
+
+    /// [`Self::track`] with the packet tuple's [`Self::flow_hash`] already computed
+    /// (by a batch that prefetched it).
+    pub fn track_hashed(&mut self, pkt: &Packet<'_>, hash: u64, now: u64) -> Track {
+        self.track_inner(pkt, Some(hash), now)
+    }
+
+    fn track_inner(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         if let Some(f) = pkt.frag {
             if f.offset != 0 {
                 return self.follow_fragment(pkt, f, now);
@@ -623,7 +660,7 @@ impl Conntrack {
         let mut t = match pkt.l4 {
             L4::Icmp(Icmp::Error { inner }) => return self.icmp_error(pkt, &inner, now),
             L4::Icmp(Icmp::Untracked) => return Track::verdictless(CtState::Untracked, None),
-            _ => self.track_flow(pkt, now),
+            _ => self.track_flow(pkt, hash, now),
         };
         if let Some(f) = pkt.frag {
             if f.more {
@@ -636,9 +673,9 @@ impl Conntrack {
         t
     }
 
-    fn track_flow(&mut self, pkt: &Packet<'_>, now: u64) -> Track {
+    fn track_flow(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         let t = &pkt.tuple;
-        let hash = self.hash(&t.key());
+        let hash = hash.unwrap_or_else(|| self.hash(&t.key()));
         // At most one restart: a dead TCP entry replaced by a new connection.
         for _ in 0..2 {
             let Some((idx, dir)) = self.lookup(t, hash) else {
@@ -1007,6 +1044,20 @@ impl Conntrack {
                 }
             })
     }
+}
+
+/// Cache prefetch hint; a no-op where the target has none.
+#[inline(always)]
+fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint that never faults and neither reads nor writes
+    // memory as far as the program can observe; `r` is a valid reference anyway.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(core::ptr::from_ref(r).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
 }
 
 fn frag_key(pkt: &Packet<'_>, f: Frag) -> FragKey {
