@@ -13,6 +13,7 @@
 //! packet, [`Conntrack::abort`] frees it when policy dropped it, so a dropped
 //! first packet leaves nothing behind.
 
+use crate::index::Index;
 use crate::packet::{Frag, Icmp, Packet, L4};
 use crate::proto::tcp::{self, TcpConfig, TcpConn, TcpCtx, TcpVerdict};
 use crate::reason::DropReason;
@@ -264,9 +265,7 @@ pub struct Conntrack {
     cfg: Config,
     stats: Stats,
     entries: Vec<Entry>,
-    /// Index slots: 0 = empty, else `(hash >> 32) << 32 | (entry + 1)`.
-    index: Vec<u64>,
-    mask: usize,
+    index: Index,
     free: u32,
     /// Entries in use (confirmed or pending).
     count: u32,
@@ -305,8 +304,7 @@ impl Conntrack {
             cfg,
             stats: Stats::default(),
             entries,
-            index: vec![0; slots],
-            mask: slots - 1,
+            index: Index::new(slots),
             free: 0,
             count: 0,
             wheel: vec![NONE; WHEEL],
@@ -360,82 +358,30 @@ impl Conntrack {
     fn lookup(&self, t: &Tuple, hash: u64) -> Option<(u32, Direction)> {
         let want = Stored::from(t);
         let inv = Stored::from(&t.invert());
-        #[allow(clippy::cast_possible_truncation)]
-        let mut pos = hash as usize & self.mask;
-        let tag = hash >> 32;
-        loop {
-            let s = self.index[pos];
-            if s == 0 {
-                return None;
+        let entries = &self.entries;
+        self.index.find(hash, |idx| {
+            let e = &entries[idx as usize];
+            if e.orig == want {
+                Some((idx, Direction::Original))
+            } else if e.orig == inv {
+                Some((idx, Direction::Reply))
+            } else {
+                None
             }
-            if s >> 32 == tag {
-                // Low half is entry + 1.
-                #[allow(clippy::cast_possible_truncation)]
-                let idx = (s as u32).wrapping_sub(1);
-                let e = &self.entries[idx as usize];
-                if e.orig == want {
-                    return Some((idx, Direction::Original));
-                }
-                if e.orig == inv {
-                    return Some((idx, Direction::Reply));
-                }
-            }
-            pos = (pos + 1) & self.mask;
-        }
+        })
     }
 
-    fn index_insert(&mut self, idx: u32, hash: u64) {
-        #[allow(clippy::cast_possible_truncation)]
-        let mut pos = hash as usize & self.mask;
-        while self.index[pos] != 0 {
-            pos = (pos + 1) & self.mask;
-        }
-        self.index[pos] = (hash >> 32) << 32 | u64::from(idx + 1);
+    fn entry_hash(&self, idx: u32) -> u64 {
+        self.hash(&self.entries[idx as usize].orig.tuple().key())
     }
 
-    /// Removes entry `idx` from the index (backward-shift deletion: no tombstones,
-    /// probe sequences stay short).
+    /// Removes entry `idx` from the index.
     fn index_remove(&mut self, idx: u32) {
-        let t = self.entries[idx as usize].orig.tuple();
-        let hash = self.hash(&t.key());
-        #[allow(clippy::cast_possible_truncation)]
-        let mut pos = hash as usize & self.mask;
-        loop {
-            let s = self.index[pos];
-            if s == 0 {
-                return; // not indexed (cannot happen for confirmed entries)
-            }
-            #[allow(clippy::cast_possible_truncation)]
-            if s as u32 == idx + 1 {
-                break;
-            }
-            pos = (pos + 1) & self.mask;
-        }
-        let mut hole = pos;
-        let mut next = (hole + 1) & self.mask;
-        loop {
-            let s = self.index[next];
-            if s == 0 {
-                break;
-            }
-            #[allow(clippy::cast_possible_truncation)]
-            let e = (s as u32).wrapping_sub(1);
-            let home = {
-                let et = self.entries[e as usize].orig.tuple();
-                #[allow(clippy::cast_possible_truncation)]
-                let h = self.hash(&et.key()) as usize & self.mask;
-                h
-            };
-            // Move `next` into the hole if its home is not in (hole, next].
-            let dist_next = next.wrapping_sub(home) & self.mask;
-            let dist_hole = hole.wrapping_sub(home) & self.mask;
-            if dist_hole <= dist_next {
-                self.index[hole] = s;
-                hole = next;
-            }
-            next = (next + 1) & self.mask;
-        }
-        self.index[hole] = 0;
+        let hash = self.entry_hash(idx);
+        let (entries, secret) = (&self.entries, self.cfg.hash_secret);
+        self.index.remove(hash, idx, |o| {
+            entries[o as usize].orig.tuple().key().hash(&secret)
+        });
     }
 
     /// The flow hash of a packet's tuple, for [`Self::prefetch`] and [`Self::track_hashed`].
@@ -445,23 +391,18 @@ impl Conntrack {
 
     /// Batch helper, stage 1: start loading the index slot of `hash`.
     pub fn prefetch_index(&self, hash: u64) {
-        #[allow(clippy::cast_possible_truncation)]
-        let pos = hash as usize & self.mask;
-        prefetch(&self.index[pos]);
+        prefetch(self.index.home_slot(hash));
     }
 
     /// Batch helper, stage 2: start loading the entry the index slot of `hash`
     /// points to (usually the right one: the first probe hits at load <= 1/2).
     pub fn prefetch_entry(&self, hash: u64) {
-        #[allow(clippy::cast_possible_truncation)]
-        let pos = hash as usize & self.mask;
-        let s = self.index[pos];
-        if s != 0 {
-            #[allow(clippy::cast_possible_truncation)]
-            let idx = (s as u32).wrapping_sub(1) as usize;
-            if let Some(e) = self.entries.get(idx) {
-                prefetch(e);
-            }
+        if let Some(e) = self
+            .index
+            .first(hash)
+            .and_then(|i| self.entries.get(i as usize))
+        {
+            prefetch(e);
         }
     }
 
@@ -612,28 +553,22 @@ impl Conntrack {
     /// Evicts one non-assured entry near `hash` (the kernel samples the
     /// neighbouring buckets too). Returns true if room was made.
     fn early_drop(&mut self, hash: u64, now: u64) -> bool {
-        #[allow(clippy::cast_possible_truncation)]
-        let mut pos = hash as usize & self.mask;
-        let mut looked = 0;
-        let mut scanned = 0;
-        // Look at up to 8 occupied slots, skipping empty ones (bounded).
-        while looked < 8 && scanned < 64 {
-            let s = self.index[pos];
-            scanned += 1;
-            if s != 0 {
-                looked += 1;
-                #[allow(clippy::cast_possible_truncation)]
-                let idx = (s as u32).wrapping_sub(1);
-                let e = &self.entries[idx as usize];
-                if e.status & status::ASSURED == 0 || e.deadline <= now {
-                    self.destroy(idx);
-                    self.stats.early_drop += 1;
-                    return true;
-                }
+        let entries = &self.entries;
+        let mut victim = NONE;
+        self.index.neighbours(hash, 8, |idx| {
+            let e = &entries[idx as usize];
+            let evictable = e.status & status::ASSURED == 0 || e.deadline <= now;
+            if evictable {
+                victim = idx;
             }
-            pos = (pos + 1) & self.mask;
+            evictable
+        });
+        if victim == NONE {
+            return false;
         }
-        false
+        self.destroy(victim);
+        self.stats.early_drop += 1;
+        true
     }
 
     // ---------------------------------------------------------------- per packet
@@ -990,7 +925,7 @@ impl Conntrack {
                 self.stats.insert_failed += 1;
                 self.release(idx);
             } else {
-                self.index_insert(idx, track.hash);
+                self.index.insert(track.hash, idx);
                 let e = &mut self.entries[idx as usize];
                 e.status |= status::CONFIRMED;
                 e.helper = helper_code(helper);

@@ -1,0 +1,167 @@
+//! An open-addressing hash index of `u32` ids, shared by the connection table
+//! and the expectation table. Linear probing with backward-shift deletion (no
+//! tombstones, so probe runs stay short however long the table lives); each slot
+//! holds 32 bits of the hash as a tag beside the id, so a probe rarely touches
+//! an entry that does not match.
+
+/// The index. Capacity is fixed at creation (a power of two).
+#[derive(Clone, Debug)]
+pub struct Index {
+    /// 0 = empty, else `(hash >> 32) << 32 | (id + 1)`.
+    slots: Vec<u64>,
+    mask: usize,
+}
+
+/// Home slot of a hash.
+#[inline]
+fn home(hash: u64, mask: usize) -> usize {
+    // Truncation keeps the low bits, which is what a mask keeps anyway.
+    #[allow(clippy::cast_possible_truncation)]
+    let h = hash as usize;
+    h & mask
+}
+
+#[inline]
+fn id_of(slot: u64) -> u32 {
+    #[allow(clippy::cast_possible_truncation)]
+    let low = slot as u32;
+    low.wrapping_sub(1)
+}
+
+impl Index {
+    /// An index with at least `slots` slots (rounded up to a power of two).
+    pub fn new(slots: usize) -> Index {
+        let n = slots.max(2).next_power_of_two();
+        Index {
+            slots: vec![0; n],
+            mask: n - 1,
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Reference to the home slot of `hash` (for prefetching).
+    pub fn home_slot(&self, hash: u64) -> &u64 {
+        &self.slots[home(hash, self.mask)]
+    }
+
+    /// The id in the home slot of `hash`, if any (for prefetching its entry).
+    pub fn first(&self, hash: u64) -> Option<u32> {
+        let s = self.slots[home(hash, self.mask)];
+        (s != 0).then(|| id_of(s))
+    }
+
+    /// Calls `f` on every id whose tag matches `hash`, in probe order, until `f`
+    /// returns `Some`.
+    #[inline]
+    pub fn find<R>(&self, hash: u64, mut f: impl FnMut(u32) -> Option<R>) -> Option<R> {
+        let tag = hash >> 32;
+        let mut pos = home(hash, self.mask);
+        loop {
+            let s = self.slots[pos];
+            if s == 0 {
+                return None;
+            }
+            if s >> 32 == tag {
+                if let Some(r) = f(id_of(s)) {
+                    return Some(r);
+                }
+            }
+            pos = (pos + 1) & self.mask;
+        }
+    }
+
+    /// Visits up to `max` occupied slots starting at the home of `hash` (skipping
+    /// at most `max * 8` empty ones): a random sample of neighbours.
+    pub fn neighbours(&self, hash: u64, max: usize, mut f: impl FnMut(u32) -> bool) -> bool {
+        let mut pos = home(hash, self.mask);
+        let (mut seen, mut scanned) = (0, 0);
+        while seen < max && scanned < max * 8 {
+            let s = self.slots[pos];
+            scanned += 1;
+            if s != 0 {
+                seen += 1;
+                if f(id_of(s)) {
+                    return true;
+                }
+            }
+            pos = (pos + 1) & self.mask;
+        }
+        false
+    }
+
+    /// Inserts `id` under `hash`. The caller keeps the load below 1.
+    pub fn insert(&mut self, hash: u64, id: u32) {
+        let mut pos = home(hash, self.mask);
+        while self.slots[pos] != 0 {
+            pos = (pos + 1) & self.mask;
+        }
+        self.slots[pos] = (hash >> 32) << 32 | u64::from(id + 1);
+    }
+
+    /// Removes `id`, inserted under `hash`; `hash_of` gives the hash of any other
+    /// id in the index (backward shift must know where each one belongs).
+    pub fn remove(&mut self, hash: u64, id: u32, hash_of: impl Fn(u32) -> u64) {
+        let mut pos = home(hash, self.mask);
+        loop {
+            let s = self.slots[pos];
+            if s == 0 {
+                return;
+            }
+            if id_of(s) == id {
+                break;
+            }
+            pos = (pos + 1) & self.mask;
+        }
+        let mut hole = pos;
+        let mut next = (hole + 1) & self.mask;
+        loop {
+            let s = self.slots[next];
+            if s == 0 {
+                break;
+            }
+            let h = home(hash_of(id_of(s)), self.mask);
+            // Move it back into the hole unless its home lies in (hole, next].
+            if hole.wrapping_sub(h) & self.mask <= next.wrapping_sub(h) & self.mask {
+                self.slots[hole] = s;
+                hole = next;
+            }
+            next = (next + 1) & self.mask;
+        }
+        self.slots[hole] = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        /// Against a model, with a tiny index and clustered hashes so probe runs wrap.
+        #[test]
+        fn matches_model(ops in proptest::collection::vec((0u32..40, any::<bool>(), 0u64..8), 1..300)) {
+            let mut idx = Index::new(64);
+            let mut model: HashMap<u32, u64> = HashMap::new();
+            for (id, ins, h) in ops {
+                let hash = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 60; // few homes, near the end
+                if ins {
+                    if let std::collections::hash_map::Entry::Vacant(v) = model.entry(id) {
+                        idx.insert(hash, id);
+                        v.insert(hash);
+                    }
+                } else if let Some(hash) = model.remove(&id) {
+                    let m = model.clone();
+                    idx.remove(hash, id, |o| m[&o]);
+                }
+                for (&id, &hash) in &model {
+                    prop_assert_eq!(idx.find(hash, |c| (c == id).then_some(c)), Some(id));
+                }
+            }
+        }
+    }
+}
