@@ -13,6 +13,9 @@
 //! packet, [`Conntrack::abort`] frees it when policy dropped it, so a dropped
 //! first packet leaves nothing behind.
 
+use crate::expect::{
+    self, ExpectError, ExpectInfo, ExpectPolicy, ExpectSpec, ExpectStats, Expectations,
+};
 use crate::index::Index;
 use crate::packet::{Frag, Icmp, Packet, L4};
 use crate::proto::tcp::{self, TcpConfig, TcpConn, TcpCtx, TcpVerdict};
@@ -38,6 +41,10 @@ pub struct Config {
     pub frag_slots: u32,
     /// Seconds a fragment verdict is kept (the kernel's `ipfrag_time`).
     pub frag_timeout: u32,
+    /// Capacity of the expectation table (`nf_conntrack_expect_max`).
+    pub expect_max: u32,
+    /// Per-helper expectation policy, indexed by `HelperKind as usize`.
+    pub expect_policy: [ExpectPolicy; 9],
 }
 
 impl Default for Config {
@@ -50,6 +57,10 @@ impl Default for Config {
             hash_secret: HashSecret::default(),
             frag_slots: 4096,
             frag_timeout: 30,
+            expect_max: 4096,
+            expect_policy: core::array::from_fn(|i| {
+                expect::default_policy(HelperKind::ALL.get(i).copied().unwrap_or(HelperKind::Ftp))
+            }),
         }
     }
 }
@@ -154,18 +165,17 @@ struct Entry {
     tprev: u32,
     /// Absolute wheel tick the entry is linked at.
     ttick: u32,
-    /// Master entry of an expected connection.
-    master: u32,
+    /// First of this connection's expectations (a master's list).
+    exp_head: u32,
+    /// Helper of the master, for an expected connection (policy matches on it).
+    master_helper: u8,
 }
 
 fn helper_code(h: Option<HelperKind>) -> u8 {
     h.map_or(0, |h| h as u8 + 1)
 }
 
-fn helper_of(code: u8) -> Option<HelperKind> {
-    code.checked_sub(1)
-        .and_then(|i| HelperKind::ALL.get(usize::from(i)).copied())
-}
+use expect::helper_of;
 
 /// What [`Conntrack::track`] decided for a packet; pass it to [`Conntrack::confirm`]
 /// or [`Conntrack::abort`] once policy has spoken.
@@ -182,6 +192,8 @@ pub struct Track {
     pub helper: Option<HelperKind>,
     /// Conntrack itself requires the drop (table full): policy cannot accept.
     pub must_drop: bool,
+    /// The packet's entry (existing, or pending until confirmed), `u32::MAX` if none.
+    pub conn: u32,
     pending: u32,
     hash: u64,
     frag: Option<FragKey>,
@@ -195,6 +207,7 @@ impl Track {
             reason,
             helper: None,
             must_drop: false,
+            conn: NONE,
             pending: NONE,
             hash: 0,
             frag: None,
@@ -274,6 +287,8 @@ pub struct Conntrack {
     wheel_tick: u32,
     wheel_started: bool,
     frags: Vec<FragSlot>,
+    expects: Expectations,
+    reaped: Vec<(u32, u32)>,
 }
 
 fn timeout_ns(secs: u32) -> u64 {
@@ -295,11 +310,12 @@ impl Conntrack {
             };
             e.tnext = next;
             e.tprev = NONE;
-            e.master = NONE;
+            e.exp_head = NONE;
         }
         // Load factor at most 1/2: short probe sequences at a full table.
         let slots = (cap as usize * 2).next_power_of_two();
         let frag_slots = cfg.frag_slots.max(1).next_power_of_two() as usize;
+        let (cfg_expect_max, secret) = (cfg.expect_max, cfg.hash_secret);
         Conntrack {
             cfg,
             stats: Stats::default(),
@@ -311,6 +327,8 @@ impl Conntrack {
             wheel_tick: 0,
             wheel_started: false,
             frags: vec![FragSlot::default(); frag_slots],
+            expects: Expectations::new(cfg_expect_max, secret),
+            reaped: Vec::with_capacity(16),
         }
     }
 
@@ -503,6 +521,17 @@ impl Conntrack {
             // A jump of a turn or more: every bucket was visited once.
             self.wheel_tick = now_tick;
         }
+        if !self.expects.is_empty() {
+            let mut reaped = core::mem::take(&mut self.reaped);
+            self.expects.expired_slots(now, 8, &mut reaped);
+            for &(slot, master) in &reaped {
+                let mut head = self.entries[master as usize].exp_head;
+                self.expects.remove(slot, &mut head);
+                self.entries[master as usize].exp_head = head;
+            }
+            reaped.clear();
+            self.reaped = reaped;
+        }
         expired
     }
 
@@ -520,7 +549,7 @@ impl Conntrack {
             status: status::USED,
             tnext: NONE,
             tprev: NONE,
-            master: NONE,
+            exp_head: NONE,
             ..Entry::default()
         };
         self.count += 1;
@@ -546,6 +575,10 @@ impl Conntrack {
     fn destroy_unlinked(&mut self, idx: u32) {
         if self.entries[idx as usize].status & status::CONFIRMED != 0 {
             self.index_remove(idx);
+        }
+        let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
+        if head != NONE {
+            self.expects.remove_all(head);
         }
         self.release(idx);
     }
@@ -637,9 +670,9 @@ impl Conntrack {
     /// A packet of an existing entry. `None` means "restart": the caller destroys
     /// the entry and processes the packet as new.
     fn existing(&mut self, idx: u32, dir: Direction, pkt: &Packet<'_>, now: u64) -> Option<Track> {
-        let (st, helper_code, master) = {
+        let (st, helper_code, master_helper) = {
             let e = &self.entries[idx as usize];
-            (e.status, e.helper, e.master)
+            (e.status, e.helper, e.master_helper)
         };
         let seen_reply = st & status::SEEN_REPLY != 0;
         let state = if dir == Direction::Reply || seen_reply {
@@ -649,17 +682,19 @@ impl Conntrack {
         } else {
             CtState::New
         };
-        let helper = helper_of(helper_code).or_else(|| {
-            (master != NONE)
-                .then(|| helper_of(self.entries[master as usize].helper))
-                .flatten()
-        });
+        // A related connection answers to its master's helper in policy.
+        let helper = if st & status::EXPECTED != 0 {
+            helper_of(master_helper)
+        } else {
+            helper_of(helper_code)
+        };
         let mut track = Track {
             state,
             reply: dir == Direction::Reply,
             reason: None,
             helper,
             must_drop: false,
+            conn: idx,
             pending: NONE,
             hash: 0,
             frag: None,
@@ -791,6 +826,26 @@ impl Conntrack {
                 return tr;
             }
         };
+        // "Welcome, Mr. Bond": a matching expectation makes the connection
+        // related. As in the kernel, the expectation is used up here, whatever
+        // policy then decides.
+        let mut state = CtState::New;
+        let mut helper = None;
+        let mut child_helper = 0;
+        let mut master_helper = 0;
+        if !self.expects.is_empty() {
+            if let Some(slot) = self.expects.find(t, now) {
+                let (master, child) = self.expects.get(slot);
+                let mut head = self.entries[master as usize].exp_head;
+                self.expects.remove(slot, &mut head);
+                self.entries[master as usize].exp_head = head;
+                self.expects.stats.expect_new += 1;
+                master_helper = self.entries[master as usize].helper;
+                helper = helper_of(master_helper);
+                child_helper = helper_code(child);
+                state = CtState::Related;
+            }
+        }
         let e = &mut self.entries[idx as usize];
         e.orig = Stored::from(t);
         e.tcp = tcp_state;
@@ -798,12 +853,18 @@ impl Conntrack {
         e.stream_ts = now + 2 * SEC;
         e.packets[0] = 1;
         e.bytes[0] = u64::from(pkt.ip_len);
+        if state == CtState::Related {
+            e.status |= status::EXPECTED;
+            e.master_helper = master_helper;
+            e.helper = child_helper;
+        }
         Track {
-            state: CtState::New,
+            state,
             reply: false,
             reason: None,
-            helper: None,
+            helper,
             must_drop: false,
+            conn: idx,
             pending: idx,
             hash,
             frag: None,
@@ -843,6 +904,7 @@ impl Conntrack {
             reason: None,
             helper,
             must_drop: false,
+            conn: idx,
             pending: NONE,
             hash: 0,
             frag: None,
@@ -928,7 +990,9 @@ impl Conntrack {
                 self.index.insert(track.hash, idx);
                 let e = &mut self.entries[idx as usize];
                 e.status |= status::CONFIRMED;
-                e.helper = helper_code(helper);
+                if helper.is_some() {
+                    e.helper = helper_code(helper);
+                }
                 let deadline = e.deadline;
                 let tick = self.clamp_tick(deadline);
                 self.wheel_link(idx, tick);
@@ -957,6 +1021,63 @@ impl Conntrack {
                 cur = next;
             }
         }
+    }
+
+    /// Adds an expectation on behalf of connection `conn` (a [`Track::conn`] of an
+    /// accepted packet), with its helper's policy.
+    pub fn expect(&mut self, conn: u32, spec: &ExpectSpec, now: u64) -> Result<u32, ExpectError> {
+        let live = self
+            .entries
+            .get(conn as usize)
+            .is_some_and(|e| e.status & status::CONFIRMED != 0);
+        if !live {
+            return Err(ExpectError::NoMaster);
+        }
+        let policy = self.cfg.expect_policy[spec.helper as usize];
+        let mut head = self.entries[conn as usize].exp_head;
+        let r = self.expects.add(conn, &mut head, spec, policy, now);
+        self.entries[conn as usize].exp_head = head;
+        r
+    }
+
+    /// Operator: adds an expectation whose master is the connection `master`
+    /// (either direction's tuple).
+    pub fn expect_for(
+        &mut self,
+        master: &Tuple,
+        spec: &ExpectSpec,
+        now: u64,
+    ) -> Result<u32, ExpectError> {
+        let hash = self.hash(&master.key());
+        match self.lookup(master, hash) {
+            Some((idx, _)) if self.entries[idx as usize].deadline > now => {
+                self.expect(idx, spec, now)
+            }
+            _ => Err(ExpectError::NoMaster),
+        }
+    }
+
+    /// Operator: removes the expectation with the given id. True if it existed.
+    pub fn unexpect(&mut self, id: u32) -> bool {
+        let Some(slot) = self.expects.find_id(id) else {
+            return false;
+        };
+        let master = self.expects.master_of(slot);
+        let mut head = self.entries[master as usize].exp_head;
+        self.expects.remove(slot, &mut head);
+        self.entries[master as usize].exp_head = head;
+        true
+    }
+
+    /// Live expectations, for listings.
+    pub fn expectations(&self, now: u64) -> impl Iterator<Item = ExpectInfo> + '_ {
+        self.expects
+            .list(now, move |m| self.entries[m as usize].orig.tuple())
+    }
+
+    /// Expectation counters.
+    pub fn expect_stats(&self) -> &ExpectStats {
+        &self.expects.stats
     }
 
     /// Every confirmed connection, for listings. Walks the slab: control plane only.

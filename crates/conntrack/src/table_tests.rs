@@ -381,3 +381,108 @@ fn entry_size() {
     );
     assert!(core::mem::size_of::<Entry>() <= 160);
 }
+
+mod expectations {
+    use super::*;
+    use crate::expect::{ExpectError, ExpectSpec, Mask};
+    use crate::HelperKind;
+
+    /// A TFTP-like exchange: the client asks the server on 69, the server answers
+    /// from a new port.
+    fn spec(client_port: u16) -> ExpectSpec {
+        ExpectSpec {
+            tuple: udp(B, 0, A, client_port).tuple,
+            mask: Mask {
+                src_addr: false,
+                src_port: true,
+            },
+            helper: HelperKind::Tftp,
+            child_helper: None,
+        }
+    }
+
+    fn master(ct: &mut Conntrack, port: u16) -> u32 {
+        let t = ct.track(&udp(A, port, B, 69), 0);
+        ct.confirm(&t, Some(HelperKind::Tftp), 0);
+        t.conn
+    }
+
+    #[test]
+    fn expected_flow_is_related_then_established() {
+        let mut ct = table(64);
+        let m = master(&mut ct, 50618);
+        let id = ct.expect(m, &spec(50618), 0).unwrap();
+        assert_eq!(ct.expectations(0).count(), 1);
+        assert_eq!(ct.expectations(0).next().unwrap().id, id);
+        // The server answers from port 3445: related, and the master's helper.
+        let t = accept(&mut ct, &udp(B, 3445, A, 50618), S);
+        assert_eq!(
+            (t.state, t.reply, t.helper),
+            (CtState::Related, false, Some(HelperKind::Tftp))
+        );
+        assert_eq!(ct.expectations(S).count(), 0, "used up");
+        let t = accept(&mut ct, &udp(A, 50618, B, 3445), S);
+        assert_eq!((t.state, t.reply), (CtState::Established, true));
+        // Wrong source address: not the expected flow.
+        let m2 = master(&mut ct, 40000);
+        ct.expect(m2, &spec(40000), S).unwrap();
+        let t = accept(&mut ct, &udp([198, 51, 100, 7], 3446, A, 40000), S);
+        assert_eq!(t.state, CtState::New);
+        assert_eq!(ct.expect_stats().expect_new, 1);
+    }
+
+    #[test]
+    fn limits_clash_expiry_and_master_death() {
+        let mut ct = table(64);
+        let m = master(&mut ct, 1000);
+        // TFTP allows one expectation per master: a second evicts the first.
+        ct.expect(m, &spec(1000), 0).unwrap();
+        ct.expect(m, &spec(1001), 0).unwrap();
+        assert_eq!(ct.expectations(0).count(), 1);
+        assert_eq!(ct.expect_stats().expect_evicted, 1);
+        assert_eq!(accept(&mut ct, &udp(B, 9, A, 1000), 0).state, CtState::New);
+        // The same tuple from another master clashes; from the same, refreshes.
+        let m2 = master(&mut ct, 2000);
+        assert_eq!(ct.expect(m2, &spec(1001), 0), Err(ExpectError::Clash));
+        assert!(ct.expect(m, &spec(1001), 0).is_ok());
+        // Expired expectations never match (TFTP: 300 s).
+        ct.expect(m2, &spec(2000), 0).unwrap();
+        assert_eq!(
+            accept(&mut ct, &udp(B, 9, A, 2000), 301 * S).state,
+            CtState::New
+        );
+        // The master going away takes its expectations along.
+        let mut ct = table(64);
+        let m = master(&mut ct, 1000);
+        ct.expect(m, &spec(1000), 0).unwrap();
+        ct.flush();
+        assert_eq!(ct.expectations(0).count(), 0);
+        let m = master(&mut ct, 1000);
+        ct.expect(m, &spec(1000), 0).unwrap();
+        // The master times out (30 s unreplied) and is reaped with its expectation.
+        for s in 1..=40 {
+            ct.expire(s * S);
+        }
+        assert!(ct.is_empty());
+        assert_eq!(ct.expectations(40 * S).count(), 0);
+        assert!(ct.expect(m, &spec(1000), 40 * S).is_err());
+    }
+
+    #[test]
+    fn operator_add_list_delete() {
+        let mut ct = table(64);
+        master(&mut ct, 1000);
+        let master_tuple = udp(B, 69, A, 1000).tuple; // reply direction works too
+        let id = ct.expect_for(&master_tuple, &spec(1000), 0).unwrap();
+        let e = ct.expectations(0).next().unwrap();
+        assert_eq!(e.master, udp(A, 1000, B, 69).tuple);
+        assert_eq!(e.helper, Some(HelperKind::Tftp));
+        assert!(ct.unexpect(id));
+        assert!(!ct.unexpect(id));
+        assert_eq!(ct.expectations(0).count(), 0);
+        assert_eq!(
+            ct.expect_for(&udp(A, 1, B, 2).tuple, &spec(1), 0),
+            Err(ExpectError::NoMaster)
+        );
+    }
+}

@@ -36,9 +36,10 @@ pub mod ipproto {
 }
 
 /// Address family of a tuple.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Default)]
 pub enum Family {
     /// IPv4: the address occupies the low 32 bits of [`Addr`].
+    #[default]
     V4 = 4,
     /// IPv6.
     V6 = 6,
@@ -76,7 +77,7 @@ impl Addr {
 }
 
 /// One direction of a flow.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct Tuple {
     /// Source address.
     pub src: Addr,

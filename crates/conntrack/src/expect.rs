@@ -1,0 +1,383 @@
+//! Expectations (the kernel's `nf_conntrack_expect`): a helper that reads a
+//! control connection announces the tuple of a future data connection; the
+//! first packet matching it is `related` and its entry records that it was
+//! expected. This module alone enforces the limits: a global maximum, the
+//! per-helper `max_expected` (the master's oldest expectation is evicted when
+//! it would be exceeded), clashes and timeouts.
+//!
+//! Lookup is by the expected flow's destination (address, port, protocol), as in
+//! the kernel, because the source port (and for some helpers the source address)
+//! is a wildcard; candidates are then compared under their mask.
+
+use crate::index::Index;
+use crate::tuple::{Addr, Family, HashSecret, Tuple};
+use crate::HelperKind;
+
+const NONE: u32 = u32::MAX;
+
+/// Which fields of an expectation's tuple are wildcards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Mask {
+    /// Any source address.
+    pub src_addr: bool,
+    /// Any source port.
+    pub src_port: bool,
+}
+
+/// What a helper (or the operator) asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpectSpec {
+    /// Original-direction tuple of the expected connection; masked fields are
+    /// ignored.
+    pub tuple: Tuple,
+    /// Wildcards.
+    pub mask: Mask,
+    /// Helper class of the requester (limits and timeouts are per helper).
+    pub helper: HelperKind,
+    /// Helper the expected connection itself gets (e.g. none for FTP data).
+    pub child_helper: Option<HelperKind>,
+}
+
+/// Per-helper expectation policy (`nf_conntrack_expect_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpectPolicy {
+    /// Live expectations one master may hold.
+    pub max_expected: u32,
+    /// Seconds an expectation lives.
+    pub timeout: u32,
+}
+
+/// The kernel's defaults per helper.
+pub fn default_policy(h: HelperKind) -> ExpectPolicy {
+    let (max_expected, timeout) = match h {
+        HelperKind::Ftp => (1, 300),
+        HelperKind::Tftp => (1, 300),
+        HelperKind::Irc => (8, 300),
+        HelperKind::Sip => (4, 180),
+        HelperKind::Amanda => (3, 180),
+        HelperKind::Sane => (1, 300),
+        HelperKind::Pptp => (2, 300),
+        HelperKind::NetbiosNs => (1, 3),
+        HelperKind::Snmp => (1, 30),
+    };
+    ExpectPolicy {
+        max_expected,
+        timeout,
+    }
+}
+
+/// Why an expectation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExpectError {
+    /// The expectation table is full.
+    #[error("expectation table full")]
+    TableFull,
+    /// Another master already expects this tuple.
+    #[error("another connection already expects this tuple")]
+    Clash,
+    /// The master connection does not exist (anymore).
+    #[error("no such master connection")]
+    NoMaster,
+    /// The tuple cannot be expected (family mismatch, bad protocol).
+    #[error("invalid expectation tuple")]
+    Invalid,
+}
+
+/// Expectation counters, with the kernel's names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpectStats {
+    /// Connections created from an expectation.
+    pub expect_new: u64,
+    /// Expectations created.
+    pub expect_create: u64,
+    /// Expectations removed (used, evicted, expired, master gone, operator).
+    pub expect_delete: u64,
+    /// Requests refused (table full, clash).
+    pub expect_refused: u64,
+    /// Expectations evicted because their master exceeded `max_expected`.
+    pub expect_evicted: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Exp {
+    tuple: Tuple,
+    mask: Mask,
+    used: bool,
+    helper: u8,
+    child_helper: u8,
+    master: u32,
+    /// Next expectation of the same master (newest first), or the free list.
+    next: u32,
+    deadline: u64,
+    id: u32,
+}
+
+/// A view of one expectation, for listings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpectInfo {
+    /// Stable id (for deletion).
+    pub id: u32,
+    /// Expected tuple (masked fields as zero).
+    pub tuple: Tuple,
+    /// Wildcards.
+    pub mask: Mask,
+    /// Requesting helper.
+    pub helper: Option<HelperKind>,
+    /// Master connection's original tuple.
+    pub master: Tuple,
+    /// Nanoseconds left.
+    pub expires_in: u64,
+}
+
+/// The expectation table of one conntrack table.
+#[derive(Clone, Debug)]
+pub struct Expectations {
+    exps: Vec<Exp>,
+    index: Index,
+    free: u32,
+    count: u32,
+    next_id: u32,
+    secret: HashSecret,
+    sweep: usize,
+    /// Counters.
+    pub stats: ExpectStats,
+}
+
+fn code(h: Option<HelperKind>) -> u8 {
+    h.map_or(0, |h| h as u8 + 1)
+}
+
+pub(crate) fn helper_of(code: u8) -> Option<HelperKind> {
+    code.checked_sub(1)
+        .and_then(|i| HelperKind::ALL.get(usize::from(i)).copied())
+}
+
+/// The part of a tuple expectations are indexed by.
+fn dst_hash(t: &Tuple, secret: &HashSecret) -> u64 {
+    use core::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(secret.1 ^ 0x5bd1, secret.0);
+    h.write_u128(t.dst.0);
+    h.write_u32(u32::from(t.dst_port) | u32::from(t.proto) << 16 | (t.family as u32) << 24);
+    h.finish()
+}
+
+fn masked(t: &Tuple, m: Mask) -> Tuple {
+    Tuple {
+        src: if m.src_addr { Addr(0) } else { t.src },
+        src_port: if m.src_port { 0 } else { t.src_port },
+        ..*t
+    }
+}
+
+impl Expectations {
+    /// A table for `max` expectations.
+    pub fn new(max: u32, secret: HashSecret) -> Self {
+        let max = max.max(1);
+        let mut exps = vec![Exp::default(); max as usize];
+        for (i, e) in exps.iter_mut().enumerate() {
+            #[allow(clippy::cast_possible_truncation)]
+            let n = i as u32 + 1;
+            e.next = if n < max { n } else { NONE };
+        }
+        Expectations {
+            exps,
+            index: Index::new(max as usize * 2),
+            free: 0,
+            count: 0,
+            next_id: 1,
+            secret,
+            sweep: 0,
+            stats: ExpectStats::default(),
+        }
+    }
+
+    /// Live expectations.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True if none is live.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The live expectation a new connection's first packet matches, if any.
+    pub fn find(&self, t: &Tuple, now: u64) -> Option<u32> {
+        let h = dst_hash(t, &self.secret);
+        let exps = &self.exps;
+        self.index.find(h, |i| {
+            let e = &exps[i as usize];
+            (e.used && e.deadline > now && masked(t, e.mask) == e.tuple).then_some(i)
+        })
+    }
+
+    /// Master and child helper of expectation slot `i`.
+    pub fn get(&self, i: u32) -> (u32, Option<HelperKind>) {
+        let e = &self.exps[i as usize];
+        (e.master, helper_of(e.child_helper))
+    }
+
+    /// Adds an expectation for `master`, whose list head is `*head`. Applies the
+    /// per-helper limit by evicting the master's oldest expectation.
+    pub fn add(
+        &mut self,
+        master: u32,
+        head: &mut u32,
+        spec: &ExpectSpec,
+        policy: ExpectPolicy,
+        now: u64,
+    ) -> Result<u32, ExpectError> {
+        if spec.tuple.family != Family::V4 && spec.tuple.family != Family::V6 {
+            return Err(ExpectError::Invalid);
+        }
+        let t = masked(&spec.tuple, spec.mask);
+        let h = dst_hash(&t, &self.secret);
+        // Clash: same tuple and mask already expected. Same master: refresh it
+        // (the kernel replaces it); another master: refuse.
+        let exps = &self.exps;
+        if let Some(i) = self.index.find(h, |i| {
+            let e = &exps[i as usize];
+            (e.used && e.tuple == t && e.mask == spec.mask && e.deadline > now).then_some(i)
+        }) {
+            if self.exps[i as usize].master == master {
+                self.exps[i as usize].deadline =
+                    now + u64::from(policy.timeout) * crate::timeouts::SEC;
+                return Ok(self.exps[i as usize].id);
+            }
+            self.stats.expect_refused += 1;
+            return Err(ExpectError::Clash);
+        }
+        // Per-master limit: evict the oldest (the tail of the newest-first list).
+        let mut n = 0;
+        let mut cur = *head;
+        let mut oldest = NONE;
+        while cur != NONE {
+            n += 1;
+            oldest = cur;
+            cur = self.exps[cur as usize].next;
+        }
+        if policy.max_expected > 0 && n >= policy.max_expected && oldest != NONE {
+            self.remove(oldest, head);
+            self.stats.expect_evicted += 1;
+        }
+        if self.free == NONE {
+            self.stats.expect_refused += 1;
+            return Err(ExpectError::TableFull);
+        }
+        let i = self.free;
+        self.free = self.exps[i as usize].next;
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.exps[i as usize] = Exp {
+            tuple: t,
+            mask: spec.mask,
+            used: true,
+            helper: code(Some(spec.helper)),
+            child_helper: code(spec.child_helper),
+            master,
+            next: *head,
+            deadline: now + u64::from(policy.timeout) * crate::timeouts::SEC,
+            id,
+        };
+        *head = i;
+        self.index.insert(h, i);
+        self.count += 1;
+        self.stats.expect_create += 1;
+        Ok(id)
+    }
+
+    /// Removes expectation slot `i`, unlinking it from its master's list whose
+    /// head is `*head` (lists hold at most `max_expected` items).
+    pub fn remove(&mut self, i: u32, head: &mut u32) {
+        if !self.exps.get(i as usize).is_some_and(|e| e.used) {
+            return;
+        }
+        if *head == i {
+            *head = self.exps[i as usize].next;
+        } else {
+            let mut cur = *head;
+            while cur != NONE {
+                let next = self.exps[cur as usize].next;
+                if next == i {
+                    self.exps[cur as usize].next = self.exps[i as usize].next;
+                    break;
+                }
+                cur = next;
+            }
+        }
+        self.free_slot(i);
+    }
+
+    fn free_slot(&mut self, i: u32) {
+        let t = self.exps[i as usize].tuple;
+        let h = dst_hash(&t, &self.secret);
+        let (exps, secret) = (&self.exps, self.secret);
+        self.index
+            .remove(h, i, |o| dst_hash(&exps[o as usize].tuple, &secret));
+        let e = &mut self.exps[i as usize];
+        e.used = false;
+        e.next = self.free;
+        self.free = i;
+        self.count -= 1;
+        self.stats.expect_delete += 1;
+    }
+
+    /// Removes every expectation of a master that is going away.
+    pub fn remove_all(&mut self, head: u32) {
+        let mut cur = head;
+        while cur != NONE {
+            let next = self.exps[cur as usize].next;
+            self.free_slot(cur);
+            cur = next;
+        }
+    }
+
+    /// Master of expectation slot `i`.
+    pub fn master_of(&self, i: u32) -> u32 {
+        self.exps[i as usize].master
+    }
+
+    /// Slot of the live expectation with operator-visible `id`.
+    pub fn find_id(&self, id: u32) -> Option<u32> {
+        self.exps
+            .iter()
+            .position(|e| e.used && e.id == id)
+            .and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// Reaps up to `budget` slots' worth of expired expectations, continuing
+    /// where the last call stopped. Expired ones never match anyway; this only
+    /// returns their slots. Returns the (slot, master) pairs reaped so the caller
+    /// can unlink them from their masters' lists with [`Self::remove`].
+    pub fn expired_slots(&mut self, now: u64, budget: usize, out: &mut Vec<(u32, u32)>) {
+        let n = self.exps.len();
+        for _ in 0..budget.min(n) {
+            self.sweep = (self.sweep + 1) % n;
+            let e = &self.exps[self.sweep];
+            if e.used && e.deadline <= now {
+                #[allow(clippy::cast_possible_truncation)]
+                out.push((self.sweep as u32, e.master));
+            }
+        }
+    }
+
+    /// Every live expectation, for listings; `master` resolves a master index to
+    /// its tuple.
+    pub fn list<'a>(
+        &'a self,
+        now: u64,
+        master: impl Fn(u32) -> Tuple + 'a,
+    ) -> impl Iterator<Item = ExpectInfo> + 'a {
+        self.exps
+            .iter()
+            .filter(move |e| e.used && e.deadline > now)
+            .map(move |e| ExpectInfo {
+                id: e.id,
+                tuple: e.tuple,
+                mask: e.mask,
+                helper: helper_of(e.helper),
+                master: master(e.master),
+                expires_in: e.deadline - now,
+            })
+    }
+}
