@@ -10,6 +10,7 @@
 
 pub mod expect;
 pub mod index;
+pub mod linebuf;
 pub mod packet;
 pub mod pipeline;
 pub mod policy;
