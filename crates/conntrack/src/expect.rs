@@ -154,11 +154,14 @@ pub(crate) fn helper_of(code: u8) -> Option<HelperKind> {
 
 /// The part of a tuple expectations are indexed by.
 fn dst_hash(t: &Tuple, secret: &HashSecret) -> u64 {
-    use core::hash::Hasher;
-    let mut h = siphasher::sip::SipHasher13::new_with_keys(secret.1 ^ 0x5bd1, secret.0);
-    h.write_u128(t.dst.0);
-    h.write_u32(u32::from(t.dst_port) | u32::from(t.proto) << 16 | (t.family as u32) << 24);
-    h.finish()
+    // Truncations split the 128-bit address into words.
+    #[allow(clippy::cast_possible_truncation)]
+    let words = [
+        (t.dst.0 >> 64) as u64,
+        t.dst.0 as u64,
+        u64::from(t.dst_port) | u64::from(t.proto) << 16 | (t.family as u64) << 24 | 1 << 40,
+    ];
+    crate::tuple::keyed_hash(secret, &words)
 }
 
 fn masked(t: &Tuple, m: Mask) -> Tuple {

@@ -33,7 +33,7 @@ impl Index {
     pub fn new(slots: usize) -> Index {
         let n = slots.max(2).next_power_of_two();
         Index {
-            slots: vec![0; n],
+            slots: crate::mem::huge_vec(n, 0),
             mask: n - 1,
         }
     }

@@ -11,6 +11,7 @@
 pub mod expect;
 pub mod index;
 pub mod linebuf;
+mod mem;
 pub mod packet;
 pub mod pipeline;
 pub mod policy;

@@ -299,7 +299,7 @@ impl Conntrack {
     /// A table with the given configuration, all memory allocated now.
     pub fn new(cfg: Config) -> Self {
         let cap = cfg.max_entries.max(1);
-        let mut entries = vec![Entry::default(); cap as usize];
+        let mut entries = crate::mem::huge_vec(cap as usize, Entry::default());
         for (i, e) in entries.iter_mut().enumerate() {
             // `i + 1 < cap <= u32::MAX`, so the cast cannot truncate.
             #[allow(clippy::cast_possible_truncation)]
@@ -378,7 +378,7 @@ impl Conntrack {
         let inv = Stored::from(&t.invert());
         let entries = &self.entries;
         self.index.find(hash, |idx| {
-            let e = &entries[idx as usize];
+            let e = entries.get(idx as usize)?;
             if e.orig == want {
                 Some((idx, Direction::Original))
             } else if e.orig == inv {
@@ -949,15 +949,17 @@ impl Conntrack {
     }
 
     fn frag_slot(&self, k: &FragKey) -> usize {
-        use core::hash::{Hash, Hasher};
-        let mut h = siphasher::sip::SipHasher13::new_with_keys(
-            self.cfg.hash_secret.1,
-            self.cfg.hash_secret.0,
-        );
-        k.hash(&mut h);
+        let words = [
+            k.src[0],
+            k.src[1],
+            k.dst[0],
+            k.dst[1],
+            u64::from(k.id) | u64::from(k.proto) << 32 | u64::from(k.v6) << 40 | 2 << 48,
+        ];
+        // Truncation keeps the low bits, which the mask keeps anyway.
         #[allow(clippy::cast_possible_truncation)]
-        let i = h.finish() as usize & (self.frags.len() - 1);
-        i
+        let i = crate::tuple::keyed_hash(&self.cfg.hash_secret, &words) as usize;
+        i & (self.frags.len() - 1)
     }
 
     fn remember_fragment(&mut self, track: &Track, accepted: bool, conn: u32, now: u64) {
@@ -1105,15 +1107,20 @@ impl Conntrack {
 /// Cache prefetch hint; a no-op where the target has none.
 #[inline(always)]
 fn prefetch<T>(r: &T) {
+    prefetch_addr(core::ptr::from_ref(r).cast::<u8>());
+}
+
+#[inline(always)]
+fn prefetch_addr(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that never faults and neither reads nor writes
-    // memory as far as the program can observe; `r` is a valid reference anyway.
+    // SAFETY: prefetch is a hint: it never faults (not even on an invalid
+    // address) and neither reads nor writes memory as the program can observe.
     unsafe {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(core::ptr::from_ref(r).cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    let _ = p;
 }
 
 fn frag_key(pkt: &Packet<'_>, f: Frag) -> FragKey {
@@ -1123,16 +1130,6 @@ fn frag_key(pkt: &Packet<'_>, f: Frag) -> FragKey {
         id: f.id,
         proto: pkt.tuple.proto,
         v6: pkt.tuple.family == Family::V6,
-    }
-}
-
-impl core::hash::Hash for FragKey {
-    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
-        h.write_u64(self.src[0]);
-        h.write_u64(self.src[1]);
-        h.write_u64(self.dst[0]);
-        h.write_u64(self.dst[1]);
-        h.write_u64(u64::from(self.id) | u64::from(self.proto) << 32 | u64::from(self.v6) << 40);
     }
 }
 
