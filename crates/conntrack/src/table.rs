@@ -312,8 +312,9 @@ impl Conntrack {
             e.tprev = NONE;
             e.exp_head = NONE;
         }
-        // Load factor at most 1/2: short probe sequences at a full table.
-        let slots = (cap as usize * 2).next_power_of_two();
+        // Load factor at most 3/4 even when full: with 32-bit tags in the slots a
+        // probe reads entries only on a tag match, and 8 slots share a cache line.
+        let slots = (cap as usize + cap as usize / 3 + 1).next_power_of_two();
         let frag_slots = cfg.frag_slots.max(1).next_power_of_two() as usize;
         let (cfg_expect_max, secret) = (cfg.expect_max, cfg.hash_secret);
         Conntrack {
