@@ -9,6 +9,7 @@
 //! rule set) and [`pipeline`] (raw stage → conntrack → filter → confirm).
 
 pub mod expect;
+pub mod helpers;
 pub mod index;
 pub mod linebuf;
 mod mem;
