@@ -88,6 +88,7 @@ impl Pipeline {
         let accepted = d.action == Action::Accept;
         if accepted {
             self.ct.confirm(&track, d.assign_helper, now);
+            self.ct.help(&track, &pkt, now);
         } else {
             self.ct.abort(&track, now);
         }

@@ -45,6 +45,12 @@ pub struct Config {
     pub expect_max: u32,
     /// Per-helper expectation policy, indexed by `HelperKind as usize`.
     pub expect_policy: [ExpectPolicy; 9],
+    /// Connections that can have helper state at once (each holds two 512-byte
+    /// line buffers).
+    pub helper_slots: u32,
+    /// FTP: accept announced addresses other than the sender's (the kernel's
+    /// `nf_conntrack_ftp loose=1`); off by default (anti-bounce).
+    pub ftp_loose: bool,
 }
 
 impl Default for Config {
@@ -58,6 +64,8 @@ impl Default for Config {
             frag_slots: 4096,
             frag_timeout: 30,
             expect_max: 4096,
+            helper_slots: 4096,
+            ftp_loose: false,
             expect_policy: core::array::from_fn(|i| {
                 expect::default_policy(HelperKind::ALL.get(i).copied().unwrap_or(HelperKind::Ftp))
             }),
@@ -169,6 +177,8 @@ struct Entry {
     exp_head: u32,
     /// Helper of the master, for an expected connection (policy matches on it).
     master_helper: u8,
+    /// Slot of this connection's helper state, `NONE` if none.
+    help: u32,
 }
 
 fn helper_code(h: Option<HelperKind>) -> u8 {
@@ -176,6 +186,10 @@ fn helper_code(h: Option<HelperKind>) -> u8 {
 }
 
 use expect::helper_of;
+
+#[path = "help.rs"]
+mod help;
+pub use help::HelperStats;
 
 /// What [`Conntrack::track`] decided for a packet; pass it to [`Conntrack::confirm`]
 /// or [`Conntrack::abort`] once policy has spoken.
@@ -289,6 +303,8 @@ pub struct Conntrack {
     frags: Vec<FragSlot>,
     expects: Expectations,
     reaped: Vec<(u32, u32)>,
+    helps: help::Helps,
+    help_stats: help::HelperStats,
 }
 
 fn timeout_ns(secs: u32) -> u64 {
@@ -311,12 +327,14 @@ impl Conntrack {
             e.tnext = next;
             e.tprev = NONE;
             e.exp_head = NONE;
+            e.help = NONE;
         }
         // Load factor at most 3/4 even when full: with 32-bit tags in the slots a
         // probe reads entries only on a tag match, and 8 slots share a cache line.
         let slots = (cap as usize + cap as usize / 3 + 1).next_power_of_two();
         let frag_slots = cfg.frag_slots.max(1).next_power_of_two() as usize;
         let (cfg_expect_max, secret) = (cfg.expect_max, cfg.hash_secret);
+        let helper_slots = cfg.helper_slots;
         Conntrack {
             cfg,
             stats: Stats::default(),
@@ -330,6 +348,8 @@ impl Conntrack {
             frags: vec![FragSlot::default(); frag_slots],
             expects: Expectations::new(cfg_expect_max, secret),
             reaped: Vec::with_capacity(16),
+            helps: help::Helps::new(helper_slots),
+            help_stats: help::HelperStats::default(),
         }
     }
 
@@ -551,6 +571,7 @@ impl Conntrack {
             tnext: NONE,
             tprev: NONE,
             exp_head: NONE,
+            help: NONE,
             ..Entry::default()
         };
         self.count += 1;
@@ -580,6 +601,10 @@ impl Conntrack {
         let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
         if head != NONE {
             self.expects.remove_all(head);
+        }
+        let help = core::mem::replace(&mut self.entries[idx as usize].help, NONE);
+        if help != NONE {
+            self.helps.release(help);
         }
         self.release(idx);
     }
@@ -1000,6 +1025,7 @@ impl Conntrack {
                 let tick = self.clamp_tick(deadline);
                 self.wheel_link(idx, tick);
                 self.stats.new += 1;
+                self.attach_helper(idx);
                 conn = idx;
             }
         }

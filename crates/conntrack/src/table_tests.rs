@@ -486,3 +486,47 @@ mod expectations {
         );
     }
 }
+
+mod helpers_glue {
+    use super::*;
+    use crate::HelperKind;
+
+    fn udp_payload(
+        src: [u8; 4],
+        sp: u16,
+        dst: [u8; 4],
+        dp: u16,
+        payload: &'static [u8],
+    ) -> Packet<'static> {
+        let mut p = udp(src, sp, dst, dp);
+        p.l4 = L4::Udp { payload };
+        p
+    }
+
+    #[test]
+    fn tftp_request_expects_the_answer_from_any_port() {
+        let mut ct = table(64);
+        let rrq = udp_payload(A, 50618, B, 69, b"\x00\x01rfc1350.txt\x00octet\x00");
+        let t = ct.track(&rrq, 0);
+        ct.confirm(&t, Some(HelperKind::Tftp), 0);
+        ct.help(&t, &rrq, 0);
+        assert_eq!(ct.helper_stats().expectations[HelperKind::Tftp as usize], 1);
+        let data = udp_payload(B, 3445, A, 50618, b"\x00\x03\x00\x01hello");
+        let t = accept(&mut ct, &data, S);
+        assert_eq!(
+            (t.state, t.helper),
+            (CtState::Related, Some(HelperKind::Tftp))
+        );
+        // Malformed request: counted, no expectation.
+        let bad = udp_payload(A, 50619, B, 69, b"\x00\x01no-terminator");
+        let t = ct.track(&bad, 2 * S);
+        ct.confirm(&t, Some(HelperKind::Tftp), 2 * S);
+        ct.help(&t, &bad, 2 * S);
+        assert_eq!(ct.helper_stats().parse_errors[HelperKind::Tftp as usize], 1);
+        assert_eq!(ct.expectations(2 * S).count(), 0);
+        // Without the helper, the same answer is just new.
+        let mut ct = table(64);
+        accept(&mut ct, &rrq, 0);
+        assert_eq!(accept(&mut ct, &data, S).state, CtState::New);
+    }
+}

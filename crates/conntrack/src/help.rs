@@ -1,0 +1,270 @@
+//! Running helpers on accepted packets (the kernel's helper hook): per-connection
+//! helper state, the glue from each parser's announcements to expectations, and
+//! the anti-bounce checks.
+//!
+//! Who may be announced, as in the kernel:
+//! - FTP `PORT`/`EPRT` (client) and `227` (server) name an address that must be
+//!   the sender's own (else a third host could be "bounced" into), unless
+//!   `ftp_loose` is set; `229` names only a port on the server. The expected
+//!   connection comes from the other end of the control connection, any source
+//!   port, to the announced address and port. An address of the other family
+//!   than the control connection is refused.
+//! - IRC DCC offers (client to server) name the client's own address; the peer
+//!   that will connect is unknown: any source address and port.
+//! - TFTP requests expect the server's answer from any port back to the client's.
+//! - SANE and Amanda announce a server port the client connects to.
+
+use super::{status, Conntrack, NONE};
+use crate::expect::{ExpectSpec, Mask};
+use crate::helpers::{amanda, ftp, irc, sane, tftp};
+use crate::linebuf::LineBuf;
+use crate::packet::{Packet, L4};
+use crate::table::Track;
+use crate::tuple::{ipproto, Addr, Family, Tuple};
+use crate::HelperKind;
+
+/// Per-connection state of a helper.
+#[derive(Clone, Debug, Default)]
+pub(super) struct HelpState {
+    /// Line reassembly per direction (FTP, IRC).
+    lines: [LineBuf; 2],
+    sane: sane::SaneState,
+}
+
+/// Helper counters, per helper (indexed by `HelperKind as usize`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HelperStats {
+    /// Packets the helper parsed.
+    pub packets: [u64; 9],
+    /// Malformed helper messages.
+    pub parse_errors: [u64; 9],
+    /// Expectations created.
+    pub expectations: [u64; 9],
+    /// Announcements refused: address not the sender's (bounce), family mismatch.
+    pub refused: [u64; 9],
+    /// Expectations the table refused (full, clash).
+    pub expect_failed: [u64; 9],
+    /// Connections that got no helper state because the helper slab was full.
+    pub no_state: [u64; 9],
+}
+
+/// The slab of helper states, allocated once.
+#[derive(Clone, Debug)]
+pub(super) struct Helps {
+    states: Vec<HelpState>,
+    free: Vec<u32>,
+}
+
+impl Helps {
+    pub(super) fn new(n: u32) -> Helps {
+        Helps {
+            states: vec![HelpState::default(); n as usize],
+            free: (0..n).rev().collect(),
+        }
+    }
+
+    pub(super) fn alloc(&mut self) -> Option<u32> {
+        let i = self.free.pop()?;
+        self.states[i as usize] = HelpState::default();
+        Some(i)
+    }
+
+    pub(super) fn release(&mut self, i: u32) {
+        if (i as usize) < self.states.len() {
+            self.free.push(i);
+        }
+    }
+}
+
+fn ip_to_addr(ip: std::net::IpAddr) -> (Family, Addr) {
+    Addr::from_ip(ip)
+}
+
+impl Conntrack {
+    /// Gives a newly confirmed connection its helper state.
+    pub(super) fn attach_helper(&mut self, idx: u32) {
+        let Some(kind) = super::helper_of(self.entries[idx as usize].helper) else {
+            return;
+        };
+        match self.helps.alloc() {
+            Some(h) => self.entries[idx as usize].help = h,
+            None => self.help_stats.no_state[kind as usize] += 1,
+        }
+    }
+
+    /// Runs the connection's helper on an accepted packet (call after
+    /// [`Conntrack::confirm`]). Expectations it asks for are created here.
+    pub fn help(&mut self, track: &Track, pkt: &Packet<'_>, now: u64) {
+        if track.conn == NONE || track.state == crate::CtState::Invalid {
+            return;
+        }
+        let idx = track.conn;
+        let Some(e) = self.entries.get(idx as usize) else {
+            return;
+        };
+        if e.status & status::CONFIRMED == 0 || e.help == NONE {
+            return;
+        }
+        // Related ICMP errors carry the master's tuple, not helper payload.
+        if matches!(pkt.l4, L4::Icmp(_)) {
+            return;
+        }
+        let Some(kind) = super::helper_of(e.helper) else {
+            return;
+        };
+        let orig = e.orig.tuple();
+        let help = e.help as usize;
+        let from_client = !track.reply;
+        // At most 4 announcements per packet (Amanda's maximum); more are dropped.
+        let mut asks: [Option<ExpectSpec>; 4] = [None; 4];
+        let mut n = 0;
+        let mut push = |spec: ExpectSpec| {
+            if let Some(slot) = asks.get_mut(n) {
+                *slot = Some(spec);
+                n += 1;
+            }
+        };
+        let ks = kind as usize;
+        let mut errors = 0u64;
+        let mut refused = 0u64;
+        match (kind, pkt.l4) {
+            (HelperKind::Ftp, L4::Tcp(seg)) if !seg.payload.is_empty() => {
+                self.help_stats.packets[ks] += 1;
+                let dir = usize::from(track.reply);
+                let sender = pkt.tuple;
+                let loose = self.cfg.ftp_loose;
+                self.helps.states[help].lines[dir].feed(seg.seq, seg.payload, |line| {
+                    match ftp::parse_line(line, from_client) {
+                        Ok(None) => {}
+                        Err(_) => errors += 1,
+                        Ok(Some(cmd)) => {
+                            let (fam, addr) = match cmd.addr {
+                                Some(ip) => ip_to_addr(ip),
+                                // 229: the server's own address.
+                                None => (sender.family, sender.src),
+                            };
+                            if fam != sender.family || (!loose && addr != sender.src) {
+                                refused += 1;
+                                return;
+                            }
+                            push(expected_tcp(
+                                sender.dst,
+                                addr,
+                                cmd.port,
+                                sender.family,
+                                false,
+                            ));
+                        }
+                    }
+                });
+            }
+            (HelperKind::Irc, L4::Tcp(seg)) if !seg.payload.is_empty() => {
+                self.help_stats.packets[ks] += 1;
+                let dir = usize::from(track.reply);
+                let sender = pkt.tuple;
+                self.helps.states[help].lines[dir].feed(seg.seq, seg.payload, |line| {
+                    if !from_client {
+                        return;
+                    }
+                    // The kernel acts on the first offer naming the sender.
+                    let mut saw_err = false;
+                    for offer in irc::offers(line) {
+                        match offer {
+                            Err(_) => saw_err = true,
+                            Ok(o) => {
+                                let (fam, addr) = ip_to_addr(o.addr);
+                                if fam != sender.family || addr != sender.src {
+                                    refused += 1;
+                                    continue;
+                                }
+                                push(expected_tcp(Addr(0), addr, o.port, fam, true));
+                                return;
+                            }
+                        }
+                    }
+                    if saw_err {
+                        errors += 1;
+                    }
+                });
+            }
+            (HelperKind::Tftp, L4::Udp { payload }) if from_client => {
+                self.help_stats.packets[ks] += 1;
+                match tftp::parse(payload) {
+                    Ok(Some(_)) => push(ExpectSpec {
+                        tuple: Tuple {
+                            src: orig.dst,
+                            dst: orig.src,
+                            src_port: 0,
+                            dst_port: orig.src_port,
+                            proto: ipproto::UDP,
+                            family: orig.family,
+                        },
+                        mask: Mask {
+                            src_addr: false,
+                            src_port: true,
+                        },
+                        helper: HelperKind::Tftp,
+                        child_helper: None,
+                    }),
+                    Ok(None) => {}
+                    Err(_) => errors += 1,
+                }
+            }
+            (HelperKind::Amanda, L4::Udp { payload }) => {
+                self.help_stats.packets[ks] += 1;
+                let ports = amanda::parse(payload);
+                if ports.error().is_some() {
+                    errors += 1;
+                }
+                for &(_, port) in ports.as_slice() {
+                    push(expected_tcp(orig.src, orig.dst, port, orig.family, false));
+                }
+            }
+            (HelperKind::Sane, L4::Tcp(seg)) if !seg.payload.is_empty() => {
+                self.help_stats.packets[ks] += 1;
+                let st = &mut self.helps.states[help].sane;
+                if let Some(port) = sane::on_payload(st, from_client, seg.payload) {
+                    push(expected_tcp(orig.src, orig.dst, port, orig.family, false));
+                }
+            }
+            _ => {}
+        }
+        self.help_stats.parse_errors[ks] += errors;
+        self.help_stats.refused[ks] += refused;
+        for spec in asks.iter().take(n).flatten() {
+            let mut spec = *spec;
+            // Limits and timeouts are those of the helper that asked.
+            spec.helper = kind;
+            match self.expect(idx, &spec, now) {
+                Ok(_) => self.help_stats.expectations[ks] += 1,
+                Err(_) => self.help_stats.expect_failed[ks] += 1,
+            }
+        }
+    }
+
+    /// Helper counters.
+    pub fn helper_stats(&self) -> &HelperStats {
+        &self.help_stats
+    }
+}
+
+/// A TCP connection from `src` (any port; any address if `any_src`) to
+/// `dst:port`. The caller sets the requesting helper.
+fn expected_tcp(src: Addr, dst: Addr, port: u16, family: Family, any_src: bool) -> ExpectSpec {
+    ExpectSpec {
+        tuple: Tuple {
+            src,
+            dst,
+            src_port: 0,
+            dst_port: port,
+            proto: ipproto::TCP,
+            family,
+        },
+        mask: Mask {
+            src_addr: any_src,
+            src_port: true,
+        },
+        helper: HelperKind::Ftp,
+        child_helper: None,
+    }
+}
