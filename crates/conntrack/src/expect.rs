@@ -22,6 +22,10 @@ pub struct Mask {
     pub src_addr: bool,
     /// Any source port.
     pub src_port: bool,
+    /// When not `src_addr`: only the first `src_prefix` bits of the source
+    /// address must match (0 = all of them). Broadcast helpers expect answers
+    /// from any host of a subnet.
+    pub src_prefix: u8,
 }
 
 /// What a helper (or the operator) asks for.
@@ -36,6 +40,9 @@ pub struct ExpectSpec {
     pub helper: HelperKind,
     /// Helper the expected connection itself gets (e.g. none for FTP data).
     pub child_helper: Option<HelperKind>,
+    /// Not used up by a match (`NF_CT_EXPECT_PERMANENT`): broadcast queries get
+    /// answers from several hosts until the expectation times out.
+    pub permanent: bool,
 }
 
 /// Per-helper expectation policy (`nf_conntrack_expect_policy`).
@@ -103,6 +110,7 @@ struct Exp {
     tuple: Tuple,
     mask: Mask,
     used: bool,
+    permanent: bool,
     helper: u8,
     child_helper: u8,
     master: u32,
@@ -165,8 +173,21 @@ fn dst_hash(t: &Tuple, secret: &HashSecret) -> u64 {
 }
 
 fn masked(t: &Tuple, m: Mask) -> Tuple {
+    let bits: u8 = match t.family {
+        Family::V4 => 32,
+        Family::V6 => 128,
+    };
+    let src = if m.src_addr {
+        Addr(0)
+    } else if m.src_prefix == 0 || m.src_prefix >= bits {
+        t.src
+    } else {
+        // Keep the first `src_prefix` of the family's `bits` bits.
+        let host = bits - m.src_prefix;
+        Addr(t.src.0 & !((1u128 << host) - 1))
+    };
     Tuple {
-        src: if m.src_addr { Addr(0) } else { t.src },
+        src,
         src_port: if m.src_port { 0 } else { t.src_port },
         ..*t
     }
@@ -214,10 +235,10 @@ impl Expectations {
         })
     }
 
-    /// Master and child helper of expectation slot `i`.
-    pub fn get(&self, i: u32) -> (u32, Option<HelperKind>) {
+    /// Master, child helper and permanence of expectation slot `i`.
+    pub fn get(&self, i: u32) -> (u32, Option<HelperKind>, bool) {
         let e = &self.exps[i as usize];
-        (e.master, helper_of(e.child_helper))
+        (e.master, helper_of(e.child_helper), e.permanent)
     }
 
     /// Adds an expectation for `master`, whose list head is `*head`. Applies the
@@ -275,6 +296,7 @@ impl Expectations {
             tuple: t,
             mask: spec.mask,
             used: true,
+            permanent: spec.permanent,
             helper: code(Some(spec.helper)),
             child_helper: code(spec.child_helper),
             master,

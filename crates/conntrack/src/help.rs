@@ -202,9 +202,11 @@ impl Conntrack {
                         mask: Mask {
                             src_addr: false,
                             src_port: true,
+                            src_prefix: 0,
                         },
                         helper: HelperKind::Tftp,
                         child_helper: None,
+                        permanent: false,
                     }),
                     Ok(None) => {}
                     Err(_) => errors += 1,
@@ -226,6 +228,37 @@ impl Conntrack {
                 if let Some(port) = sane::on_payload(st, from_client, seg.payload) {
                     push(expected_tcp(orig.src, orig.dst, port, orig.family, false));
                 }
+            }
+            (HelperKind::NetbiosNs | HelperKind::Snmp, L4::Udp { .. }) if from_client => {
+                // Broadcast queries: answers come from whichever hosts of the
+                // subnet reply, to the client's port (kernel
+                // `nf_conntrack_broadcast_help`, which only acts on queries to a
+                // directed broadcast address).
+                let Some(prefix) = broadcast_prefix(pkt.tuple.dst, pkt.tuple.family) else {
+                    return;
+                };
+                self.help_stats.packets[ks] += 1;
+                push(ExpectSpec {
+                    tuple: Tuple {
+                        src: pkt.tuple.dst,
+                        dst: pkt.tuple.src,
+                        src_port: pkt.tuple.dst_port,
+                        dst_port: pkt.tuple.src_port,
+                        proto: ipproto::UDP,
+                        family: pkt.tuple.family,
+                    },
+                    mask: Mask {
+                        src_addr: false,
+                        src_port: false,
+                        src_prefix: prefix,
+                    },
+                    helper: kind,
+                    child_helper: None,
+                    permanent: true,
+                });
+                // The query's own entry lives as long as its expectation.
+                let tmo = u64::from(self.cfg.expect_policy[ks].timeout) * crate::timeouts::SEC;
+                self.set_deadline(idx, now + tmo);
             }
             _ => {}
         }
@@ -263,8 +296,62 @@ fn expected_tcp(src: Addr, dst: Addr, port: u16, family: Family, any_src: bool) 
         mask: Mask {
             src_addr: any_src,
             src_port: true,
+            src_prefix: 0,
         },
         helper: HelperKind::Ftp,
         child_helper: None,
+        permanent: false,
+    }
+}
+
+/// The prefix length of the subnet whose directed broadcast address `dst` is
+/// (host bits all ones), for IPv4; `None` for anything else. A bridge has no
+/// interface address to read the mask from, as the kernel does, so the mask is
+/// inferred from the address itself: whole trailing 255 octets mark the host
+/// part (x.y.z.255 is a /24's broadcast even where it could be a /20's), and
+/// below an octet the trailing one bits do (x.y.z.127 is a /25's). The limited
+/// broadcast 255.255.255.255 names no subnet and, as in the kernel, gets no
+/// expectation.
+fn broadcast_prefix(dst: Addr, family: Family) -> Option<u8> {
+    if family != Family::V4 {
+        return None;
+    }
+    let a = u32::try_from(dst.0).ok()?;
+    let ones = a.trailing_ones();
+    if !(2..32).contains(&ones) {
+        return None;
+    }
+    let host = if ones >= 8 { ones / 8 * 8 } else { ones };
+    u8::try_from(32 - host).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_prefixes() {
+        assert_eq!(
+            broadcast_prefix(Addr::v4([192, 168, 239, 255]), Family::V4),
+            Some(24)
+        );
+        assert_eq!(
+            broadcast_prefix(Addr::v4([10, 255, 255, 255]), Family::V4),
+            Some(8)
+        );
+        assert_eq!(
+            broadcast_prefix(Addr::v4([172, 16, 255, 255]), Family::V4),
+            Some(16)
+        );
+        assert_eq!(
+            broadcast_prefix(Addr::v4([10, 0, 0, 127]), Family::V4),
+            Some(25)
+        );
+        assert_eq!(
+            broadcast_prefix(Addr::v4([255, 255, 255, 255]), Family::V4),
+            None
+        );
+        assert_eq!(broadcast_prefix(Addr::v4([10, 0, 0, 1]), Family::V4), None);
+        assert_eq!(broadcast_prefix(Addr(u128::MAX), Family::V6), None);
     }
 }

@@ -861,10 +861,12 @@ impl Conntrack {
         let mut master_helper = 0;
         if !self.expects.is_empty() {
             if let Some(slot) = self.expects.find(t, now) {
-                let (master, child) = self.expects.get(slot);
-                let mut head = self.entries[master as usize].exp_head;
-                self.expects.remove(slot, &mut head);
-                self.entries[master as usize].exp_head = head;
+                let (master, child, permanent) = self.expects.get(slot);
+                if !permanent {
+                    let mut head = self.entries[master as usize].exp_head;
+                    self.expects.remove(slot, &mut head);
+                    self.entries[master as usize].exp_head = head;
+                }
                 self.expects.stats.expect_new += 1;
                 master_helper = self.entries[master as usize].helper;
                 helper = helper_of(master_helper);

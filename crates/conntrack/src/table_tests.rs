@@ -395,9 +395,11 @@ mod expectations {
             mask: Mask {
                 src_addr: false,
                 src_port: true,
+                src_prefix: 0,
             },
             helper: HelperKind::Tftp,
             child_helper: None,
+            permanent: false,
         }
     }
 
@@ -528,5 +530,39 @@ mod helpers_glue {
         let mut ct = table(64);
         accept(&mut ct, &rrq, 0);
         assert_eq!(accept(&mut ct, &data, S).state, CtState::New);
+    }
+}
+
+mod broadcast_helpers {
+    use super::*;
+    use crate::HelperKind;
+
+    #[test]
+    fn netbios_query_to_broadcast_expects_answers_from_the_subnet() {
+        let mut ct = table(64);
+        let q = udp([192, 168, 239, 10], 137, [192, 168, 239, 255], 137);
+        let t = ct.track(&q, 0);
+        ct.confirm(&t, Some(HelperKind::NetbiosNs), 0);
+        ct.help(&t, &q, 0);
+        // Two hosts of the subnet answer: both related (permanent expectation).
+        for host in [2u8, 77] {
+            let a = udp([192, 168, 239, host], 137, [192, 168, 239, 10], 137);
+            let t = accept(&mut ct, &a, S);
+            assert_eq!(t.state, CtState::Related, "answer from .{host}");
+        }
+        // A host outside the subnet: new.
+        let t = accept(
+            &mut ct,
+            &udp([192, 168, 1, 2], 137, [192, 168, 239, 10], 137),
+            S,
+        );
+        assert_eq!(t.state, CtState::New);
+        // After the 3 s NetBIOS-NS timeout: nothing expected any more.
+        let t = accept(
+            &mut ct,
+            &udp([192, 168, 239, 9], 137, [192, 168, 239, 10], 137),
+            4 * S,
+        );
+        assert_eq!(t.state, CtState::New);
     }
 }
