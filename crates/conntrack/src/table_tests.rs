@@ -566,3 +566,93 @@ mod broadcast_helpers {
         assert_eq!(t.state, CtState::New);
     }
 }
+
+mod sequences {
+    use super::*;
+    use crate::packet::{tcp_flags, TcpSeg};
+
+    fn arb_packet() -> impl Strategy<Value = (Packet<'static>, bool, u64)> {
+        let addr = prop_oneof![Just(A), Just(B), Just([10, 0, 0, 2])];
+        (
+            addr.clone(),
+            addr,
+            0u16..4,
+            0u16..4,
+            0u8..6,
+            any::<u32>(),
+            any::<u32>(),
+            any::<u8>(),
+            any::<u16>(),
+            any::<bool>(),
+            0u64..40,
+        )
+            .prop_map(|(s, d, sp, dp, kind, seq, ack, flags, win, accept, dt)| {
+                let mut p = udp(s, 1000 + sp, d, 1000 + dp);
+                match kind {
+                    0 => {}
+                    1 | 2 => {
+                        p.tuple.proto = ipproto::TCP;
+                        p.l4 = L4::Tcp(TcpSeg {
+                            seq,
+                            ack,
+                            flags: if kind == 1 {
+                                flags
+                                    & (tcp_flags::SYN
+                                        | tcp_flags::ACK
+                                        | tcp_flags::FIN
+                                        | tcp_flags::RST)
+                            } else {
+                                tcp_flags::ACK
+                            },
+                            window: win,
+                            wscale: (flags & 1 == 1).then_some(flags % 15),
+                            sack_perm: flags & 2 == 2,
+                            sack_max: None,
+                            payload: if flags & 4 == 4 { b"data" } else { b"" },
+                        });
+                    }
+                    3 => p = icmp_echo(s, d, sp, if flags & 1 == 1 { 8 } else { 0 }),
+                    4 => p = icmp_err(s, d, udp(d, 1000 + dp, s, 1000 + sp).tuple),
+                    _ => {
+                        p.frag = Some(Frag {
+                            id: u32::from(sp),
+                            offset: if flags & 1 == 1 { 0 } else { 8 },
+                            more: flags & 2 == 2,
+                        });
+                        if flags & 1 == 0 {
+                            p.l4 = L4::Fragment;
+                        }
+                    }
+                }
+                (p, accept, dt)
+            })
+    }
+
+    proptest! {
+        /// Arbitrary packet sequences, accepted or dropped at random, with time
+        /// passing: no panic, the count matches the listing, nothing outlives its
+        /// timeout, and a full expiry empties the table and its expectations.
+        #[test]
+        fn table_invariants(seq in proptest::collection::vec(arb_packet(), 1..200)) {
+            let mut ct = table(16);
+            let mut now = 0;
+            for (p, acc, dt) in &seq {
+                now += dt * S / 4;
+                ct.expire(now);
+                let t = ct.track(p, now);
+                if *acc && !t.must_drop {
+                    ct.confirm(&t, Some(crate::HelperKind::Tftp), now);
+                    ct.help(&t, p, now);
+                } else {
+                    ct.abort(&t, now);
+                }
+                prop_assert_eq!(ct.len(), ct.connections(now).count());
+                prop_assert!(ct.len() <= 16);
+            }
+            ct.expire(now + 10 * 86_400 * S);
+            ct.expire(now + 20 * 86_400 * S);
+            prop_assert_eq!(ct.len(), 0);
+            prop_assert_eq!(ct.expectations(now + 20 * 86_400 * S).count(), 0);
+        }
+    }
+}
