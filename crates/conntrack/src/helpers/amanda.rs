@@ -169,7 +169,8 @@ mod tests {
 
     #[test]
     fn errors_stop_the_list() {
-        let cases: &[(&[u8], &[(AmandaStream, u16)], ParseErr)] = &[
+        type Case<'a> = (&'a [u8], &'a [(AmandaStream, u16)], ParseErr);
+        let cases: &[Case] = &[
             (
                 b"CONNECT DATA 1 MESG 0 INDEX 3\n",
                 &[(Data, 1)],
