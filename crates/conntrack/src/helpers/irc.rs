@@ -112,8 +112,9 @@ pub fn parse_line(line: &[u8]) -> Result<Option<DccOffer>, ParseErr> {
 }
 
 /// Every DCC offer candidate of a client→server line, in order, as the
-/// kernel scans them: `Ok` for a valid offer, `Err` for a malformed one or
-/// one of an unknown type.
+/// kernel scans them: `Ok` for a valid offer, `Err` for a malformed one.
+/// DCC requests of other types (`RESUME`, `ACCEPT`, ...) are skipped, as
+/// the kernel skips them.
 pub fn offers(line: &[u8]) -> DccOffers<'_> {
     let line = line.get(..MAX_SEARCH_SIZE).unwrap_or(line);
     let start = line
@@ -141,39 +142,43 @@ impl Iterator for DccOffers<'_> {
     type Item = Result<DccOffer, ParseErr>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.line.get(self.pos..)?;
-        // Every step below moves `pos` forward or ends the scan, so the
+        // Every round moves `pos` forward or ends the scan, so the whole
         // iteration is linear in the line length.
-        let colon = find(rest, b" :")?;
-        let msg = &rest[colon + 2..];
-        let Some(after) = msg.strip_prefix(b"\x01DCC ") else {
-            // The kernel only looks at the first ` :` for a DCC; a
-            // message that does not start with one ends the search.
-            self.pos = self.line.len();
-            return None;
-        };
-        let base = self.pos + colon + 2 + 5;
-        let found = DccKind::TABLE.iter().find(|(_, kw)| after.starts_with(kw));
-        let Some(&(kind, kw)) = found else {
-            // Unknown type: keep scanning after `\x01DCC `.
-            self.pos = base;
-            return Some(Err(ParseErr::BadSyntax));
-        };
-        let args = &after[kw.len()..];
-        let args_at = base + kw.len();
-        match parse_args(args) {
-            Ok((addr, port, used)) => {
-                self.pos = args_at + used;
-                Some(Ok(DccOffer {
-                    kind,
-                    addr: IpAddr::V4(addr),
-                    port,
-                }))
-            }
-            Err(e) => {
-                self.pos = args_at;
-                Some(Err(e))
-            }
+        loop {
+            let rest = self.line.get(self.pos..)?;
+            let colon = find(rest, b" :")?;
+            let msg = &rest[colon + 2..];
+            let Some(after) = msg.strip_prefix(b"\x01DCC ") else {
+                // The kernel only looks at the first ` :` for a DCC; a
+                // message that does not start with one ends the search.
+                self.pos = self.line.len();
+                return None;
+            };
+            let base = self.pos + colon + 2 + 5;
+            let found = DccKind::TABLE.iter().find(|(_, kw)| after.starts_with(kw));
+            let Some(&(kind, kw)) = found else {
+                // Another DCC request (RESUME, ACCEPT, ...): legitimate, not
+                // an offer and not an error; keep scanning after `\x01DCC `
+                // as the kernel does.
+                self.pos = base;
+                continue;
+            };
+            let args = &after[kw.len()..];
+            let args_at = base + kw.len();
+            return match parse_args(args) {
+                Ok((addr, port, used)) => {
+                    self.pos = args_at + used;
+                    Some(Ok(DccOffer {
+                        kind,
+                        addr: IpAddr::V4(addr),
+                        port,
+                    }))
+                }
+                Err(e) => {
+                    self.pos = args_at;
+                    Some(Err(e))
+                }
+            };
         }
     }
 }
@@ -332,12 +337,6 @@ mod tests {
             (b"PRIVMSG bob :\x01DCC SEND hello.txt", Truncated),
             (b"PRIVMSG bob :\x01DCC SEND hello.txt ", Truncated),
             (b"PRIVMSG bob :\x01DCC SEND ", Truncated),
-            (b"PRIVMSG bob :\x01DCC RESUME f 5555 0\x01", BadSyntax),
-            (b"PRIVMSG bob :\x01DCC send f 167772161 5555\x01", BadSyntax),
-            (
-                b"PRIVMSG bob :\x01DCC SENDX f 167772161 5555\x01",
-                BadSyntax,
-            ),
         ];
         for (line, err) in cases {
             assert_eq!(parse_line(line), Err(*err), "{}", line.escape_ascii());
@@ -360,6 +359,11 @@ mod tests {
             b"PRIVMSG bob :\x01dcc SEND f 167772161 5555\x01",
             b"PRIVMSG bob :\x01DCCSEND f 167772161 5555\x01",
             b"PRIVMSG bob \x01DCC SEND f 167772161 5555\x01",
+            // DCC requests that are not offers the kernel tracks.
+            b"PRIVMSG bob :\x01DCC RESUME f 5555 0\x01",
+            b"PRIVMSG bob :\x01DCC ACCEPT f 5555 0\x01",
+            b"PRIVMSG bob :\x01DCC send f 167772161 5555\x01",
+            b"PRIVMSG bob :\x01DCC SENDX f 167772161 5555\x01",
         ];
         for line in none {
             assert_eq!(parse_line(line), Ok(None), "{}", line.escape_ascii());
@@ -384,9 +388,12 @@ mod tests {
         );
         // A following " :" without a DCC ends the scan.
         let line = b"PRIVMSG bob :\x01DCC FOO x\x01 :hello :\x01DCC SEND f 167772161 5555\x01";
+        assert_eq!(offers(line).count(), 0);
+        // An unknown DCC type is skipped, the scan goes on.
+        let line = b"PRIVMSG bob :\x01DCC RESUME f 1 2\x01 :\x01DCC SEND f 167772161 5555\x01";
         assert_eq!(
             offers(line).collect::<Vec<_>>(),
-            vec![Err(ParseErr::BadSyntax)]
+            vec![Ok(offer(DccKind::Send, [10, 0, 0, 1], 5555))]
         );
     }
 
