@@ -61,7 +61,8 @@ pub fn default_policy(h: HelperKind) -> ExpectPolicy {
         HelperKind::Tftp => (1, 300),
         HelperKind::Irc => (8, 300),
         HelperKind::Sip => (4, 180),
-        HelperKind::Amanda => (3, 180),
+        // Four since the kernel learnt STATE streams.
+        HelperKind::Amanda => (4, 180),
         HelperKind::Sane => (1, 300),
         HelperKind::Pptp => (2, 300),
         HelperKind::NetbiosNs => (1, 3),

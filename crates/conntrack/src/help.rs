@@ -12,7 +12,8 @@
 //! - IRC DCC offers (client to server) name the client's own address; the peer
 //!   that will connect is unknown: any source address and port.
 //! - TFTP requests expect the server's answer from any port back to the client's.
-//! - SANE and Amanda announce a server port the client connects to.
+//! - SANE and Amanda announce a port on the connection's original destination
+//!   that its original source will connect to (Amanda: in the reply direction).
 
 use super::{status, Conntrack, NONE};
 use crate::expect::{ExpectSpec, Mask};
@@ -212,8 +213,11 @@ impl Conntrack {
                     Err(_) => errors += 1,
                 }
             }
-            (HelperKind::Amanda, L4::Udp { payload }) => {
+            (HelperKind::Amanda, L4::Udp { payload }) if !from_client => {
+                // Only the answer (reply direction) names ports; it may come late,
+                // so the master lives 300 s (the kernel's `master_timeout`).
                 self.help_stats.packets[ks] += 1;
+                self.set_deadline(idx, now + 300 * crate::timeouts::SEC);
                 let ports = amanda::parse(payload);
                 if ports.error().is_some() {
                     errors += 1;
