@@ -8,6 +8,7 @@
 //! [`table`] (the hash table with its expiry wheel), [`policy`] (an nftables-like
 //! rule set) and [`pipeline`] (raw stage → conntrack → filter → confirm).
 
+pub mod build;
 pub mod expect;
 pub mod helpers;
 pub mod index;

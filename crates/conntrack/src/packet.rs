@@ -10,7 +10,7 @@
 //!   `invalid` and policy decides. The tuple is still known for addresses.
 
 use crate::reason::DropReason;
-use crate::tuple::{Family, Tuple};
+use crate::tuple::{ipproto, Addr, Family, Tuple};
 
 /// TCP flag bits as they sit in byte 13 of the TCP header.
 pub mod tcp_flags {
@@ -166,9 +166,759 @@ pub fn family_of(bytes: &[u8]) -> Option<Family> {
     }
 }
 
+// ---------------------------------------------------------------- checksums
+
+/// Adds `data` to a ones-complement sum (16-bit words, big-endian, odd tail
+/// padded with zero) kept unfolded in a u64.
+fn csum_add(mut sum: u64, data: &[u8]) -> u64 {
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        sum += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let rest = chunks.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    sum + u64::from(u32::from_be_bytes(tail))
+}
+
+/// Folds a sum to 16 bits; a correct checksum folds to 0xffff.
+fn csum_fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // The loop leaves at most 16 bits.
+    #[allow(clippy::cast_possible_truncation)]
+    let s = sum as u16;
+    s
+}
+
+/// The pseudo-header's contribution for an upper-layer checksum.
+fn pseudo(ip: &Ip<'_>, proto: u8, len: usize) -> u64 {
+    let mut sum = csum_add(0, ip.src_bytes);
+    sum = csum_add(sum, ip.dst_bytes);
+    sum + u64::from(proto) + len as u64
+}
+
+fn l4_csum_ok(ip: &Ip<'_>, proto: u8, data: &[u8]) -> bool {
+    csum_fold(csum_add(pseudo(ip, proto, data.len()), data)) == 0xffff
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn addr16(b: &[u8]) -> Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[..16]);
+    Addr::v6(a)
+}
+
+fn addr4(b: &[u8]) -> Addr {
+    Addr::v4([b[0], b[1], b[2], b[3]])
+}
+
+/// What the L3 header said, for the L4 parsers.
+struct Ip<'a> {
+    family: Family,
+    src: Addr,
+    dst: Addr,
+    src_bytes: &'a [u8],
+    dst_bytes: &'a [u8],
+    /// Upper-layer protocol.
+    proto: u8,
+    /// Upper-layer bytes (bounded by the IP length fields).
+    payload: &'a [u8],
+    frag: Option<Frag>,
+    ip_len: u32,
+    options: bool,
+}
+
+impl Ip<'_> {
+    fn tuple(&self, src_port: u16, dst_port: u16) -> Tuple {
+        Tuple {
+            src: self.src,
+            dst: self.dst,
+            src_port,
+            dst_port,
+            proto: self.proto,
+            family: self.family,
+        }
+    }
+}
+
+/// Extension headers walked before giving up (hostile chains are bounded).
+const MAX_EXT_HEADERS: usize = 16;
+
+fn parse_ipv4(b: &[u8]) -> Result<Ip<'_>, DropReason> {
+    if b.len() < 20 {
+        return Err(DropReason::Ipv4Truncated);
+    }
+    let ihl = usize::from(b[0] & 0x0f) * 4;
+    if b[0] >> 4 != 4 || ihl < 20 {
+        return Err(DropReason::Ipv4BadHeader);
+    }
+    if ihl > b.len() {
+        return Err(DropReason::Ipv4Truncated);
+    }
+    let tot = usize::from(u16::from_be_bytes([b[2], b[3]]));
+    if tot < ihl || tot > b.len() {
+        return Err(DropReason::Ipv4BadLength);
+    }
+    if csum_fold(csum_add(0, &b[..ihl])) != 0xffff {
+        return Err(DropReason::Ipv4BadChecksum);
+    }
+    let fo = u16::from_be_bytes([b[6], b[7]]);
+    let more = fo & 0x2000 != 0;
+    let offset = u32::from(fo & 0x1fff) * 8;
+    let frag = (more || offset != 0).then_some(Frag {
+        id: u32::from(u16::from_be_bytes([b[4], b[5]])),
+        offset,
+        more,
+    });
+    Ok(Ip {
+        family: Family::V4,
+        src: addr4(&b[12..16]),
+        dst: addr4(&b[16..20]),
+        src_bytes: &b[12..16],
+        dst_bytes: &b[16..20],
+        proto: b[9],
+        payload: &b[ihl..tot],
+        frag,
+        // tot <= 65535.
+        ip_len: u32::from(u16::from_be_bytes([b[2], b[3]])),
+        options: ihl > 20,
+    })
+}
+
+/// Walks an IPv6 header and its extension headers. `strict_len`: the payload
+/// length must fit the buffer (false for a packet quoted in an ICMPv6 error,
+/// which is usually cut short).
+fn parse_ipv6(b: &[u8], strict_len: bool) -> Result<Ip<'_>, DropReason> {
+    if b.len() < 40 {
+        return Err(DropReason::Ipv6Truncated);
+    }
+    if b[0] >> 4 != 6 {
+        return Err(DropReason::Ipv6Truncated);
+    }
+    let plen = usize::from(u16::from_be_bytes([b[4], b[5]]));
+    let end = if 40 + plen <= b.len() {
+        40 + plen
+    } else if strict_len || plen == 0 {
+        // A zero payload length means a jumbogram, which no bridge port carries.
+        return Err(DropReason::Ipv6Truncated);
+    } else {
+        b.len()
+    };
+    let mut next = b[6];
+    let mut pos = 40;
+    let mut frag = None;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            // Hop-by-hop, routing, destination options.
+            0 | 43 | 60 => {
+                let (Some(&nh), Some(&len)) = (b.get(pos), b.get(pos + 1)) else {
+                    return Err(DropReason::Ipv6BadExtHeader);
+                };
+                let hlen = (usize::from(len) + 1) * 8;
+                if pos + hlen > end {
+                    return Err(DropReason::Ipv6BadExtHeader);
+                }
+                next = nh;
+                pos += hlen;
+            }
+            // Fragment header.
+            44 => {
+                if pos + 8 > end {
+                    return Err(DropReason::Ipv6BadExtHeader);
+                }
+                let fo = u16::from_be_bytes([b[pos + 2], b[pos + 3]]);
+                let id = u32::from_be_bytes([b[pos + 4], b[pos + 5], b[pos + 6], b[pos + 7]]);
+                let offset = u32::from(fo >> 3) * 8;
+                let more = fo & 1 != 0;
+                next = b[pos];
+                pos += 8;
+                if more || offset != 0 {
+                    frag = Some(Frag { id, offset, more });
+                }
+                if offset != 0 {
+                    // Later fragments carry no upper-layer header.
+                    break;
+                }
+            }
+            // Authentication header: its length counts 4-byte units.
+            51 => {
+                let (Some(&nh), Some(&len)) = (b.get(pos), b.get(pos + 1)) else {
+                    return Err(DropReason::Ipv6BadExtHeader);
+                };
+                let hlen = (usize::from(len) + 2) * 4;
+                if pos + hlen > end {
+                    return Err(DropReason::Ipv6BadExtHeader);
+                }
+                next = nh;
+                pos += hlen;
+            }
+            _ => break,
+        }
+    }
+    if matches!(next, 0 | 43 | 60 | 51) || (next == 44 && frag.is_none_or(|f| f.offset == 0)) {
+        // Still inside the chain after MAX_EXT_HEADERS headers.
+        return Err(DropReason::Ipv6BadExtHeader);
+    }
+    Ok(Ip {
+        family: Family::V6,
+        src: addr16(&b[8..24]),
+        dst: addr16(&b[24..40]),
+        src_bytes: &b[8..24],
+        dst_bytes: &b[24..40],
+        proto: next,
+        payload: &b[pos..end],
+        frag,
+        // end <= 40 + 65535.
+        ip_len: u32::try_from(end).unwrap_or(u32::MAX),
+        options: false,
+    })
+}
+
+/// The kernel's `tcp_valid_flags`: combinations of FIN, SYN, RST, ACK and URG
+/// (PSH, ECE and CWR are ignored) a TCP segment may carry.
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    use tcp_flags::*;
+    let f = flags & (FIN | SYN | RST | ACK | URG);
+    matches!(
+        f,
+        x if x == SYN
+            || x == SYN | URG
+            || x == SYN | ACK
+            || x == RST
+            || x == RST | ACK
+            || x == FIN | ACK
+            || x == FIN | ACK | URG
+            || x == ACK
+            || x == ACK | URG
+    )
+}
+
+/// Window scale, SACK-permitted and highest SACK right edge from TCP options
+/// (the kernel's `tcp_options`/`tcp_sack`: a malformed option ends the walk).
+fn tcp_options(opts: &[u8], syn: bool) -> (Option<u8>, bool, Option<u32>) {
+    let (mut wscale, mut sack_perm, mut sack_max) = (None, false, None::<u32>);
+    let mut i = 0;
+    while let Some(&kind) = opts.get(i) {
+        match kind {
+            0 => break,
+            1 => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let Some(&len) = opts.get(i + 1) else { break };
+        let len = usize::from(len);
+        if len < 2 || i + len > opts.len() {
+            break;
+        }
+        let body = &opts[i + 2..i + len];
+        match (kind, len) {
+            (3, 3) if syn => wscale = Some(body[0].min(14)),
+            (4, 2) if syn => sack_perm = true,
+            (5, _) if len >= 10 && (len - 2) % 8 == 0 => {
+                for blk in body.chunks_exact(8) {
+                    let right = u32::from_be_bytes([blk[4], blk[5], blk[6], blk[7]]);
+                    sack_max = Some(match sack_max {
+                        // Wrap-aware "after".
+                        Some(m) if (right.wrapping_sub(m) as i32) <= 0 => m,
+                        _ => right,
+                    });
+                }
+            }
+            _ => {}
+        }
+        i += len;
+    }
+    (wscale, sack_perm, sack_max)
+}
+
+fn invalid(ip: &Ip<'_>, reason: DropReason) -> ParseError {
+    ParseError::Invalid {
+        reason,
+        tuple: ip.tuple(0, 0),
+        ip_len: ip.ip_len,
+    }
+}
+
+fn is_icmp_error(family: Family, ty: u8) -> bool {
+    match family {
+        Family::V4 => matches!(ty, 3 | 4 | 5 | 11 | 12),
+        // Every ICMPv6 type below 128 is an error message.
+        Family::V6 => ty < 128,
+    }
+}
+
+/// The tuple of the packet quoted by an ICMP error, as it travelled.
+fn quoted_tuple(family: Family, quoted: &[u8]) -> Option<Tuple> {
+    let ip = match family {
+        Family::V4 => {
+            // The quoted header's lengths describe the original packet, of which
+            // only the start is here: check only the header itself.
+            let ihl = usize::from(*quoted.first()? & 0x0f) * 4;
+            if quoted.first()? >> 4 != 4 || ihl < 20 || quoted.len() < ihl {
+                return None;
+            }
+            Ip {
+                family,
+                src: addr4(&quoted[12..16]),
+                dst: addr4(&quoted[16..20]),
+                src_bytes: &quoted[12..16],
+                dst_bytes: &quoted[16..20],
+                proto: quoted[9],
+                payload: &quoted[ihl..],
+                frag: None,
+                ip_len: 0,
+                options: ihl > 20,
+            }
+        }
+        Family::V6 => parse_ipv6(quoted, false).ok()?,
+    };
+    let l4 = ip.payload;
+    let t = match (family, ip.proto) {
+        (Family::V4, ipproto::ICMP) | (Family::V6, ipproto::ICMPV6) => {
+            let ty = *l4.first()?;
+            let code = *l4.get(1)?;
+            // Only queries can be tracked, so only they can be quoted validly
+            // (an error quoting an error is invalid, as in the kernel).
+            let inverse = match family {
+                Family::V4 => crate::tuple::icmp_inverse_type(ty),
+                Family::V6 => crate::tuple::icmpv6_inverse_type(ty),
+            };
+            inverse?;
+            ip.tuple(be16(l4, 4)?, u16::from_be_bytes([ty, code]))
+        }
+        (_, ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::SCTP | ipproto::DCCP) => {
+            ip.tuple(be16(l4, 0)?, be16(l4, 2)?)
+        }
+        _ => ip.tuple(0, 0),
+    };
+    Some(t)
+}
+
+fn parse_l4<'a>(ip: &Ip<'a>, opts: ParseOptions) -> Result<L4<'a>, ParseError> {
+    let d = ip.payload;
+    // A first fragment's L4 checksum covers the whole datagram: not checkable.
+    let check = opts.checksum && ip.frag.is_none();
+    match (ip.family, ip.proto) {
+        (_, ipproto::TCP) => {
+            if d.len() < 20 {
+                return Err(invalid(ip, DropReason::TcpTruncated));
+            }
+            let doff = usize::from(d[12] >> 4) * 4;
+            if doff < 20 || doff > d.len() {
+                return Err(invalid(ip, DropReason::TcpBadDataOffset));
+            }
+            let flags = d[13];
+            if !tcp_flags_valid(flags) {
+                return Err(invalid(ip, DropReason::TcpBadFlags));
+            }
+            if check && !l4_csum_ok(ip, ipproto::TCP, d) {
+                return Err(invalid(ip, DropReason::TcpBadChecksum));
+            }
+            let (wscale, sack_perm, sack_max) =
+                tcp_options(&d[20..doff], flags & tcp_flags::SYN != 0);
+            Ok(L4::Tcp(TcpSeg {
+                seq: u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+                ack: u32::from_be_bytes([d[8], d[9], d[10], d[11]]),
+                flags,
+                window: u16::from_be_bytes([d[14], d[15]]),
+                wscale,
+                sack_perm,
+                sack_max,
+                payload: &d[doff..],
+            }))
+        }
+        (_, ipproto::UDP | ipproto::UDPLITE) => {
+            if d.len() < 8 {
+                return Err(invalid(ip, DropReason::UdpTruncated));
+            }
+            let ulen = usize::from(u16::from_be_bytes([d[4], d[5]]));
+            if ip.proto == ipproto::UDPLITE {
+                // UDP-Lite's length field is a checksum coverage, not a length.
+                return Ok(L4::Udp { payload: &d[8..] });
+            }
+            if ip.frag.is_none() && (ulen > d.len() || ulen < 8) {
+                return Err(invalid(ip, DropReason::UdpBadLength));
+            }
+            let end = if ip.frag.is_none() { ulen } else { d.len() };
+            // A zero checksum means "none", for IPv6 too as the kernel reads it.
+            if check && (d[6] | d[7]) != 0 && !l4_csum_ok(ip, ipproto::UDP, &d[..end]) {
+                return Err(invalid(ip, DropReason::UdpBadChecksum));
+            }
+            Ok(L4::Udp {
+                payload: &d[8..end],
+            })
+        }
+        (Family::V4, ipproto::ICMP) | (Family::V6, ipproto::ICMPV6) => {
+            if d.len() < 8 {
+                return Err(invalid(ip, DropReason::IcmpTruncated));
+            }
+            let ok = match ip.family {
+                Family::V4 => csum_fold(csum_add(0, d)) == 0xffff,
+                Family::V6 => l4_csum_ok(ip, ipproto::ICMPV6, d),
+            };
+            if check && !ok {
+                return Err(invalid(ip, DropReason::IcmpBadChecksum));
+            }
+            let ty = d[0];
+            if ip.family == Family::V4 && ty > 18 {
+                return Err(invalid(ip, DropReason::IcmpBadType));
+            }
+            if ip.family == Family::V6 && matches!(ty, 130..=136 | 143) {
+                // MLD and neighbour discovery: the kernel leaves them untracked.
+                return Ok(L4::Icmp(Icmp::Untracked));
+            }
+            if is_icmp_error(ip.family, ty) {
+                return match quoted_tuple(ip.family, &d[8..]) {
+                    Some(inner) => Ok(L4::Icmp(Icmp::Error { inner })),
+                    None => Err(invalid(ip, DropReason::IcmpErrorBadInner)),
+                };
+            }
+            if crate::tuple::icmp_type_opens(ip.family, ty)
+                || match ip.family {
+                    Family::V4 => crate::tuple::icmp_inverse_type(ty).is_some(),
+                    Family::V6 => crate::tuple::icmpv6_inverse_type(ty).is_some(),
+                }
+            {
+                return Ok(L4::Icmp(Icmp::Query));
+            }
+            Ok(L4::Icmp(Icmp::Other))
+        }
+        _ => Ok(L4::Other { payload: d }),
+    }
+}
+
 /// Parses an IP packet (IPv4 or IPv6) starting at its IP header. `bytes` may
 /// extend past the IP packet (Ethernet padding); the IP length field decides.
 pub fn parse(bytes: &[u8], opts: ParseOptions) -> Result<Packet<'_>, ParseError> {
-    let _ = (bytes, opts);
-    Err(ParseError::Malformed(DropReason::Ipv4Truncated))
+    let ip = match family_of(bytes) {
+        Some(Family::V4) => parse_ipv4(bytes),
+        Some(Family::V6) => parse_ipv6(bytes, true),
+        None => Err(DropReason::Ipv4BadHeader),
+    }
+    .map_err(ParseError::Malformed)?;
+    if ip.frag.is_some_and(|f| f.offset != 0) {
+        return Ok(Packet {
+            tuple: ip.tuple(0, 0),
+            ip_len: ip.ip_len,
+            frag: ip.frag,
+            ip_options: ip.options,
+            l4: L4::Fragment,
+        });
+    }
+    let l4 = parse_l4(&ip, opts)?;
+    let (sp, dp) = match l4 {
+        L4::Tcp(_) | L4::Udp { .. } => (
+            be16(ip.payload, 0).unwrap_or(0),
+            be16(ip.payload, 2).unwrap_or(0),
+        ),
+        L4::Icmp(_) => {
+            let d = ip.payload;
+            let ty = d.first().copied().unwrap_or(0);
+            let code = d.get(1).copied().unwrap_or(0);
+            let id = if matches!(l4, L4::Icmp(Icmp::Query)) {
+                be16(d, 4).unwrap_or(0)
+            } else {
+                0
+            };
+            (id, u16::from_be_bytes([ty, code]))
+        }
+        L4::Other { payload } if matches!(ip.proto, ipproto::SCTP | ipproto::DCCP) => {
+            (be16(payload, 0).unwrap_or(0), be16(payload, 2).unwrap_or(0))
+        }
+        L4::Other { .. } | L4::Fragment => (0, 0),
+    };
+    Ok(Packet {
+        tuple: ip.tuple(sp, dp),
+        ip_len: ip.ip_len,
+        frag: ip.frag,
+        ip_options: ip.options,
+        l4,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::Pkt;
+    use crate::packet::tcp_flags::*;
+    use proptest::prelude::*;
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+    const A6: [u8; 16] = [0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const B6: [u8; 16] = [0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    fn p(b: &[u8]) -> Result<Packet<'_>, ParseError> {
+        parse(b, ParseOptions::default())
+    }
+
+    fn invalid_reason(b: &[u8]) -> Option<DropReason> {
+        match p(b) {
+            Err(ParseError::Invalid { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn tcp_roundtrip_with_options() {
+        let b = Pkt::tcp4(A, 40000, B, 80)
+            .flags(SYN)
+            .seq(1000)
+            .window(29200)
+            .tcp_option(&[2, 4, 5, 0xb4])
+            .sack_perm()
+            .wscale(20)
+            .payload(b"")
+            .build();
+        let pk = p(&b).unwrap();
+        assert_eq!(pk.tuple.src_port, 40000);
+        assert_eq!(pk.tuple.dst_port, 80);
+        assert_eq!(pk.ip_len as usize, b.len());
+        let L4::Tcp(s) = pk.l4 else { panic!() };
+        assert_eq!((s.seq, s.flags, s.window), (1000, SYN, 29200));
+        assert_eq!(s.wscale, Some(14), "clamped like the kernel");
+        assert!(s.sack_perm);
+        // Options of a non-SYN are ignored; SACK blocks are read.
+        let b = Pkt::tcp4(A, 1, B, 2)
+            .flags(ACK)
+            .ack(5)
+            .wscale(7)
+            .sack(&[(10, 20), (30, 0x7000_0000), (0, 0xffff_fff0)])
+            .build();
+        let L4::Tcp(s) = p(&b).unwrap().l4 else {
+            panic!()
+        };
+        // Sequence space wraps: 0xffff_fff0 is *before* 0x7000_0000.
+        assert_eq!((s.wscale, s.sack_max), (None, Some(0x7000_0000)));
+    }
+
+    #[test]
+    fn tcp_errors() {
+        let good = Pkt::tcp4(A, 1, B, 2).payload(b"hello").build();
+        let mut bad = good.clone();
+        bad[20 + 12] = 0x40; // data offset 4 words
+        assert_eq!(invalid_reason(&bad), Some(DropReason::TcpBadDataOffset));
+        let bad = Pkt::tcp4(A, 1, B, 2).payload(b"x").bad_checksum().build();
+        assert_eq!(invalid_reason(&bad), Some(DropReason::TcpBadChecksum));
+        assert!(parse(&bad, ParseOptions { checksum: false }).is_ok());
+        for f in [0, FIN, SYN | FIN, SYN | RST, FIN | PSH | URG] {
+            let b = Pkt::tcp4(A, 1, B, 2).flags(f).build();
+            assert_eq!(
+                invalid_reason(&b),
+                Some(DropReason::TcpBadFlags),
+                "flags {f:#x}"
+            );
+        }
+        for f in [
+            SYN,
+            SYN | ACK,
+            ACK,
+            RST,
+            RST | ACK,
+            FIN | ACK,
+            ACK | PSH | ECE | CWR,
+        ] {
+            assert!(
+                p(&Pkt::tcp4(A, 1, B, 2).flags(f).build()).is_ok(),
+                "flags {f:#x}"
+            );
+        }
+        // Header cut short: IP total length still consistent.
+        let mut short = Pkt::raw4(A, B, ipproto::TCP).payload(&[0; 10]).build();
+        short.truncate(30);
+        assert_eq!(invalid_reason(&short), Some(DropReason::TcpTruncated));
+    }
+
+    #[test]
+    fn ipv4_header_errors_are_malformed() {
+        let good = Pkt::udp4(A, 1, B, 2).payload(b"abc").build();
+        let mut b = good.clone();
+        b[10] ^= 1;
+        assert_eq!(
+            p(&b),
+            Err(ParseError::Malformed(DropReason::Ipv4BadChecksum))
+        );
+        assert_eq!(
+            p(&good[..19]),
+            Err(ParseError::Malformed(DropReason::Ipv4Truncated))
+        );
+        assert_eq!(
+            p(&good[..good.len() - 1]),
+            Err(ParseError::Malformed(DropReason::Ipv4BadLength))
+        );
+        let mut b = good.clone();
+        b[0] = 0x44;
+        assert_eq!(p(&b), Err(ParseError::Malformed(DropReason::Ipv4BadHeader)));
+        // Ethernet padding after the packet is fine.
+        let mut padded = good.clone();
+        padded.extend_from_slice(&[0; 18]);
+        let pk = p(&padded).unwrap();
+        assert_eq!(pk.l4, L4::Udp { payload: b"abc" });
+    }
+
+    #[test]
+    fn udp_length_and_checksum() {
+        let good = Pkt::udp4(A, 1, B, 2).payload(b"abcd").build();
+        let mut b = good.clone();
+        b[24..26].copy_from_slice(&40u16.to_be_bytes());
+        assert_eq!(invalid_reason(&b), Some(DropReason::UdpBadLength));
+        let mut b = good.clone();
+        b[28] ^= 0xff;
+        assert_eq!(invalid_reason(&b), Some(DropReason::UdpBadChecksum));
+        // Zero checksum: none.
+        let mut b = good.clone();
+        b[26..28].copy_from_slice(&[0, 0]);
+        b[28] ^= 0xff;
+        assert!(p(&b).is_ok());
+        let v6 = Pkt::udp6(A6, 5, B6, 6).payload(b"zz").build();
+        assert_eq!(p(&v6).unwrap().tuple.family, Family::V6);
+    }
+
+    #[test]
+    fn icmp_queries_errors_and_untracked() {
+        let req = Pkt::echo4(A, B, 77, 1, false).payload(b"ping").build();
+        let pk = p(&req).unwrap();
+        assert_eq!(pk.l4, L4::Icmp(Icmp::Query));
+        assert_eq!((pk.tuple.src_port, pk.tuple.icmp_type()), (77, 8));
+        let udp = Pkt::udp4(A, 41614, B, 5555).payload(b"a").build();
+        let err = Pkt::icmp4(B, A, 3, 3, &udp[..28]).build();
+        let pk = p(&err).unwrap();
+        let L4::Icmp(Icmp::Error { inner }) = pk.l4 else {
+            panic!("{pk:?}")
+        };
+        assert_eq!(
+            (inner.src_port, inner.dst_port, inner.proto),
+            (41614, 5555, ipproto::UDP)
+        );
+        assert_eq!(inner.src, Addr::v4(A));
+        // Quoting garbage or an error: invalid.
+        let err = Pkt::icmp4(B, A, 3, 3, &[0x45, 0, 0]).build();
+        assert_eq!(invalid_reason(&err), Some(DropReason::IcmpErrorBadInner));
+        let inner_err = Pkt::icmp4(A, B, 3, 1, &udp[..28]).build();
+        let err = Pkt::icmp4(B, A, 11, 0, &inner_err[..28]).build();
+        assert_eq!(invalid_reason(&err), Some(DropReason::IcmpErrorBadInner));
+        assert_eq!(
+            invalid_reason(&Pkt::icmp4(A, B, 40, 0, &[]).build()),
+            Some(DropReason::IcmpBadType)
+        );
+        let mut bad = req.clone();
+        bad[30] ^= 1;
+        assert_eq!(invalid_reason(&bad), Some(DropReason::IcmpBadChecksum));
+        // ICMPv6: ND is untracked; an error quoting IPv6 with extension headers.
+        let ns = Pkt::icmp6(A6, B6, 135, 0, &[0; 16]).build();
+        assert_eq!(p(&ns).unwrap().l4, L4::Icmp(Icmp::Untracked));
+        let quoted = Pkt::udp6(B6, 30000, A6, 13000)
+            .ext(0, 0)
+            .ext(60, 1)
+            .payload(b"x")
+            .build();
+        let err = Pkt::icmp6(A6, B6, 1, 0, &quoted).build();
+        let L4::Icmp(Icmp::Error { inner }) = p(&err).unwrap().l4 else {
+            panic!()
+        };
+        assert_eq!(
+            (inner.proto, inner.src_port, inner.dst_port),
+            (ipproto::UDP, 30000, 13000)
+        );
+        let echo6 = Pkt::echo6(A6, B6, 9, 1, false).build();
+        assert_eq!(p(&echo6).unwrap().tuple.icmp_type(), 128);
+    }
+
+    #[test]
+    fn fragments() {
+        let d = Pkt::udp4(A, 1000, B, 53)
+            .payload(&[7; 100])
+            .ip_id(99)
+            .build_fragments(48);
+        assert_eq!(d.len(), 3);
+        let first = p(&d[0]).unwrap();
+        assert_eq!(
+            first.frag,
+            Some(Frag {
+                id: 99,
+                offset: 0,
+                more: true
+            })
+        );
+        assert_eq!((first.tuple.src_port, first.tuple.dst_port), (1000, 53));
+        let last = p(&d[2]).unwrap();
+        assert_eq!(last.l4, L4::Fragment);
+        assert_eq!(
+            last.frag,
+            Some(Frag {
+                id: 99,
+                offset: 96,
+                more: false
+            })
+        );
+    }
+
+    #[test]
+    fn ipv6_extension_headers() {
+        let b = Pkt::tcp6(A6, 1, B6, 2)
+            .ext(0, 0)
+            .ext(43, 2)
+            .ext(60, 0)
+            .build();
+        assert_eq!(p(&b).unwrap().tuple.proto, ipproto::TCP);
+        let mut cut = b.clone();
+        cut.truncate(40 + 8 + 4);
+        cut[4..6].copy_from_slice(&12u16.to_be_bytes());
+        assert_eq!(
+            p(&cut),
+            Err(ParseError::Malformed(DropReason::Ipv6BadExtHeader))
+        );
+        // A chain of 20 hop-by-hop headers is refused.
+        let mut many = Pkt::udp6(A6, 1, B6, 2);
+        for _ in 0..20 {
+            many = many.ext(60, 0);
+        }
+        assert_eq!(
+            p(&many.build()),
+            Err(ParseError::Malformed(DropReason::Ipv6BadExtHeader))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200), ck in any::<bool>()) {
+            let _ = parse(&b, ParseOptions { checksum: ck });
+            let mut v4 = b.clone();
+            if let Some(x) = v4.first_mut() { *x = 0x45; }
+            let _ = parse(&v4, ParseOptions { checksum: ck });
+            let mut v6 = b;
+            if let Some(x) = v6.first_mut() { *x = 0x60; }
+            let _ = parse(&v6, ParseOptions { checksum: ck });
+        }
+
+        #[test]
+        fn built_packets_roundtrip(sp in any::<u16>(), dp in any::<u16>(), seq in any::<u32>(), pl in proptest::collection::vec(any::<u8>(), 0..64), v6 in any::<bool>()) {
+            let b = if v6 { Pkt::tcp6(A6, sp, B6, dp) } else { Pkt::tcp4(A, sp, B, dp) }.seq(seq).payload(&pl).build();
+            let pk = p(&b).unwrap();
+            prop_assert_eq!((pk.tuple.src_port, pk.tuple.dst_port), (sp, dp));
+            let L4::Tcp(s) = pk.l4 else { panic!() };
+            prop_assert_eq!(s.seq, seq);
+            prop_assert_eq!(s.payload, &pl[..]);
+        }
+
+        #[test]
+        fn truncation_never_panics(cut in 0usize..120, kind in 0u8..4) {
+            let b = match kind {
+                0 => Pkt::tcp4(A, 1, B, 2).wscale(3).payload(b"abcdef").build(),
+                1 => Pkt::udp6(A6, 1, B6, 2).ext(0, 0).payload(b"abc").build(),
+                2 => Pkt::icmp4(B, A, 3, 3, &Pkt::udp4(A, 1, B, 2).build()).build(),
+                _ => Pkt::icmp6(B6, A6, 1, 0, &Pkt::tcp6(A6, 1, B6, 2).ext(60, 0).build()).build(),
+            };
+            let _ = p(&b[..cut.min(b.len())]);
+        }
+    }
 }
