@@ -153,6 +153,23 @@ impl Stored {
     }
 }
 
+/// Per-protocol state of an entry. The variants share their bytes, and the
+/// discriminant hides in the TCP state's spare values.
+#[derive(Clone, Copy, Debug)]
+enum L4State {
+    /// TCP window tracking.
+    Tcp(TcpConn),
+    /// UDP and GRE: time (ns) after which a replied flow counts as a stream
+    /// (the kernel's `stream_ts`).
+    Stream(u64),
+}
+
+impl Default for L4State {
+    fn default() -> Self {
+        L4State::Stream(0)
+    }
+}
+
 /// One connection.
 #[derive(Clone, Debug, Default)]
 struct Entry {
@@ -162,9 +179,8 @@ struct Entry {
     helper: u8,
     /// Expiry time (ns).
     deadline: u64,
-    /// UDP/GRE: time after which a replied flow counts as a stream (kernel `stream_ts`).
-    stream_ts: u64,
-    tcp: TcpConn,
+    /// Protocol state.
+    l4: L4State,
     /// Packets and bytes per direction.
     packets: [u64; 2],
     bytes: [u64; 2],
@@ -733,7 +749,13 @@ impl Conntrack {
                 };
                 let cfg = &self.cfg.tcp;
                 let e = &mut self.entries[idx as usize];
-                match tcp::packet(&mut e.tcp, dir, &seg, ctx, cfg) {
+                let L4State::Tcp(conn) = &mut e.l4 else {
+                    // A TCP tuple always has TCP state; anything else is corrupt.
+                    track.state = CtState::Invalid;
+                    track.reason = Some(DropReason::TcpInvalidState);
+                    return Some(track);
+                };
+                match tcp::packet(conn, dir, &seg, ctx, cfg) {
                     TcpVerdict::Accept {
                         timeout,
                         set_assured,
@@ -742,6 +764,20 @@ impl Conntrack {
                             e.status |= status::ASSURED;
                         }
                         Some(timeout_ns(timeout))
+                    }
+                    TcpVerdict::Ignore => None,
+                    TcpVerdict::InvalidShrink(r) => {
+                        let unack = timeout_ns(cfg.timeouts.unack);
+                        let left = e.deadline.saturating_sub(now);
+                        if left >= 120 * SEC && left > unack {
+                            e.deadline = now + unack;
+                            // Moving a deadline earlier must relink the wheel.
+                            let d = e.deadline;
+                            self.set_deadline(idx, d);
+                        }
+                        track.state = CtState::Invalid;
+                        track.reason = Some(r);
+                        return Some(track);
                     }
                     TcpVerdict::AcceptKill => {
                         self.account(idx, dir, pkt);
@@ -798,7 +834,11 @@ impl Conntrack {
         if !seen_reply {
             return timeout_ns(unreplied);
         }
-        if now > e.stream_ts {
+        let stream_ts = match e.l4 {
+            L4State::Stream(ts) => ts,
+            L4State::Tcp(_) => 0,
+        };
+        if now > stream_ts {
             e.status |= status::ASSURED;
             timeout_ns(stream)
         } else {
@@ -876,9 +916,12 @@ impl Conntrack {
         }
         let e = &mut self.entries[idx as usize];
         e.orig = Stored::from(t);
-        e.tcp = tcp_state;
+        e.l4 = if pkt.tuple.proto == ipproto::TCP {
+            L4State::Tcp(tcp_state)
+        } else {
+            L4State::Stream(now + 2 * SEC)
+        };
         e.deadline = now + timeout_ns(timeout);
-        e.stream_ts = now + 2 * SEC;
         e.packets[0] = 1;
         e.bytes[0] = u64::from(pkt.ip_len);
         if state == CtState::Related {
@@ -1121,7 +1164,10 @@ impl Conntrack {
                 ConnInfo {
                     orig,
                     reply: orig.invert(),
-                    tcp_state: (orig.proto == ipproto::TCP).then(|| e.tcp.state.name()),
+                    tcp_state: match e.l4 {
+                        L4State::Tcp(c) => Some(c.state.name()),
+                        L4State::Stream(_) => None,
+                    },
                     expires_in: e.deadline.saturating_sub(now),
                     seen_reply: e.status & status::SEEN_REPLY != 0,
                     assured: e.status & status::ASSURED != 0,
