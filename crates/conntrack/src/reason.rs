@@ -32,6 +32,8 @@ reasons! {
     VlanTooDeep => "vlan_too_deep",
     /// Non-IP frame refused by the L2 policy.
     NonIp => "non_ip",
+    /// Capture record of a link type Tollgate cannot read.
+    UnknownLinkType => "unknown_link_type",
     /// IPv4 header shorter than 20 bytes or than its IHL.
     Ipv4Truncated => "ipv4_truncated",
     /// IPv4 version or IHL field wrong.

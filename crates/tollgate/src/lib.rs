@@ -1,0 +1,3 @@
+//! The `tollgate` binary's library side: the offline pipeline (`replay`).
+
+pub mod replay;

@@ -1,0 +1,103 @@
+//! `tollgate`: the command line.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A conntrack middlebox with Linux netfilter semantics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the pipeline on a capture: one JSON line per packet.
+    Replay {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Capture (pcap or pcapng).
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Inside prefixes: packets from these sources arrive on the inside.
+        #[arg(long)]
+        inside: String,
+        /// Write the JSON lines here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Validate a configuration file.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<control::Config> {
+    control::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    match Cli::parse().cmd {
+        Cmd::Check { config } => match control::load(&config) {
+            Ok(c) => {
+                println!("ok: {} rules", c.policy.rules.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Cmd::Replay {
+            config,
+            pcap,
+            inside,
+            out,
+        } => {
+            let cfg = load(&config)?;
+            let inside = tollgate::replay::parse_inside(&inside).map_err(|e| anyhow::anyhow!(e))?;
+            let bytes =
+                std::fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
+            let mut w: Box<dyn Write> = match &out {
+                Some(p) => Box::new(BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(BufWriter::new(std::io::stdout().lock())),
+            };
+            let res = tollgate::replay::replay(&cfg, &bytes, &inside, &mut w);
+            w.flush()?;
+            match res {
+                Ok(sum) => {
+                    eprintln!("{sum}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("tollgate replay: {}: {e}", pcap.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
