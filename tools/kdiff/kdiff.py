@@ -204,6 +204,10 @@ def translate(cfg, inside):
         for d, c in (("original", "o"), ("reply", "r")):
             out.append('    ct state %s ct direction %s log prefix "kd:%s:%s" group 7' % (st, d, st, c))
     out.append("  }")
+    # Frames to a broadcast or multicast MAC are also passed up to the bridge
+    # host; its copy would confirm the conntrack entry even when forwarding
+    # dropped the packet. The reference box is a pure bridge: nothing is for it.
+    out.append("  chain input { type filter hook input priority filter; policy drop; }")
     out.append("  chain filter { type filter hook forward priority filter; policy %s;" % policy)
     out.extend("    " + x for x in fwd)
     out.append("  }")
@@ -378,16 +382,53 @@ def marker(i):
     return b"\xff" * 6 + b"\x02\x00\x00\x00\x00\xaa" + struct.pack(">H", MARKER_TYPE) + b"KDIFF" + struct.pack(">I", i) + b"\0" * 41
 
 
-def fix_src_mac(frame, side):
-    """A bridge drops frames from a zero or multicast source MAC."""
+def unicast_ip(frame):
+    et, off = l3_of(frame)
+    try:
+        if et == ETH_P_IP and len(frame) >= off + 20:
+            a = ipaddress.IPv4Address(frame[off + 16:off + 20])
+            return not (a.is_multicast or a.packed[3] == 255 or a == ipaddress.IPv4Address("255.255.255.255"))
+        if et == ETH_P_IPV6 and len(frame) >= off + 40:
+            return not ipaddress.IPv6Address(frame[off + 24:off + 40]).is_multicast
+    except ValueError:
+        pass
+    return False
+
+
+def fix_macs(frame, side):
+    """Makes a captured frame bridgeable without changing what conntrack sees:
+    a bridge drops frames from a zero or multicast source MAC, and a frame to
+    a multicast MAC is also passed up to the bridge host, whose copy confirms
+    the conntrack entry even when forwarding drops the packet. Generated
+    captures often carry such MACs on unicast IP packets."""
+    changed = False
     src = frame[6:12]
     if src == b"\0" * 6 or src[0] & 1:
-        return frame[:6] + (b"\x02\x00\x00\x00\x00\x01" if side == "inside" else b"\x02\x00\x00\x00\x00\x02") + frame[12:], True
-    return frame, False
+        frame = frame[:6] + (b"\x02\x00\x00\x00\x00\x01" if side == "inside" else b"\x02\x00\x00\x00\x00\x02") + frame[12:]
+        changed = True
+    if frame[0] & 1 and unicast_ip(frame):
+        frame = (b"\x02\x00\x00\x00\x00\x02" if side == "inside" else b"\x02\x00\x00\x00\x00\x01") + frame[6:]
+        changed = True
+    return frame, changed
+
+
+def frag_key(frame):
+    """(src, dst, proto, id) of an IPv4 fragment, else None."""
+    et, off = l3_of(frame)
+    if et != ETH_P_IP or len(frame) < off + 20:
+        return None
+    fo = struct.unpack(">H", frame[off + 6:off + 8])[0]
+    if not (fo & 0x2000 or fo & 0x1FFF):
+        return None
+    return frame[off + 12:off + 16], frame[off + 16:off + 20], frame[off + 9], frame[off + 4:off + 6]
 
 
 def kernel_run(lab, records, inside, timeout=1.0):
-    """Sends every record through the kernel bridge; returns JSON-able dicts."""
+    """Sends every record through the kernel bridge; returns JSON-able dicts.
+
+    The kernel reassembles IPv4 fragments before conntrack and holds them until
+    the datagram is complete: fragments that come out later are credited to
+    the packets that carried them, and they share the datagram's state."""
     setns(lab.k)
     nflog = Nflog(7)
     setns(lab.h)
@@ -399,6 +440,7 @@ def kernel_run(lab, records, inside, timeout=1.0):
         socks[side] = s
     other = {"inside": "outside", "outside": "inside"}
     results, fixed = [], 0
+    datagrams = {}  # fragment key -> indices of the packets that carried it
     time.sleep(0.2)
     nflog.drain()
     for s in socks.values():
@@ -410,17 +452,21 @@ def kernel_run(lab, records, inside, timeout=1.0):
                             "note": "link type %d not replayed" % link})
             continue
         side = side_of(frame, inside)
-        frame, f = fix_src_mac(frame, side)
+        frame, f = fix_macs(frame, side)
         fixed += f
+        res = {"i": i, "side": side, "verdict": "drop", "state": None, "reply": False}
+        results.append(res)
+        fk = frag_key(frame)
+        if fk is not None:
+            datagrams.setdefault(fk, []).append(i)
         tx, rx = socks[side], socks[other[side]]
         try:
             tx.send(frame)
         except OSError as e:
-            results.append({"i": i, "side": side, "verdict": "drop", "state": None, "reply": False,
-                            "note": "send failed: %s" % e})
+            res["note"] = "send failed: %s" % e
             continue
         tx.send(marker(i))
-        got, deadline = 0, time.monotonic() + timeout
+        got, deadline = [], time.monotonic() + timeout
         seen_marker = False
         while time.monotonic() < deadline:
             if not select.select([rx], [], [], max(0.0, deadline - time.monotonic()))[0]:
@@ -433,17 +479,31 @@ def kernel_run(lab, records, inside, timeout=1.0):
                     seen_marker = True
                     break
                 continue
-            got += 1
+            got.append(data)
         if not seen_marker:
             raise RuntimeError("marker %d never arrived: the lab is broken" % i)
         logs = [p for p in nflog.drain() if p.startswith("kd:")]
-        res = {"i": i, "side": side, "verdict": "accept" if got else "drop", "state": None, "reply": False}
+        state = None
         if logs:
             _kd, st, d = logs[0].split(":")
-            res["state"], res["reply"] = st, d == "r"
-        if got > 1 or len(logs) > 1:
-            res["note"] = "%d frames forwarded, %d states logged" % (got, len(logs))
-        results.append(res)
+            state = (st, d == "r")
+        owners = set()
+        for data in got:
+            k = frag_key(data)
+            owners.update(datagrams.get(k, [i]) if k is not None else [i])
+        if fk is not None and state is not None:
+            # The datagram's state, logged once it was reassembled.
+            owners.update(datagrams.get(fk, []))
+        for j in owners or ([i] if state else []):
+            r = results[j]
+            if got and (j in owners):
+                r["verdict"] = "accept"
+            if state:
+                r["state"], r["reply"] = state
+            if j != i:
+                r["note"] = "held by defrag until packet %d" % i
+        if not owners and state:
+            res["state"], res["reply"] = state
     return results, fixed
 
 
@@ -552,7 +612,7 @@ def main(argv=None):
             res, fixed = kernel_run(lab, records, inside)
         kernel = [json.loads(line(r)) for r in res]
         if fixed:
-            print("%s: %d frames had their source MAC replaced (zero or multicast)" % (name, fixed), file=sys.stderr)
+            print("%s: %d frames had MAC addresses made bridgeable (zero/multicast source, multicast destination of a unicast IP packet)" % (name, fixed), file=sys.stderr)
         if a.cmd == "kernel":
             text = "".join(line(r) + "\n" for r in res)
             if a.out:
