@@ -25,7 +25,7 @@ while IFS=$'\t' read -r cap inside _why; do
        --tollgate "$TOLLGATE" --kernel-jsonl "target/kdiff/$name.kernel.jsonl" --expect "$EXPECT" \
        > "target/kdiff/$name.diff"; then
     fail=1
-    grep -v "(expected" "target/kdiff/$name.diff"
+    grep -v "(expected" "target/kdiff/$name.diff" | head -12
   else
     tail -1 "target/kdiff/$name.diff"
   fi

@@ -34,6 +34,10 @@ enum Cmd {
         /// Write the JSON lines here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `capture`: each packet's timestamp is the clock (timeouts as on the
+        /// wire); `index`: packet i is at i microseconds (nothing expires).
+        #[arg(long, default_value = "capture", value_parser = ["capture", "index"])]
+        clock: String,
     },
     /// Validate a configuration file.
     Check {
@@ -64,7 +68,13 @@ fn run() -> anyhow::Result<ExitCode> {
             pcap,
             inside,
             out,
+            clock,
         } => {
+            let clock = if clock == "index" {
+                tollgate::replay::Clock::Index
+            } else {
+                tollgate::replay::Clock::Capture
+            };
             let cfg = load(&config)?;
             let inside = tollgate::replay::parse_inside(&inside).map_err(|e| anyhow::anyhow!(e))?;
             let bytes =
@@ -76,7 +86,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 )),
                 None => Box::new(BufWriter::new(std::io::stdout().lock())),
             };
-            let res = tollgate::replay::replay(&cfg, &bytes, &inside, &mut w);
+            let res = tollgate::replay::replay_with_clock(&cfg, &bytes, &inside, clock, &mut w);
             w.flush()?;
             match res {
                 Ok(sum) => {

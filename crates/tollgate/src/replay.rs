@@ -154,6 +154,17 @@ pub fn replay(
     inside: &[Prefix],
     out: &mut impl Write,
 ) -> Result<Summary, ReplayError> {
+    replay_with_clock(cfg, pcap, inside, Clock::Capture, out)
+}
+
+/// [`replay`] with a choice of clock.
+pub fn replay_with_clock(
+    cfg: &control::Config,
+    pcap: &[u8],
+    inside: &[Prefix],
+    clock: Clock,
+    out: &mut impl Write,
+) -> Result<Summary, ReplayError> {
     let mut pipe = Pipeline::new(cfg.conntrack.clone(), cfg.policy.clone());
     let mut sum = Summary::default();
     let cap = Capture::new(pcap).map_err(|err| ReplayError::Capture { err, read: 0 })?;
@@ -165,7 +176,11 @@ pub fn replay(
         })?;
         // Captures can step back in time (several interfaces, clock steps):
         // the core's clock never goes backwards.
-        let now = rec.ts_ns.max(last_now);
+        let ts = match clock {
+            Clock::Capture => rec.ts_ns,
+            Clock::Index => i as u64 * 1000,
+        };
+        let now = ts.max(last_now);
         last_now = now;
         let line = match l3_of(rec.link_type, rec.data) {
             L3::Ip(l3) => {
@@ -207,6 +222,17 @@ pub fn replay(
     sum.conntrack = pipe.conntrack().stats().clone();
     sum.connections = pipe.conntrack().len();
     Ok(sum)
+}
+
+/// Where the core's `now` comes from during a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// Each packet's capture timestamp: timeouts behave as they did on the wire.
+    #[default]
+    Capture,
+    /// Packet i is at i microseconds: nothing times out. For comparing with a
+    /// replay that sends the packets back to back (the kernel differential).
+    Index,
 }
 
 /// Parses `--inside` prefixes (comma-separated CIDRs).
