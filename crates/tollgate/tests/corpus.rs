@@ -9,6 +9,9 @@
 //!   with their reasons, in tests/kdiff/expected-differences.toml. The live
 //!   differential (tests/kdiff/run.sh, root) re-records those answers.
 
+// Test helpers may panic on broken fixtures: that is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
