@@ -1,7 +1,7 @@
-//! Drives the table with established UDP lookups for instruction-level
-//! profiling: `valgrind --tool=callgrind target/release/examples/ct_profile 10000 1000000`.
+//! Drives the table with established-flow packets for instruction-level
+//! profiling: `valgrind --tool=callgrind target/release/examples/ct_profile 10000 1000000 [tcp]`.
 
-use conntrack::packet::{Packet, L4};
+use conntrack::packet::{tcp_flags, Packet, TcpSeg, L4};
 use conntrack::table::{Config, Conntrack};
 use conntrack::tuple::{ipproto, Addr, Family, HashSecret, Tuple};
 
@@ -12,6 +12,19 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let tcp = args.next().as_deref() == Some("tcp");
+    let seg = |flags, seq, ack| {
+        L4::Tcp(TcpSeg {
+            seq,
+            ack,
+            flags,
+            window: 65535,
+            wscale: None,
+            sack_perm: false,
+            sack_max: None,
+            payload: b"",
+        })
+    };
     let mut ct = Conntrack::new(Config {
         max_entries: flows + 1024,
         hash_secret: HashSecret(3, 4),
@@ -24,16 +37,31 @@ fn main() {
                 dst: Addr::v4([192, 0, 2, 1]),
                 src_port: (i & 0xffff) as u16,
                 dst_port: 53,
-                proto: ipproto::UDP,
+                proto: if tcp { ipproto::TCP } else { ipproto::UDP },
                 family: Family::V4,
             },
             ip_len: 50,
             frag: None,
             ip_options: false,
-            l4: L4::Udp { payload: b"" },
+            l4: if tcp {
+                seg(tcp_flags::ACK, 1001, 5001)
+            } else {
+                L4::Udp { payload: b"" }
+            },
         })
         .collect();
     for p in &pkts {
+        if tcp {
+            let mut syn = *p;
+            syn.l4 = seg(tcp_flags::SYN, 1000, 0);
+            let t = ct.track(&syn, 0);
+            ct.confirm(&t, None, 0);
+            let mut sa = *p;
+            sa.tuple = p.tuple.invert();
+            sa.l4 = seg(tcp_flags::SYN | tcp_flags::ACK, 5000, 1001);
+            let t = ct.track(&sa, 0);
+            ct.confirm(&t, None, 0);
+        }
         let t = ct.track(p, 0);
         ct.confirm(&t, None, 0);
     }
@@ -44,7 +72,7 @@ fn main() {
         x ^= x >> 17;
         x ^= x << 5;
         let t = ct.track(&pkts[(x % flows) as usize], 1_000_000_000);
-        est += u32::from(t.state == conntrack::CtState::New);
+        est += u32::from(t.state == conntrack::CtState::Established);
     }
-    println!("{est} new-state lookups of {lookups}");
+    println!("{est} established of {lookups}");
 }
