@@ -72,6 +72,9 @@ fn golden_listings() {
         files.sort_by_key(|f| f.path());
         for f in files {
             let p = f.path();
+            if !p.extension().is_some_and(|e| e == "pcap" || e == "pcapng") {
+                continue;
+            }
             let rel = format!(
                 "{}/{}",
                 dir.file_name().to_string_lossy(),
@@ -192,4 +195,98 @@ fn agrees_with_recorded_kernel_answers() {
     }
     assert!(compared > 10_000, "compared only {compared} packets");
     assert!(unexplained.is_empty(), "{}", unexplained.join("\n"));
+}
+
+/// Zeek's ftp.log names the data channel of every FTP command
+/// (tests/data/oracles). The first packet of each of those connections must be
+/// `related` under the differential policy, which assigns the FTP helper.
+#[test]
+fn zeek_ftp_data_channels_are_related() {
+    use conntrack::packet::{parse, ParseOptions};
+    let cases = [(
+        "ftp/zeek_ftp_ipv6_epsv_eprt.pcap",
+        "zeek_ftp_ipv6_epsv_eprt.ftp.log",
+    )];
+    let inside_of: BTreeMap<String, String> = kdiff_set().into_iter().collect();
+    let cfg = root().join("tests/kdiff/strict.toml");
+    let mut checked = 0;
+    for (cap, log) in cases {
+        let log = std::fs::read_to_string(root().join("tests/data/oracles").join(log)).unwrap();
+        let fields: Vec<&str> = log
+            .lines()
+            .find_map(|l| l.strip_prefix("#fields\t"))
+            .unwrap()
+            .split('\t')
+            .collect();
+        let col = |name: &str| fields.iter().position(|f| *f == name).unwrap();
+        let (o, r, p) = (
+            col("data_channel.orig_h"),
+            col("data_channel.resp_h"),
+            col("data_channel.resp_p"),
+        );
+        let channels: Vec<(std::net::IpAddr, std::net::IpAddr, u16)> = log
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .filter(|f| f[p] != "-")
+            .map(|f| {
+                (
+                    f[o].parse().unwrap(),
+                    f[r].parse().unwrap(),
+                    f[p].parse().unwrap(),
+                )
+            })
+            .collect();
+        assert!(!channels.is_empty(), "{cap}: no data channel in the log");
+        let pcap = root().join("tests/data").join(cap);
+        let bytes = std::fs::read(&pcap).unwrap();
+        let out = replay(&cfg, &pcap, &inside_of[cap]);
+        for (orig, resp, port) in channels {
+            // The first packet of that connection in the capture.
+            let first = capture::Capture::new(&bytes)
+                .unwrap()
+                .enumerate()
+                .find_map(|(i, rec)| {
+                    let rec = rec.ok()?;
+                    let f = capture::ether::parse(rec.data).ok()?;
+                    let p = parse(
+                        rec.data.get(f.l3_offset..)?,
+                        ParseOptions { checksum: false },
+                    )
+                    .ok()?;
+                    let t = p.tuple;
+                    (t.src.to_ip(t.family) == orig
+                        && t.dst.to_ip(t.family) == resp
+                        && t.dst_port == port)
+                        .then_some(i)
+                });
+            let Some(i) = first else {
+                // Announced but never used (the capture holds no such connection).
+                continue;
+            };
+            assert_eq!(
+                out[i]["state"], "related",
+                "{cap}: data channel {orig} -> {resp}:{port} (packet {i})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} data channels found");
+}
+
+/// After AUTH TLS the control channel is encrypted: Zeek sees no data channel
+/// (tests/data/oracles/zeek_ftp_auth_tls.ftp.log) and the helper must not
+/// invent one from ciphertext.
+#[test]
+fn ftp_auth_tls_opens_nothing() {
+    let log = std::fs::read_to_string(root().join("tests/data/oracles/zeek_ftp_auth_tls.ftp.log"))
+        .unwrap();
+    assert!(log.lines().any(|l| l.contains("\tAUTH\t")));
+    let out = replay(
+        &root().join("tests/kdiff/strict.toml"),
+        &root().join("tests/data/ftp/zeek_ftp_auth_tls.pcap"),
+        "127.0.0.1/32",
+    );
+    assert!(out.iter().all(|v| v["state"] != "related"));
+    assert!(out.iter().all(|v| v["verdict"] == "accept"));
 }
