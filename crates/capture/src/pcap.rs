@@ -252,34 +252,8 @@ impl<'a> Capture<'a> {
                         self.ifaces.push(Iface { link, units });
                     }
                 }
-                // Enhanced packet.
-                6 => {
-                    let (Some(id), Some(hi), Some(lo), Some(cap), Some(orig)) = (
-                        u32_at(body, 0, big),
-                        u32_at(body, 4, big),
-                        u32_at(body, 8, big),
-                        u32_at(body, 12, big),
-                        u32_at(body, 16, big),
-                    ) else {
-                        return Some(Err(CaptureError::Truncated(at)));
-                    };
-                    let Some(iface) = self.ifaces.get(id as usize).copied() else {
-                        return Some(Err(CaptureError::UnknownInterface { offset: at, id }));
-                    };
-                    let Some(data) = body.get(20..20usize.saturating_add(cap as usize)) else {
-                        return Some(Err(CaptureError::BadLength {
-                            offset: at,
-                            len: u64::from(cap),
-                        }));
-                    };
-                    let ts = u64::from(hi) << 32 | u64::from(lo);
-                    return Some(Ok(Record {
-                        ts_ns: to_ns(ts, iface.units),
-                        link_type: iface.link,
-                        orig_len: orig,
-                        data,
-                    }));
-                }
+                // Enhanced packet: a 32-bit interface id.
+                6 => return Some(self.timed_block(body, u32_at(body, 0, big), at)),
                 // Simple packet: no timestamp, interface 0.
                 3 => {
                     let Some(orig) = u32_at(body, 0, big) else {
@@ -297,37 +271,8 @@ impl<'a> Capture<'a> {
                         data,
                     }));
                 }
-                // Obsolete packet block.
-                2 => {
-                    let (Some(id), Some(hi), Some(lo), Some(cap), Some(orig)) = (
-                        u16_at(body, 0, big),
-                        u32_at(body, 4, big),
-                        u32_at(body, 8, big),
-                        u32_at(body, 12, big),
-                        u32_at(body, 16, big),
-                    ) else {
-                        return Some(Err(CaptureError::Truncated(at)));
-                    };
-                    let Some(iface) = self.ifaces.get(usize::from(id)).copied() else {
-                        return Some(Err(CaptureError::UnknownInterface {
-                            offset: at,
-                            id: u32::from(id),
-                        }));
-                    };
-                    let Some(data) = body.get(20..20usize.saturating_add(cap as usize)) else {
-                        return Some(Err(CaptureError::BadLength {
-                            offset: at,
-                            len: u64::from(cap),
-                        }));
-                    };
-                    let ts = u64::from(hi) << 32 | u64::from(lo);
-                    return Some(Ok(Record {
-                        ts_ns: to_ns(ts, iface.units),
-                        link_type: iface.link,
-                        orig_len: orig,
-                        data,
-                    }));
-                }
+                // Obsolete packet block: a 16-bit interface id, same layout after it.
+                2 => return Some(self.timed_block(body, u16_at(body, 0, big).map(u32::from), at)),
                 // Section header, name resolution, statistics, custom...: skip.
                 _ => {}
             }
@@ -368,6 +313,46 @@ fn to_ns(ts: u64, units: u64) -> u64 {
     secs.saturating_mul(1_000_000_000).saturating_add(
         u64::try_from(u128::from(rem) * 1_000_000_000 / u128::from(units)).unwrap_or(0),
     )
+}
+
+impl<'a> Capture<'a> {
+    /// An enhanced or obsolete packet block: interface `id` (read by the caller,
+    /// as the two differ there), then timestamp high/low, captured and original
+    /// lengths, data.
+    fn timed_block(
+        &self,
+        body: &'a [u8],
+        id: Option<u32>,
+        at: usize,
+    ) -> Result<Record<'a>, CaptureError> {
+        let big = self.big;
+        let (Some(id), Some(hi), Some(lo), Some(cap), Some(orig)) = (
+            id,
+            u32_at(body, 4, big),
+            u32_at(body, 8, big),
+            u32_at(body, 12, big),
+            u32_at(body, 16, big),
+        ) else {
+            return Err(CaptureError::Truncated(at));
+        };
+        let iface = self
+            .ifaces
+            .get(id as usize)
+            .copied()
+            .ok_or(CaptureError::UnknownInterface { offset: at, id })?;
+        let data =
+            body.get(20..20usize.saturating_add(cap as usize))
+                .ok_or(CaptureError::BadLength {
+                    offset: at,
+                    len: u64::from(cap),
+                })?;
+        Ok(Record {
+            ts_ns: to_ns(u64::from(hi) << 32 | u64::from(lo), iface.units),
+            link_type: iface.link,
+            orig_len: orig,
+            data,
+        })
+    }
 }
 
 impl<'a> Iterator for Capture<'a> {

@@ -230,6 +230,21 @@ pub struct Track {
 }
 
 impl Track {
+    /// A packet of existing entry `conn`.
+    fn of_entry(conn: u32, state: CtState, dir: Direction, helper: Option<HelperKind>) -> Track {
+        Track {
+            state,
+            reply: dir == Direction::Reply,
+            reason: None,
+            helper,
+            must_drop: false,
+            conn,
+            pending: NONE,
+            hash: 0,
+            frag: None,
+        }
+    }
+
     fn verdictless(state: CtState, reason: Option<DropReason>) -> Track {
         Track {
             state,
@@ -730,17 +745,7 @@ impl Conntrack {
         } else {
             helper_of(helper_code)
         };
-        let mut track = Track {
-            state,
-            reply: dir == Direction::Reply,
-            reason: None,
-            helper,
-            must_drop: false,
-            conn: idx,
-            pending: NONE,
-            hash: 0,
-            frag: None,
-        };
+        let mut track = Track::of_entry(idx, state, dir, helper);
         let timeout = match pkt.l4 {
             L4::Tcp(seg) => {
                 let ctx = TcpCtx {
@@ -969,17 +974,7 @@ impl Conntrack {
         // The error travels opposite to the packet it quotes.
         let dir = inner_dir.flip();
         self.account(idx, dir, pkt);
-        Track {
-            state: CtState::Related,
-            reply: dir == Direction::Reply,
-            reason: None,
-            helper,
-            must_drop: false,
-            conn: idx,
-            pending: NONE,
-            hash: 0,
-            frag: None,
-        }
+        Track::of_entry(idx, CtState::Related, dir, helper)
     }
 
     /// A non-first fragment gets its first fragment's verdict and state.
