@@ -310,7 +310,8 @@ fn parse_conntrack(
             &c.max_entries,
             "max_entries",
             1,
-            1 << 28,
+            // 64 Mi connections take ~12 GB; beyond that is a typo, not a plan.
+            1 << 26,
             dc.max_entries,
         ),
         tcp: TcpConfig {
