@@ -424,16 +424,33 @@ impl Conntrack {
         key.hash(&self.cfg.hash_secret)
     }
 
-    /// Finds the entry holding `t` in either direction.
+    /// Finds the entry holding `t` in either direction. Compares the stored
+    /// original tuple field by field with the packet's tuple and with its
+    /// inverse, without building either as a new value.
     fn lookup(&self, t: &Tuple, hash: u64) -> Option<(u32, Direction)> {
-        let want = Stored::from(t);
-        let inv = Stored::from(&t.invert());
+        let (src, dst) = (split(t.src), split(t.dst));
+        let v6 = t.family == Family::V6;
+        // The inverse's ports: swapped, except for ICMP (same id, answer type).
+        let (inv_sport, inv_dport) = if t.is_icmp() {
+            let inv = t.invert();
+            (inv.src_port, inv.dst_port)
+        } else {
+            (t.dst_port, t.src_port)
+        };
         let entries = &self.entries;
         self.index.find(hash, |idx| {
-            let e = entries.get(idx as usize)?;
-            if e.orig == want {
+            let e = &entries.get(idx as usize)?.orig;
+            if e.proto != t.proto || e.v6 != v6 {
+                return None;
+            }
+            if e.src == src && e.dst == dst && e.src_port == t.src_port && e.dst_port == t.dst_port
+            {
                 Some((idx, Direction::Original))
-            } else if e.orig == inv {
+            } else if e.src == dst
+                && e.dst == src
+                && e.src_port == inv_sport
+                && e.dst_port == inv_dport
+            {
                 Some((idx, Direction::Reply))
             } else {
                 None
