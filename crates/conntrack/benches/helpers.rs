@@ -62,8 +62,16 @@ fn ftp_control_packet(c: &mut Criterion) {
         );
         let (cl, sv) = ([10, 0, 0, 1], [192, 0, 2, 21]);
         let syn = Pkt::tcp4(cl, 40000, sv, 21).flags(SYN).seq(100).build();
-        let synack = Pkt::tcp4(sv, 21, cl, 40000).flags(SYN | ACK).seq(900).ack(101).build();
-        let ack = Pkt::tcp4(cl, 40000, sv, 21).flags(ACK).seq(101).ack(901).build();
+        let synack = Pkt::tcp4(sv, 21, cl, 40000)
+            .flags(SYN | ACK)
+            .seq(900)
+            .ack(101)
+            .build();
+        let ack = Pkt::tcp4(cl, 40000, sv, 21)
+            .flags(ACK)
+            .seq(101)
+            .ack(901)
+            .build();
         for b in [&syn, &synack, &ack] {
             p.process(Side::Inside, b, 1);
         }
@@ -73,7 +81,11 @@ fn ftp_control_packet(c: &mut Criterion) {
             .ack(101)
             .payload(b"227 Entering Passive Mode (192,0,2,21,195,80).\r\n")
             .build();
-        let name = if helper { "with_ftp_helper" } else { "no_helper" };
+        let name = if helper {
+            "with_ftp_helper"
+        } else {
+            "no_helper"
+        };
         g.bench_function(name, |b| {
             b.iter(|| black_box(p.process(Side::Outside, black_box(&line), 2)))
         });

@@ -17,6 +17,7 @@
 
 use super::{status, Conntrack, NONE};
 use crate::expect::{ExpectSpec, Mask};
+use crate::helpers::pptp::{self, PptpAction, PptpState};
 use crate::helpers::{amanda, ftp, irc, sane, tftp};
 use crate::linebuf::LineBuf;
 use crate::packet::{Packet, L4};
@@ -30,6 +31,26 @@ pub(super) struct HelpState {
     /// Line reassembly per direction (FTP, IRC).
     lines: [LineBuf; 2],
     sane: sane::SaneState,
+    pptp: PptpState,
+}
+
+/// Most GRE keys the PPTP helper remembers at once (two per call).
+pub(super) const KEYMAP_MAX: usize = 4096;
+/// Seconds an unreplied PPTP GRE flow lives (`PPTP_GRE_TIMEOUT`).
+pub(super) const PPTP_GRE_TIMEOUT: u32 = 600;
+/// Seconds a replied PPTP GRE flow lives (`PPTP_GRE_STREAM_TIMEOUT`).
+pub(super) const PPTP_GRE_STREAM_TIMEOUT: u32 = 5 * 24 * 3600;
+
+/// A learnt GRE key: packets from `src` to `dst` with key `dst_key` carry the
+/// sender's key `src_key` (the kernel's `nf_ct_gre_keymap`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct KeyMap {
+    master: u32,
+    src: Addr,
+    dst: Addr,
+    family: Family,
+    dst_key: u16,
+    src_key: u16,
 }
 
 /// Helper counters, per helper (indexed by `HelperKind as usize`).
@@ -233,6 +254,47 @@ impl Conntrack {
                     push(expected_tcp(orig.src, orig.dst, port, orig.family, false));
                 }
             }
+            (HelperKind::Pptp, L4::Tcp(seg))
+                if !seg.payload.is_empty() && track.state == crate::CtState::Established =>
+            {
+                self.help_stats.packets[ks] += 1;
+                match pptp::parse(seg.payload) {
+                    Ok(None) => {}
+                    Err(_) => errors += 1,
+                    Ok(Some(msg)) => {
+                        let st = &mut self.helps.states[help].pptp;
+                        match pptp::on_message(st, from_client, msg) {
+                            PptpAction::None => {}
+                            PptpAction::ExpectGre { .. } => {
+                                let st = *st;
+                                for t in Self::pptp_gre_tuples(&orig, &st) {
+                                    push(ExpectSpec {
+                                        tuple: t,
+                                        mask: Mask::default(),
+                                        helper: kind,
+                                        child_helper: None,
+                                        permanent: false,
+                                    });
+                                    if self.keymap.len() < KEYMAP_MAX {
+                                        self.keymap.push(KeyMap {
+                                            master: idx,
+                                            src: t.src,
+                                            dst: t.dst,
+                                            family: t.family,
+                                            dst_key: t.dst_port,
+                                            src_key: t.src_port,
+                                        });
+                                    }
+                                }
+                            }
+                            PptpAction::TearDown => {
+                                let st = *st;
+                                self.pptp_teardown(idx, &st, now);
+                            }
+                        }
+                    }
+                }
+            }
             (HelperKind::NetbiosNs | HelperKind::Snmp, L4::Udp { .. }) if from_client => {
                 // Broadcast queries: answers come from whichever hosts of the
                 // subnet reply, to the client's port (kernel
@@ -276,6 +338,71 @@ impl Conntrack {
                 Ok(_) => self.help_stats.expectations[ks] += 1,
                 Err(_) => self.help_stats.expect_failed[ks] += 1,
             }
+        }
+    }
+
+    /// The source key of an enhanced GRE packet, if the PPTP helper learnt it.
+    pub(super) fn gre_src_key(&self, t: &Tuple) -> Option<u16> {
+        self.keymap
+            .iter()
+            .find(|k| {
+                k.src == t.src && k.dst == t.dst && k.family == t.family && k.dst_key == t.dst_port
+            })
+            .map(|k| k.src_key)
+    }
+
+    /// The two GRE tuples of a PPTP call on control connection `orig`.
+    fn pptp_gre_tuples(orig: &Tuple, st: &PptpState) -> [Tuple; 2] {
+        let pns_to_pac = Tuple {
+            src: orig.src,
+            dst: orig.dst,
+            src_port: st.pns_call_id,
+            dst_port: st.pac_call_id,
+            proto: ipproto::GRE,
+            family: orig.family,
+        };
+        [pns_to_pac, pns_to_pac.invert()]
+    }
+
+    /// A GRE connection was created from one of a call's two expectations: the
+    /// other one is no longer needed (the kernel's `pptp_expectfn`).
+    pub(super) fn pptp_expected(&mut self, t: &Tuple, now: u64) {
+        let inv = t.invert();
+        if let Some(slot) = self.expects.find(&inv, now) {
+            let (master, _, _) = self.expects.get(slot);
+            let mut head = self.entries[master as usize].exp_head;
+            self.expects.remove(slot, &mut head);
+            self.entries[master as usize].exp_head = head;
+        }
+    }
+
+    /// Ends a PPTP call: its GRE connections go, its keys are forgotten
+    /// (`pptp_destroy_siblings`). Expectations go with them.
+    fn pptp_teardown(&mut self, master: u32, st: &PptpState, now: u64) {
+        let orig = self.entries[master as usize].orig.tuple();
+        for t in Self::pptp_gre_tuples(&orig, st) {
+            let hash = self.hash(&t.key());
+            if let Some((idx, _)) = self.lookup(&t, hash) {
+                if idx != master {
+                    // Killed lazily: it is already gone for every lookup, and the
+                    // wheel reaps it. Destroying it here could pull an entry out
+                    // of a wheel bucket the caller is walking.
+                    self.entries[idx as usize].deadline = 0;
+                }
+            } else if let Some(slot) = self.expects.find(&t, now) {
+                let mut head = self.entries[master as usize].exp_head;
+                self.expects.remove(slot, &mut head);
+                self.entries[master as usize].exp_head = head;
+            }
+        }
+        self.keymap.retain(|k| k.master != master);
+    }
+
+    /// Called while a connection with helper state is destroyed.
+    pub(super) fn helper_destroyed(&mut self, idx: u32, help: u32) {
+        if super::helper_of(self.entries[idx as usize].helper) == Some(HelperKind::Pptp) {
+            let st = self.helps.states[help as usize].pptp;
+            self.pptp_teardown(idx, &st, 0);
         }
     }
 

@@ -592,8 +592,25 @@ fn parse_l4<'a>(ip: &Ip<'a>, opts: ParseOptions) -> Result<L4<'a>, ParseError> {
             }
             Ok(L4::Icmp(Icmp::Other))
         }
+        (_, ipproto::GRE) => {
+            // Enhanced GRE (version 1, PPTP) must carry PPP (the kernel's
+            // gre_pkt_to_tuple); other GRE is tracked by addresses only.
+            if d.len() >= 8 && d[1] & 0x07 == 1 && be16(d, 2) != Some(0x880b) {
+                return Err(invalid(ip, DropReason::GreBadProtocol));
+            }
+            Ok(L4::Other { payload: d })
+        }
         _ => Ok(L4::Other { payload: d }),
     }
+}
+
+/// The call id (key) of an enhanced GRE (version 1) header, `None` for other GRE.
+pub fn gre_v1_call_id(gre: &[u8]) -> Option<u16> {
+    let flags = *gre.get(1)?;
+    if flags & 0x07 != 1 {
+        return None;
+    }
+    be16(gre, 6)
 }
 
 /// Parses an IP packet (IPv4 or IPv6) starting at its IP header. `bytes` may
@@ -633,6 +650,10 @@ pub fn parse(bytes: &[u8], opts: ParseOptions) -> Result<Packet<'_>, ParseError>
         }
         L4::Other { payload } if matches!(ip.proto, ipproto::SCTP | ipproto::DCCP) => {
             (be16(payload, 0).unwrap_or(0), be16(payload, 2).unwrap_or(0))
+        }
+        // The source key comes from the PPTP helper's keymap (see the table).
+        L4::Other { payload } if ip.proto == ipproto::GRE => {
+            (0, gre_v1_call_id(payload).unwrap_or(0))
         }
         L4::Other { .. } | L4::Fragment => (0, 0),
     };

@@ -74,6 +74,8 @@ reasons! {
     IcmpBadType => "icmp_bad_type",
     /// Generic L4 header (GRE, SCTP, ...) truncated.
     L4Truncated => "l4_truncated",
+    /// Enhanced GRE (version 1, PPTP) carrying something other than PPP.
+    GreBadProtocol => "gre_bad_protocol",
 
     // ---- tracker verdicts: the packet is invalid and leaves the entry unchanged ----
     /// TCP packet that cannot start a connection (not a SYN, or loose pickup off).

@@ -336,6 +336,8 @@ pub struct Conntrack {
     reaped: Vec<(u32, u32)>,
     helps: help::Helps,
     help_stats: help::HelperStats,
+    /// GRE source keys learnt by the PPTP helper (the kernel's keymap).
+    keymap: Vec<help::KeyMap>,
 }
 
 fn timeout_ns(secs: u32) -> u64 {
@@ -381,6 +383,7 @@ impl Conntrack {
             reaped: Vec::with_capacity(16),
             helps: help::Helps::new(helper_slots),
             help_stats: help::HelperStats::default(),
+            keymap: Vec::with_capacity(help::KEYMAP_MAX),
         }
     }
 
@@ -652,6 +655,7 @@ impl Conntrack {
         }
         let help = core::mem::replace(&mut self.entries[idx as usize].help, NONE);
         if help != NONE {
+            self.helper_destroyed(idx, help);
             self.helps.release(help);
         }
         self.release(idx);
@@ -694,6 +698,19 @@ impl Conntrack {
     }
 
     fn track_inner(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
+        if pkt.tuple.proto == ipproto::GRE && !self.keymap.is_empty() {
+            if let Some(src_key) = self.gre_src_key(&pkt.tuple) {
+                // Enhanced GRE carries only the receiver's key; the keymap knows
+                // the sender's, so both directions make a full tuple.
+                let mut p = *pkt;
+                p.tuple.src_port = src_key;
+                return self.track_inner_keyed(&p, None, now);
+            }
+        }
+        self.track_inner_keyed(pkt, hash, now)
+    }
+
+    fn track_inner_keyed(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         if let Some(f) = pkt.frag {
             if f.offset != 0 {
                 return self.follow_fragment(pkt, f, now);
@@ -821,13 +838,17 @@ impl Conntrack {
                 self.cfg.timeouts.udp,
                 self.cfg.timeouts.udp_stream,
             )),
-            L4::Other { .. } if pkt.tuple.proto == ipproto::GRE => Some(self.stream_timeout(
-                idx,
-                seen_reply,
-                now,
-                self.cfg.timeouts.gre,
-                self.cfg.timeouts.gre_stream,
-            )),
+            L4::Other { .. } if pkt.tuple.proto == ipproto::GRE => {
+                // A PPTP call's GRE lives longer (the kernel's pptp_expectfn).
+                let (unreplied, stream) = if st & status::EXPECTED != 0
+                    && helper_of(master_helper) == Some(HelperKind::Pptp)
+                {
+                    (help::PPTP_GRE_TIMEOUT, help::PPTP_GRE_STREAM_TIMEOUT)
+                } else {
+                    (self.cfg.timeouts.gre, self.cfg.timeouts.gre_stream)
+                };
+                Some(self.stream_timeout(idx, seen_reply, now, unreplied, stream))
+            }
             L4::Icmp(_) => Some(timeout_ns(self.icmp_timeout(pkt.tuple.family))),
             L4::Other { .. } | L4::Fragment => Some(timeout_ns(self.cfg.timeouts.generic)),
         };
@@ -934,6 +955,9 @@ impl Conntrack {
                 helper = helper_of(master_helper);
                 child_helper = helper_code(child);
                 state = CtState::Related;
+                if helper == Some(HelperKind::Pptp) {
+                    self.pptp_expected(t, now);
+                }
             }
         }
         let e = &mut self.entries[idx as usize];
@@ -950,6 +974,9 @@ impl Conntrack {
             e.status |= status::EXPECTED;
             e.master_helper = master_helper;
             e.helper = child_helper;
+            if t.proto == ipproto::GRE && helper == Some(HelperKind::Pptp) {
+                e.deadline = now + timeout_ns(help::PPTP_GRE_TIMEOUT);
+            }
         }
         Track {
             state,

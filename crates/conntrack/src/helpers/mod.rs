@@ -16,6 +16,7 @@
 pub mod amanda;
 pub mod ftp;
 pub mod irc;
+pub mod pptp;
 pub mod sane;
 pub mod tftp;
 
