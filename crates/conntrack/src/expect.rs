@@ -60,7 +60,8 @@ pub fn default_policy(h: HelperKind) -> ExpectPolicy {
         HelperKind::Ftp => (1, 300),
         HelperKind::Tftp => (1, 300),
         HelperKind::Irc => (8, 300),
-        HelperKind::Sip => (4, 180),
+        // Audio and video, RTP and RTCP, offered by both parties.
+        HelperKind::Sip => (8, 180),
         // Four since the kernel learnt STATE streams.
         HelperKind::Amanda => (4, 180),
         HelperKind::Sane => (1, 300),

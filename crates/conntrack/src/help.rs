@@ -18,6 +18,7 @@
 use super::{status, Conntrack, NONE};
 use crate::expect::{ExpectSpec, Mask};
 use crate::helpers::pptp::{self, PptpAction, PptpState};
+use crate::helpers::sip::{self, Method};
 use crate::helpers::{amanda, ftp, irc, sane, tftp};
 use crate::linebuf::LineBuf;
 use crate::packet::{Packet, L4};
@@ -137,8 +138,9 @@ impl Conntrack {
         let orig = e.orig.tuple();
         let help = e.help as usize;
         let from_client = !track.reply;
-        // At most 4 announcements per packet (Amanda's maximum); more are dropped.
-        let mut asks: [Option<ExpectSpec>; 4] = [None; 4];
+        // At most 16 announcements per packet (SIP: 8 streams, RTP and RTCP).
+        let mut asks: [Option<ExpectSpec>; 16] = [None; 16];
+        let mut end_call = false;
         let mut n = 0;
         let mut push = |spec: ExpectSpec| {
             if let Some(slot) = asks.get_mut(n) {
@@ -295,6 +297,63 @@ impl Conntrack {
                     }
                 }
             }
+            (
+                HelperKind::Sip,
+                L4::Udp { payload } | L4::Tcp(crate::packet::TcpSeg { payload, .. }),
+            ) if !payload.is_empty() => {
+                self.help_stats.packets[ks] += 1;
+                let sender = pkt.tuple;
+                let stream = matches!(pkt.l4, L4::Tcp(_));
+                let mut rest = payload;
+                while !rest.is_empty() {
+                    let (msg, used) = match sip::parse(rest) {
+                        Ok(x) => x,
+                        // The rest of a message continues in the next segment.
+                        Err(crate::helpers::ParseErr::Truncated) if stream => break,
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    };
+                    if matches!(msg.request, Some(Method::Bye | Method::Cancel)) {
+                        end_call = true;
+                    } else if msg.carries_offer_or_answer() {
+                        for m in msg.media() {
+                            let (fam, addr) = ip_to_addr(m.addr);
+                            // Direct media: only the sender's own address, and
+                            // only from the other signalling party.
+                            if fam != sender.family || addr != sender.src {
+                                refused += 1;
+                                continue;
+                            }
+                            for port in [m.port, m.rtcp_port] {
+                                push(ExpectSpec {
+                                    tuple: Tuple {
+                                        src: sender.dst,
+                                        dst: addr,
+                                        src_port: 0,
+                                        dst_port: port,
+                                        proto: ipproto::UDP,
+                                        family: fam,
+                                    },
+                                    mask: Mask {
+                                        src_addr: false,
+                                        src_port: true,
+                                        src_prefix: 0,
+                                    },
+                                    helper: kind,
+                                    child_helper: None,
+                                    permanent: false,
+                                });
+                            }
+                        }
+                    }
+                    if !stream || used == 0 || used >= rest.len() {
+                        break;
+                    }
+                    rest = &rest[used..];
+                }
+            }
             (HelperKind::NetbiosNs | HelperKind::Snmp, L4::Udp { .. }) if from_client => {
                 // Broadcast queries: answers come from whichever hosts of the
                 // subnet reply, to the client's port (kernel
@@ -327,6 +386,13 @@ impl Conntrack {
                 self.set_deadline(idx, now + tmo);
             }
             _ => {}
+        }
+        if end_call {
+            // BYE or CANCEL: the call's media expectations go.
+            let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
+            if head != NONE {
+                self.expects.remove_all(head);
+            }
         }
         self.help_stats.parse_errors[ks] += errors;
         self.help_stats.refused[ks] += refused;

@@ -18,6 +18,7 @@ pub mod ftp;
 pub mod irc;
 pub mod pptp;
 pub mod sane;
+pub mod sip;
 pub mod tftp;
 
 /// Why a helper refused a message that looked like one it acts on.

@@ -1,0 +1,404 @@
+//! SIP messages and their SDP bodies (RFC 3261, RFC 4566; the kernel's
+//! `nf_conntrack_sip.c`): the method or status, the CSeq method, the Call-ID,
+//! and the media streams an SDP body announces.
+//!
+//! What the helper does with them, as the kernel does by default
+//! (`sip_direct_media=1`): an INVITE, UPDATE, PRACK or ACK carrying SDP, or a
+//! 1xx/2xx answer to one, announces media on `c=` address and `m=` port; if
+//! that address is the sender's own, RTP (the port) and RTCP (port + 1, or
+//! `a=rtcp:`) are expected from the other signalling party, any source port.
+//! BYE and CANCEL end the call's expectations. A stream with port 0 is
+//! disabled and announces nothing.
+
+use std::net::IpAddr;
+
+use super::ParseErr;
+
+/// Most media streams read from one body (the kernel's limit is per m= line
+/// too; real calls carry one to three).
+pub const MAX_MEDIA: usize = 8;
+/// Longest message accepted.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// Most header lines accepted.
+const MAX_HEADERS: usize = 64;
+
+/// SIP methods the helper distinguishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// INVITE.
+    Invite,
+    /// ACK.
+    Ack,
+    /// BYE.
+    Bye,
+    /// CANCEL.
+    Cancel,
+    /// UPDATE.
+    Update,
+    /// PRACK.
+    Prack,
+    /// REGISTER.
+    Register,
+    /// Any other method.
+    Other,
+}
+
+impl Method {
+    fn from(name: &[u8]) -> Method {
+        match name {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"UPDATE" => Method::Update,
+            b"PRACK" => Method::Prack,
+            b"REGISTER" => Method::Register,
+            _ => Method::Other,
+        }
+    }
+
+    /// Methods whose SDP (and whose answers' SDP) negotiate media.
+    pub fn negotiates_media(self) -> bool {
+        matches!(
+            self,
+            Method::Invite | Method::Ack | Method::Update | Method::Prack
+        )
+    }
+}
+
+/// One announced media stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Media {
+    /// Connection address (`c=`, media-level over session-level).
+    pub addr: IpAddr,
+    /// RTP port.
+    pub port: u16,
+    /// RTCP port (`a=rtcp:` or port + 1).
+    pub rtcp_port: u16,
+}
+
+/// A parsed SIP message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SipMsg<'a> {
+    /// The method of a request, `None` for a response.
+    pub request: Option<Method>,
+    /// The status of a response, 0 for a request.
+    pub status: u16,
+    /// The method of the CSeq header.
+    pub cseq_method: Method,
+    /// The Call-ID header value.
+    pub call_id: &'a [u8],
+    media: [Option<Media>; MAX_MEDIA],
+}
+
+impl SipMsg<'_> {
+    /// The announced media streams (port 0 excluded).
+    pub fn media(&self) -> impl Iterator<Item = Media> + '_ {
+        self.media.iter().flatten().copied()
+    }
+
+    /// True when this message's SDP negotiates media: a request of a
+    /// negotiating method, or a provisional or success answer to one.
+    pub fn carries_offer_or_answer(&self) -> bool {
+        match self.request {
+            Some(m) => m.negotiates_media(),
+            None => (100..300).contains(&self.status) && self.cseq_method.negotiates_media(),
+        }
+    }
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t' | b'\r'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn number(s: &[u8]) -> Option<u32> {
+    let s = trim(s);
+    if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Splits off one line (without CR LF) and the rest.
+fn line(buf: &[u8]) -> (&[u8], &[u8]) {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => (trim_cr(&buf[..i]), &buf[i + 1..]),
+        None => (trim_cr(buf), &[]),
+    }
+}
+
+fn trim_cr(s: &[u8]) -> &[u8] {
+    s.strip_suffix(b"\r").unwrap_or(s)
+}
+
+/// Parses one SIP message at the start of `buf`; returns it and the bytes it
+/// took (for SIP over TCP, where messages follow each other in the stream).
+/// An incomplete message (body shorter than Content-Length) is an error.
+pub fn parse(buf: &[u8]) -> Result<(SipMsg<'_>, usize), ParseErr> {
+    if buf.len() > MAX_MESSAGE {
+        return Err(ParseErr::BadNumber);
+    }
+    let (first, mut rest) = line(buf);
+    let (request, status) = if let Some(tail) = first.strip_prefix(b"SIP/2.0 ") {
+        let code = tail.get(..3).and_then(number).ok_or(ParseErr::BadNumber)?;
+        if !(100..700).contains(&code) {
+            return Err(ParseErr::BadNumber);
+        }
+        (None, u16::try_from(code).map_err(|_| ParseErr::BadNumber)?)
+    } else {
+        let mut parts = first.split(|&b| b == b' ');
+        let method = parts
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or(ParseErr::Truncated)?;
+        let uri = parts.next().ok_or(ParseErr::Truncated)?;
+        if uri.is_empty() || parts.next() != Some(b"SIP/2.0") {
+            return Err(ParseErr::BadSyntax);
+        }
+        (Some(Method::from(method)), 0)
+    };
+    let mut cseq_method = Method::Other;
+    let mut call_id: &[u8] = &[];
+    let mut content_len = None;
+    let mut sdp = false;
+    let mut headers = 0;
+    loop {
+        if rest.is_empty() {
+            // Headers never ended: only acceptable without a body.
+            break;
+        }
+        let (l, r) = line(rest);
+        rest = r;
+        if l.is_empty() {
+            break;
+        }
+        headers += 1;
+        if headers > MAX_HEADERS {
+            return Err(ParseErr::BadNumber);
+        }
+        let Some(colon) = l.iter().position(|&b| b == b':') else {
+            return Err(ParseErr::BadSyntax);
+        };
+        let name = trim(&l[..colon]);
+        let value = trim(&l[colon + 1..]);
+        let is = |long: &[u8], short: &[u8]| {
+            name.eq_ignore_ascii_case(long) || name.eq_ignore_ascii_case(short)
+        };
+        if is(b"Call-ID", b"i") {
+            call_id = value;
+        } else if is(b"Content-Length", b"l") {
+            content_len = Some(number(value).ok_or(ParseErr::BadNumber)? as usize);
+        } else if is(b"Content-Type", b"c") {
+            sdp = value
+                .split(|&b| b == b';')
+                .next()
+                .is_some_and(|t| trim(t).eq_ignore_ascii_case(b"application/sdp"));
+        } else if name.eq_ignore_ascii_case(b"CSeq") {
+            let mut it = value.split(|&b| b == b' ').filter(|p| !p.is_empty());
+            number(it.next().ok_or(ParseErr::Truncated)?).ok_or(ParseErr::BadNumber)?;
+            cseq_method = Method::from(it.next().ok_or(ParseErr::Truncated)?);
+        }
+    }
+    let head_len = buf.len() - rest.len();
+    let body = match content_len {
+        Some(n) => rest.get(..n).ok_or(ParseErr::Truncated)?,
+        None => rest,
+    };
+    let mut msg = SipMsg {
+        request,
+        status,
+        cseq_method,
+        call_id,
+        media: [None; MAX_MEDIA],
+    };
+    if sdp {
+        parse_sdp(body, &mut msg.media)?;
+    }
+    Ok((msg, head_len + body.len()))
+}
+
+fn sdp_addr(v: &[u8]) -> Option<IpAddr> {
+    // c=IN IP4 192.0.2.1[/ttl]
+    let mut it = v.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    if it.next()? != b"IN" {
+        return None;
+    }
+    let family = it.next()?;
+    let addr = it.next()?.split(|&b| b == b'/').next()?;
+    let ip: IpAddr = std::str::from_utf8(addr).ok()?.parse().ok()?;
+    match (family, ip) {
+        (b"IP4", IpAddr::V4(_)) | (b"IP6", IpAddr::V6(_)) => Some(ip),
+        _ => None,
+    }
+}
+
+/// Reads the media streams of an SDP body.
+fn parse_sdp(body: &[u8], out: &mut [Option<Media>; MAX_MEDIA]) -> Result<(), ParseErr> {
+    let mut session: Option<IpAddr> = None;
+    // The stream being read: (port, rtcp override, media-level address).
+    let mut cur: Option<(u16, Option<u16>, Option<IpAddr>)> = None;
+    let mut n = 0;
+    let mut flush = |cur: Option<(u16, Option<u16>, Option<IpAddr>)>, session: Option<IpAddr>| {
+        if let Some((port, rtcp, addr)) = cur {
+            if let (true, Some(addr)) = (port != 0, addr.or(session)) {
+                if let Some(slot) = out.get_mut(n) {
+                    *slot = Some(Media {
+                        addr,
+                        port,
+                        rtcp_port: rtcp.unwrap_or(port.wrapping_add(1)),
+                    });
+                    n += 1;
+                }
+            }
+        }
+    };
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (l, r) = line(rest);
+        rest = r;
+        if let Some(v) = l.strip_prefix(b"c=") {
+            let addr = sdp_addr(v).ok_or(ParseErr::BadAddress)?;
+            match &mut cur {
+                Some((_, _, a)) => *a = Some(addr),
+                None => session = Some(addr),
+            }
+        } else if let Some(v) = l.strip_prefix(b"m=") {
+            flush(cur.take(), session);
+            let mut it = v.split(|&b| b == b' ').filter(|p| !p.is_empty());
+            let _media = it.next().ok_or(ParseErr::Truncated)?;
+            let port = it
+                .next()
+                .and_then(|p| p.split(|&b| b == b'/').next())
+                .and_then(number)
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or(ParseErr::BadNumber)?;
+            cur = Some((port, None, None));
+        } else if let Some(v) = l.strip_prefix(b"a=rtcp:") {
+            if let Some((_, rtcp, _)) = &mut cur {
+                let p = v.split(|&b| b == b' ').next().and_then(number);
+                *rtcp = p.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0);
+            }
+        }
+    }
+    flush(cur, session);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The INVITE of the cloudshark SIP capture (headers shortened).
+    fn invite() -> Vec<u8> {
+        let body = "v=0\r\no=Clarent 120386 120387 IN IP4 200.57.7.196\r\ns=Clarent C5CM\r\n\
+c=IN IP4 200.57.7.196\r\nt=0 0\r\nm=audio 40376 RTP/AVP 8 18 4 0\r\na=rtpmap:8 PCMA/8000\r\n";
+        format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 200.57.7.195;branch=z9hG4bKff9b46fb055c0521cc24024da96cd290\r\n\
+From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n\
+Call-ID: 12013223@200.57.7.195\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn invite_with_sdp() {
+        let invite = invite();
+        let (m, len) = parse(&invite).unwrap();
+        assert_eq!(m.request, Some(Method::Invite));
+        assert_eq!(m.cseq_method, Method::Invite);
+        assert_eq!(m.call_id, b"12013223@200.57.7.195");
+        assert!(m.carries_offer_or_answer());
+        let media: Vec<_> = m.media().collect();
+        assert_eq!(media.len(), 1);
+        assert_eq!(media[0].addr, "200.57.7.196".parse::<IpAddr>().unwrap());
+        assert_eq!((media[0].port, media[0].rtcp_port), (40376, 40377));
+        assert_eq!(len, invite.len());
+    }
+
+    #[test]
+    fn response_compact_headers_media_level_address_rtcp_and_disabled_streams() {
+        let body = "v=0\nc=IN IP4 192.0.2.1\nm=audio 8000 RTP/AVP 0\na=rtcp:9001\nm=video 0 RTP/AVP 31\nm=video 9000/2 RTP/AVP 31\nc=IN IP6 2001:db8::7\n";
+        let msg = format!(
+            "SIP/2.0 200 OK\ni: abc\nCSeq: 2 INVITE\nc: application/sdp; charset=x\nl: {}\n\n{body}",
+            body.len()
+        );
+        let (m, _) = parse(msg.as_bytes()).unwrap();
+        assert_eq!((m.request, m.status), (None, 200));
+        assert!(m.carries_offer_or_answer());
+        let media: Vec<_> = m.media().collect();
+        assert_eq!(media.len(), 2);
+        assert_eq!((media[0].port, media[0].rtcp_port), (8000, 9001));
+        assert_eq!(media[1].addr, "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(media[1].port, 9000);
+    }
+
+    #[test]
+    fn answers_to_other_methods_and_errors_negotiate_nothing() {
+        let (m, _) = parse(b"SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\n\r\n").unwrap();
+        assert!(!m.carries_offer_or_answer());
+        let (m, _) = parse(b"SIP/2.0 486 Busy\r\nCSeq: 1 INVITE\r\n\r\n").unwrap();
+        assert!(!m.carries_offer_or_answer());
+        let (m, _) = parse(b"BYE sip:a@b SIP/2.0\r\nCSeq: 3 BYE\r\n\r\n").unwrap();
+        assert_eq!(m.request, Some(Method::Bye));
+    }
+
+    #[test]
+    fn tcp_stream_of_two_messages_and_truncation() {
+        let one = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+        let mut two = one.to_vec();
+        let invite = invite();
+        two.extend_from_slice(&invite);
+        let (_, n) = parse(&two).unwrap();
+        assert_eq!(n, one.len());
+        let (m, _) = parse(&two[n..]).unwrap();
+        assert_eq!(m.request, Some(Method::Invite));
+        assert_eq!(
+            parse(&invite[..invite.len() - 10]).err(),
+            Some(ParseErr::Truncated)
+        );
+    }
+
+    #[test]
+    fn malformed() {
+        assert!(parse(b"").is_err());
+        assert!(parse(b"SIP/2.0 9x OK\r\n\r\n").is_err());
+        assert!(parse(b"INVITE sip:a SIP/1.0\r\n\r\n").is_err());
+        assert!(parse(b"INVITE sip:a SIP/2.0\r\nno colon here\r\n\r\n").is_err());
+        assert!(parse(
+            b"SIP/2.0 200 OK\r\nContent-Type: application/sdp\r\n\r\nc=IN IP4 999.1.1.1\r\n"
+        )
+        .is_err());
+        let many = format!("INVITE sip:a SIP/2.0\r\n{}\r\n", "X: y\r\n".repeat(100));
+        assert!(parse(many.as_bytes()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse(&b);
+        }
+
+        #[test]
+        fn sdp_roundtrip(a in any::<[u8; 4]>(), port in 1u16..65535) {
+            let ip = std::net::Ipv4Addr::from(a);
+            let body = format!("v=0\r\nc=IN IP4 {ip}\r\nm=audio {port} RTP/AVP 0\r\n");
+            let msg = format!("SIP/2.0 183 Progress\r\nCSeq: 7 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let (m, n) = parse(msg.as_bytes()).unwrap();
+            prop_assert_eq!(n, msg.len());
+            let media: Vec<_> = m.media().collect();
+            prop_assert_eq!(media.len(), 1);
+            prop_assert_eq!(media[0].addr, IpAddr::V4(ip));
+            prop_assert_eq!(media[0].port, port);
+        }
+    }
+}
