@@ -209,6 +209,65 @@ fn bench_udp(c: &mut Criterion) {
     g.finish();
 }
 
+/// The whole pipeline (parse, track, policy) on 64-byte-frame UDP packets of
+/// established flows, one at a time and in batches of 32 as a worker runs them.
+fn bench_pipeline(c: &mut Criterion) {
+    use conntrack::build::Pkt;
+    use conntrack::policy::{Action, Policy, Rule, Side};
+    use conntrack::Pipeline;
+    let mut g = c.benchmark_group("pipeline_udp");
+    for &n in &[10_000u32, 1_000_000] {
+        let mut p = Pipeline::new(
+            Config {
+                max_entries: n + 1024,
+                hash_secret: HashSecret(9, 10),
+                ..Config::default()
+            },
+            Policy::new(Action::Accept),
+        );
+        let addr = |i: u32| (0x0a00_0000 | (i >> 16)).to_be_bytes();
+        #[allow(clippy::cast_possible_truncation)]
+        let fwd = |i: u32| {
+            Pkt::udp4(addr(i), (i & 0xffff) as u16, [192, 0, 2, 1], 53)
+                .payload(&[0; 18])
+                .build()
+        };
+        for i in 0..n {
+            p.process(Side::Inside, &fwd(i), SEC);
+            #[allow(clippy::cast_possible_truncation)]
+            let back = Pkt::udp4([192, 0, 2, 1], 53, addr(i), (i & 0xffff) as u16)
+                .payload(&[0; 18])
+                .build();
+            p.process(Side::Outside, &back, SEC);
+        }
+        let ring: Vec<Vec<u8>> = order(n, RING).into_iter().map(fwd).collect();
+        let mut k = 0usize;
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("{n}_flows"), |b| {
+            b.iter(|| {
+                let r = p.process(Side::Inside, black_box(&ring[k & (RING - 1)]), 2 * SEC);
+                k += 1;
+                black_box(r.verdict);
+            })
+        });
+        let mut out = vec![p.process(Side::Inside, &ring[0], 2 * SEC); 32];
+        let batches: Vec<Vec<(Side, &[u8])>> = ring
+            .chunks(32)
+            .map(|c| c.iter().map(|v| (Side::Inside, v.as_slice())).collect())
+            .collect();
+        g.throughput(Throughput::Elements(32));
+        g.bench_function(format!("{n}_flows_batch32"), |b| {
+            b.iter(|| {
+                let batch = &batches[(k / 32) % batches.len()];
+                p.process_batch(black_box(batch), 2 * SEC, &mut out);
+                k += 32;
+                black_box(out[0].verdict);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_new(c: &mut Criterion) {
     let mut g = c.benchmark_group("new_connection");
     g.throughput(Throughput::Elements(1));
@@ -241,6 +300,6 @@ fn bench_new(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_udp, bench_established, bench_new
+    targets = bench_udp, bench_established, bench_new, bench_pipeline
 }
 criterion_main!(benches);

@@ -290,3 +290,65 @@ fn ftp_auth_tls_opens_nothing() {
     assert!(out.iter().all(|v| v["state"] != "related"));
     assert!(out.iter().all(|v| v["verdict"] == "accept"));
 }
+
+/// `Pipeline::process_batch` (the worker's way: parse and prefetch a batch,
+/// then run it) gives every packet exactly what `process` gives it one at a
+/// time, on every capture.
+#[test]
+fn batches_give_the_same_answers() {
+    use conntrack::policy::Side;
+    use conntrack::Pipeline;
+    let inside_of: BTreeMap<String, String> = kdiff_set().into_iter().collect();
+    let cfg = control::load(&root().join("tests/kdiff/strict.toml")).unwrap();
+    let mut checked = 0;
+    for (rel, inside) in &inside_of {
+        let inside = tollgate::replay::parse_inside(inside).unwrap();
+        let bytes = std::fs::read(root().join("tests/data").join(rel)).unwrap();
+        let mut frames: Vec<(Side, Vec<u8>)> = Vec::new();
+        for rec in capture::Capture::new(&bytes).unwrap().flatten() {
+            let Ok(f) = capture::ether::parse(rec.data) else {
+                continue;
+            };
+            if f.ethertype != 0x0800 && f.ethertype != 0x86dd {
+                continue;
+            }
+            let l3 = rec.data[f.l3_offset..].to_vec();
+            let src = match l3.first().map(|b| b >> 4) {
+                Some(4) if l3.len() >= 20 => Some(conntrack::tuple::Addr::from_ip(
+                    std::net::IpAddr::from(<[u8; 4]>::try_from(&l3[12..16]).unwrap()),
+                )),
+                Some(6) if l3.len() >= 40 => Some(conntrack::tuple::Addr::from_ip(
+                    std::net::IpAddr::from(<[u8; 16]>::try_from(&l3[8..24]).unwrap()),
+                )),
+                _ => None,
+            };
+            let side = match src {
+                Some((fam, a)) if inside.iter().any(|p| p.contains(fam, a)) => Side::Inside,
+                _ => Side::Outside,
+            };
+            frames.push((side, l3));
+        }
+        let mut one = Pipeline::new(cfg.conntrack.clone(), cfg.policy.clone());
+        let singly: Vec<_> = frames
+            .iter()
+            .map(|(s, b)| one.process(*s, b, 1_000))
+            .collect();
+        let mut many = Pipeline::new(cfg.conntrack.clone(), cfg.policy.clone());
+        let refs: Vec<(Side, &[u8])> = frames.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        let mut batched = vec![
+            singly.first().copied().unwrap_or(conntrack::PacketResult {
+                verdict: conntrack::policy::Action::Drop,
+                state: conntrack::CtState::Invalid,
+                reply: false,
+                reason: None,
+            });
+            refs.len()
+        ];
+        for (chunk, out) in refs.chunks(37).zip(batched.chunks_mut(37)) {
+            many.process_batch(chunk, 1_000, out);
+        }
+        assert_eq!(singly, batched, "{rel}");
+        checked += singly.len();
+    }
+    assert!(checked > 10_000, "{checked}");
+}
