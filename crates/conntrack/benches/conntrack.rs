@@ -213,7 +213,7 @@ fn bench_udp(c: &mut Criterion) {
 /// established flows, one at a time and in batches of 32 as a worker runs them.
 fn bench_pipeline(c: &mut Criterion) {
     use conntrack::build::Pkt;
-    use conntrack::policy::{Action, Policy, Rule, Side};
+    use conntrack::policy::{Action, Policy, Side};
     use conntrack::Pipeline;
     let mut g = c.benchmark_group("pipeline_udp");
     for &n in &[10_000u32, 1_000_000] {
