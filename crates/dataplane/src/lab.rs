@@ -1,0 +1,192 @@
+//! The lab: a client and a server namespace joined through a third namespace
+//! where Tollgate bridges its two interfaces. Every name carries the process
+//! id, so labs never collide; dropping the [`Lab`] removes everything, and
+//! [`Lab::clean_stale`] removes what a crashed run left behind.
+
+use std::process::Command;
+
+/// Why the lab could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command failed.
+    #[error("`{cmd}` failed: {err}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its error output.
+        err: String,
+    },
+    /// Entering a namespace failed.
+    #[error("entering namespace {0}: {1}")]
+    Setns(String, std::io::Error),
+}
+
+/// A built lab.
+#[derive(Debug)]
+pub struct Lab {
+    /// Client namespace (inside), address 10.77.0.1 / fd77::1.
+    pub client: String,
+    /// Server namespace (outside), address 10.77.0.2 / fd77::2.
+    pub server: String,
+    /// Tollgate's namespace.
+    pub boxns: String,
+    /// Tollgate's inside interface (in `boxns`).
+    pub inside: String,
+    /// Tollgate's outside interface (in `boxns`).
+    pub outside: String,
+    up: bool,
+}
+
+fn run(args: &[&str]) -> Result<(), LabError> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| LabError::Command {
+            cmd: args.join(" "),
+            err: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            cmd: args.join(" "),
+            err: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Namespace prefix of every lab.
+const PREFIX: &str = "tg";
+
+impl Lab {
+    /// Builds a lab named after this process.
+    pub fn build() -> Result<Lab, LabError> {
+        let id = std::process::id();
+        let mut lab = Lab {
+            client: format!("{PREFIX}{id}c"),
+            server: format!("{PREFIX}{id}s"),
+            boxns: format!("{PREFIX}{id}b"),
+            inside: "tgin".into(),
+            outside: "tgout".into(),
+            up: false,
+        };
+        lab.up = true;
+        if let Err(e) = lab.build_inner() {
+            lab.teardown();
+            return Err(e);
+        }
+        Ok(lab)
+    }
+
+    fn build_inner(&self) -> Result<(), LabError> {
+        for ns in [&self.client, &self.server, &self.boxns] {
+            run(&["ip", "netns", "add", ns])?;
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        for (end, mine, addr4, addr6) in [
+            (&self.client, &self.inside, "10.77.0.1/24", "fd77::1/64"),
+            (&self.server, &self.outside, "10.77.0.2/24", "fd77::2/64"),
+        ] {
+            run(&[
+                "ip",
+                "link",
+                "add",
+                mine,
+                "netns",
+                &self.boxns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                end,
+            ])?;
+            run(&["ip", "-n", &self.boxns, "link", "set", mine, "up"])?;
+            run(&["ip", "-n", end, "addr", "add", addr4, "dev", "eth0"])?;
+            run(&[
+                "ip", "-n", end, "addr", "add", addr6, "dev", "eth0", "nodad",
+            ])?;
+            run(&["ip", "-n", end, "link", "set", "eth0", "up"])?;
+            // veth hands partial checksums over; copy-mode AF_XDP forwards the
+            // frame as it is, so the endpoints must checksum in software.
+            run(&[
+                "ip", "netns", "exec", end, "ethtool", "-K", "eth0", "tx", "off",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Runs a command in one of the lab's namespaces; returns its success and output.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> (bool, String) {
+        match Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+        {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+
+    /// Moves the calling thread into Tollgate's namespace.
+    pub fn enter_box(&self) -> Result<(), LabError> {
+        let path = format!("/run/netns/{}", self.boxns);
+        let f = std::fs::File::open(&path).map_err(|e| LabError::Setns(self.boxns.clone(), e))?;
+        // SAFETY: `f` is an open namespace file; setns only changes the calling
+        // thread's network namespace.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        if r != 0 {
+            return Err(LabError::Setns(
+                self.boxns.clone(),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the lab (idempotent).
+    pub fn teardown(&mut self) {
+        if !self.up {
+            return;
+        }
+        self.up = false;
+        for ns in [&self.client, &self.server, &self.boxns] {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+
+    /// Removes namespaces of earlier labs whose process is gone.
+    pub fn clean_stale() {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let suffix = &rest[digits.len()..];
+            if digits.is_empty() || !matches!(suffix, "c" | "s" | "b") {
+                continue;
+            }
+            if !std::path::Path::new(&format!("/proc/{digits}")).exists() {
+                let _ = run(&["ip", "netns", "del", name]);
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

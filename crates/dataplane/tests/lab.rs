@@ -1,0 +1,109 @@
+//! The dataplane in the lab (root; CI runs it as root): ping through
+//! Tollgate, a TCP transfer from inside, and a strict policy that blocks what
+//! the outside starts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
+use conntrack::{Config, CtState, Pipeline};
+use dataplane::lab::Lab;
+use dataplane::{Counters, Worker, WorkerConfig};
+
+fn strict() -> Policy {
+    let mut inv = Rule::any(Action::Drop);
+    inv.states = StateSet::default().with(CtState::Invalid);
+    let mut est = Rule::any(Action::Accept);
+    est.states = StateSet::default()
+        .with(CtState::Established)
+        .with(CtState::Related)
+        .with(CtState::Untracked);
+    let mut new = Rule::any(Action::Accept);
+    new.from = Some(Side::Inside);
+    new.states = StateSet::default().with(CtState::New);
+    Policy {
+        rules: vec![inv, est, new],
+        default: Action::Drop,
+    }
+}
+
+/// Stops and joins the worker when the test ends, passing or failing, so the
+/// lab (dropped after it) is always removed.
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn traffic_through_the_lab() {
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the lab tests as root"
+        );
+        eprintln!("SKIPPED: the lab needs root");
+        return;
+    }
+    Lab::clean_stale();
+    let lab = Arc::new(Lab::build().expect("lab"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    let (l, s, c) = (lab.clone(), stop.clone(), counters.clone());
+    let thread = std::thread::spawn(move || {
+        l.enter_box().expect("enter box");
+        let cfg = WorkerConfig {
+            inside: l.inside.clone(),
+            outside: l.outside.clone(),
+            queue: 0,
+            non_ip: Action::Accept,
+        };
+        let mut w =
+            Worker::open(&cfg, Pipeline::new(Config::default(), strict()), c).expect("worker");
+        w.run(&s);
+    });
+    let running = Running {
+        stop: stop.clone(),
+        thread: Some(thread),
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = lab.exec(&lab.client, &["ping", "-c", "3", "-W", "2", "10.77.0.2"]);
+    assert!(ok, "ping inside -> outside: {out}");
+    let (ok, out) = lab.exec(
+        &lab.client,
+        &["ping", "-6", "-c", "2", "-W", "2", "fd77::2"],
+    );
+    assert!(ok, "ping6 inside -> outside: {out}");
+    let (ok, _) = lab.exec(&lab.server, &["ping", "-c", "2", "-W", "1", "10.77.0.1"]);
+    assert!(!ok, "ping outside -> inside must be blocked");
+    // A TCP transfer from inside: a one-shot iperf3 server outside.
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.server, "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = lab.exec(&lab.client, &["iperf3", "-c", "10.77.0.2", "-t", "2"]);
+    let _ = server.wait();
+    drop(running);
+    assert!(ok, "iperf3 inside -> outside: {out}");
+    let fwd = counters.forwarded[0].load(Ordering::Relaxed);
+    let dropped = counters.dropped[1].load(Ordering::Relaxed);
+    eprintln!("forwarded inside->outside {fwd}, dropped from outside {dropped}\n{out}");
+    assert!(fwd > 100);
+    assert!(dropped >= 2);
+}
