@@ -1,3 +1,5 @@
-//! The `tollgate` binary's library side: the offline pipeline (`replay`).
+//! The `tollgate` binary's library side: the offline pipeline (`replay`) and
+//! the dataplane commands (`lab`, `run`).
 
+pub mod live;
 pub mod replay;

@@ -39,6 +39,22 @@ enum Cmd {
         #[arg(long, default_value = "capture", value_parser = ["capture", "index"])]
         clock: String,
     },
+    /// Build a lab of network namespaces, run Tollgate on it, drive traffic
+    /// through it, and remove everything on exit (also on Ctrl-C).
+    Lab {
+        /// Policy and conntrack settings (default: the built-in example policy).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds to keep running after the demo traffic.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Bridge the two interfaces of the config through Tollgate.
+    Run {
+        /// Configuration file (TOML) with an [interfaces] section.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a configuration file.
     Check {
         /// Configuration file (TOML).
@@ -53,6 +69,20 @@ fn load(path: &std::path::Path) -> anyhow::Result<control::Config> {
 
 fn run() -> anyhow::Result<ExitCode> {
     match Cli::parse().cmd {
+        Cmd::Lab { config, seconds } => {
+            let cfg = match config {
+                Some(p) => load(&p)?,
+                None => control::parse(tollgate::live::LAB_CONFIG)
+                    .map_err(|e| anyhow::anyhow!("built-in lab config: {e:?}"))?,
+            };
+            tollgate::live::lab(&cfg, seconds).map_err(|e| anyhow::anyhow!(e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { config } => {
+            let cfg = load(&config)?;
+            tollgate::live::run(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Check { config } => match control::load(&config) {
             Ok(c) => {
                 println!("ok: {} rules", c.policy.rules.len());
