@@ -59,10 +59,11 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Transfers a file passively and actively; returns (passive ok, active ok).
-fn transfers(helper: bool) -> (bool, bool) {
+/// Transfers a file passively and actively over IPv4 or IPv6; returns
+/// (passive ok, active ok).
+fn transfers(helper: bool, v6: bool) -> (bool, bool) {
     let lab = Arc::new(Lab::build().expect("lab"));
-    let root = std::env::temp_dir().join(format!("tgftp-{}-{helper}", std::process::id()));
+    let root = std::env::temp_dir().join(format!("tgftp-{}-{helper}-{v6}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).expect("ftp root");
     let payload: Vec<u8> = (0..300_000u32)
@@ -73,10 +74,15 @@ fn transfers(helper: bool) -> (bool, bool) {
     std::fs::write(
         &conf,
         format!(
-            "listen=YES\nlisten_ipv6=NO\nlisten_address=10.77.0.2\nbackground=NO\n\
+            "{}background=NO\n\
 anonymous_enable=YES\nno_anon_password=YES\nanon_root={}\nlocal_enable=NO\nwrite_enable=NO\n\
 seccomp_sandbox=NO\npasv_enable=YES\npasv_min_port=40000\npasv_max_port=40100\n\
 port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=/var/run/vsftpd/empty\n",
+            if v6 {
+                "listen=NO\nlisten_ipv6=YES\nlisten_address6=fd77::2\n"
+            } else {
+                "listen=YES\nlisten_ipv6=NO\nlisten_address=10.77.0.2\n"
+            },
             root.display()
         ),
     )
@@ -115,7 +121,12 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
     std::thread::sleep(Duration::from_millis(700));
     let fetch = |active: bool| {
         let out = root.join(if active { "active.out" } else { "passive.out" });
-        let mut args = vec!["-s", "--max-time", "6", "ftp://10.77.0.2/file.bin", "-o"];
+        let url = if v6 {
+            "ftp://[fd77::2]/file.bin"
+        } else {
+            "ftp://10.77.0.2/file.bin"
+        };
+        let mut args = vec!["-s", "-g", "--max-time", "6", url, "-o"];
         let out_s = out.display().to_string();
         args.push(&out_s);
         if active {
@@ -157,12 +168,17 @@ fn ftp_passes_only_with_the_helper() {
     }
     Lab::clean_stale();
     assert_eq!(
-        transfers(true),
+        transfers(true, false),
         (true, true),
-        "with the FTP helper: passive, active"
+        "IPv4 with the FTP helper: passive, active"
     );
     assert_eq!(
-        transfers(false),
+        transfers(true, true),
+        (true, true),
+        "IPv6 (EPSV, EPRT |2|) with the helper"
+    );
+    assert_eq!(
+        transfers(false, false),
         (false, false),
         "without it both must fail"
     );
