@@ -9,7 +9,19 @@ use capture::ether::{self, ETH_P_IP, ETH_P_IPV6};
 use conntrack::policy::{Action, Side};
 use conntrack::Pipeline;
 
+use crate::bpf::{BpfError, XdpProgram};
 use crate::xsk::{Port, PortError};
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The XDP program.
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    /// An AF_XDP socket.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
 
 /// What a worker needs to start.
 #[derive(Clone, Debug)]
@@ -40,6 +52,8 @@ pub struct Counters {
 
 /// A worker over one queue pair.
 pub struct Worker {
+    /// Detached (links dropped) when the worker goes.
+    _programs: Vec<XdpProgram>,
     inside: Port,
     outside: Port,
     pipeline: Pipeline,
@@ -48,15 +62,30 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Opens both sockets. Must run in the network namespace of the interfaces.
+    /// Opens both sockets and attaches the XDP program that steers each
+    /// interface's frames to them. Must run in the interfaces' namespace.
     pub fn open(
         cfg: &WorkerConfig,
         pipeline: Pipeline,
         counters: Arc<Counters>,
-    ) -> Result<Worker, PortError> {
+    ) -> Result<Worker, WorkerError> {
+        let inside = Port::open(&cfg.inside, cfg.queue)?;
+        let outside = Port::open(&cfg.outside, cfg.queue)?;
+        // An XSKMAP slot is a queue index, and a frame may only be redirected
+        // to a socket bound to its own interface: one program (and map) per
+        // interface.
+        let mut programs = Vec::with_capacity(2);
+        for (iface, port) in [(&cfg.inside, &inside), (&cfg.outside, &outside)] {
+            let mut p = XdpProgram::load()?;
+            p.set_socket(cfg.queue, port.fd())?;
+            p.set_redirect(true)?;
+            p.attach(iface)?;
+            programs.push(p);
+        }
         Ok(Worker {
-            inside: Port::open(&cfg.inside, cfg.queue)?,
-            outside: Port::open(&cfg.outside, cfg.queue)?,
+            _programs: programs,
+            inside,
+            outside,
             pipeline,
             non_ip: cfg.non_ip,
             counters,

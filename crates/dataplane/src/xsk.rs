@@ -50,8 +50,8 @@ pub struct Port {
 }
 
 impl Port {
-    /// Opens a socket on `iface`, queue `queue`, loading libxdp's redirect
-    /// program on the interface (removed when the last socket closes).
+    /// Opens a socket on `iface`, queue `queue`. Tollgate's own XDP program
+    /// (see [`crate::bpf`]) steers frames to it: libxdp loads nothing.
     pub fn open(iface: &str, queue: u32) -> Result<Port, PortError> {
         let name = std::ffi::CString::new(iface).map_err(|_| PortError::BadName(iface.into()))?;
         let count = NonZeroU32::new(FRAMES).ok_or_else(|| PortError::Umem("zero frames".into()))?;
@@ -60,7 +60,7 @@ impl Port {
         let cfg = SocketConfig::builder()
             .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
             .xdp_flags(XdpFlags::XDP_FLAGS_DRV_MODE)
-            .libxdp_flags(LibxdpFlags::empty())
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .build();
         // SAFETY: the UMEM is not shared with another socket on this
         // (interface, queue) pair, the condition xsk-rs documents for `new`.
