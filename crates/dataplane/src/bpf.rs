@@ -29,6 +29,9 @@ pub enum BpfError {
     /// No such interface.
     #[error("interface {0} does not exist")]
     NoInterface(String),
+    /// A frame given to the generator is too large.
+    #[error("frame too large for the generator")]
+    Frame,
 }
 
 /// The loaded program, its maps and the links attaching it.

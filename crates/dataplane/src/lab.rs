@@ -138,8 +138,13 @@ impl Lab {
 
     /// Moves the calling thread into Tollgate's namespace.
     pub fn enter_box(&self) -> Result<(), LabError> {
-        let path = format!("/run/netns/{}", self.boxns);
-        let f = std::fs::File::open(&path).map_err(|e| LabError::Setns(self.boxns.clone(), e))?;
+        self.enter(&self.boxns)
+    }
+
+    /// Moves the calling thread into namespace `ns`.
+    pub fn enter(&self, ns: &str) -> Result<(), LabError> {
+        let path = format!("/run/netns/{ns}");
+        let f = std::fs::File::open(&path).map_err(|e| LabError::Setns(ns.to_string(), e))?;
         // SAFETY: `f` is an open namespace file; setns only changes the calling
         // thread's network namespace.
         let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
@@ -150,6 +155,17 @@ impl Lab {
             ));
         }
         Ok(())
+    }
+
+    /// Pins the calling thread to one CPU.
+    pub fn pin(cpu: usize) {
+        // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call
+        // only changes the calling thread's affinity.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
     }
 
     /// Removes the lab (idempotent).

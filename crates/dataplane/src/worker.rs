@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub queue: u32,
     /// What happens to non-IP frames.
     pub non_ip: Action,
+    /// Forward everything without looking (the bench's "pure forwarding").
+    pub bypass: bool,
 }
 
 /// Counters a worker writes and anyone may read (relaxed atomics: no locks on
@@ -58,6 +60,7 @@ pub struct Worker {
     outside: Port,
     pipeline: Pipeline,
     non_ip: Action,
+    bypass: bool,
     counters: Arc<Counters>,
 }
 
@@ -88,6 +91,7 @@ impl Worker {
             outside,
             pipeline,
             non_ip: cfg.non_ip,
+            bypass: cfg.bypass,
             counters,
         })
     }
@@ -127,9 +131,11 @@ impl Worker {
         };
         tx.reclaim();
         let s = side as usize;
-        let (pipeline, non_ip, c) = (&mut self.pipeline, self.non_ip, &self.counters);
+        let (pipeline, non_ip, c, bypass) =
+            (&mut self.pipeline, self.non_ip, &self.counters, self.bypass);
         let got = rx.receive(|frame| {
             let verdict = match ether::parse(frame) {
+                _ if bypass => Action::Accept,
                 Ok(f) if f.ethertype == ETH_P_IP || f.ethertype == ETH_P_IPV6 => {
                     pipeline
                         .process(side, frame.get(f.l3_offset..).unwrap_or(&[]), now)

@@ -97,6 +97,7 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
             outside: l.outside.clone(),
             queue: 0,
             non_ip: Action::Accept,
+            bypass: false,
         };
         let mut w = Worker::open(
             &cfg,

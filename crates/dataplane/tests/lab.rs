@@ -71,6 +71,7 @@ fn traffic_through_the_lab() {
             outside: l.outside.clone(),
             queue: 0,
             non_ip: Action::Accept,
+            bypass: false,
         };
         let mut w =
             Worker::open(&cfg, Pipeline::new(Config::default(), strict()), c).expect("worker");

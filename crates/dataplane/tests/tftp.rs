@@ -73,6 +73,7 @@ fn fetch(helper: bool) -> bool {
             outside: l.outside.clone(),
             queue: 0,
             non_ip: Action::Accept,
+            bypass: false,
         };
         let mut w = Worker::open(
             &cfg,

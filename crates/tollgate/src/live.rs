@@ -125,6 +125,7 @@ pub fn lab(cfg: &control::Config, seconds: u64) -> Result<(), String> {
             outside: l.outside.clone(),
             queue: 0,
             non_ip,
+            bypass: false,
         };
         let mut w =
             Worker::open(&wc, Pipeline::new(conntrack, policy), c).map_err(|e| e.to_string())?;
@@ -221,6 +222,7 @@ pub fn run(cfg: &control::Config) -> Result<(), String> {
         } else {
             Action::Drop
         },
+        bypass: false,
     };
     let mut w = Worker::open(
         &wc,

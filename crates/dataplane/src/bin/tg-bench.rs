@@ -1,0 +1,285 @@
+//! The lab bench (bench/README.md): 64-byte UDP frames over N flows from an
+//! XDP live-frames generator (client namespace, CPU 0) through the box to the
+//! server namespace, which counts and drops them at ingress. Measures, side by
+//! side in one run, the Linux bridge with conntrack, Tollgate's full pipeline
+//! and Tollgate's bare forwarding. Root only.
+//!
+//! `tg-bench [packets]` (default 2 000 000 per measurement).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
+use conntrack::{Config, CtState, Pipeline};
+use dataplane::gen::Generator;
+use dataplane::lab::Lab;
+use dataplane::{Counters, Worker, WorkerConfig};
+
+fn strict() -> Policy {
+    let mut inv = Rule::any(Action::Drop);
+    inv.states = StateSet::default().with(CtState::Invalid);
+    let mut est = Rule::any(Action::Accept);
+    est.states = StateSet::default()
+        .with(CtState::Established)
+        .with(CtState::Related);
+    let mut new = Rule::any(Action::Accept);
+    new.from = Some(Side::Inside);
+    new.states = StateSet::default().with(CtState::New);
+    Policy {
+        rules: vec![inv, est, new],
+        default: Action::Drop,
+    }
+}
+
+/// A 64-byte Ethernet/IPv4/UDP frame from the client to the server, or the
+/// other way (`reverse`).
+fn frame(lab: &Lab, reverse: bool) -> Vec<u8> {
+    let mac = |ns: &str| -> [u8; 6] {
+        let (_, out) = lab.exec(ns, &["cat", "/sys/class/net/eth0/address"]);
+        let mut m = [0u8; 6];
+        for (i, b) in out.trim().split(':').enumerate().take(6) {
+            m[i] = u8::from_str_radix(b, 16).unwrap_or(0);
+        }
+        m
+    };
+    let (c, s) = ([10, 77, 0, 1], [10, 77, 0, 2]);
+    let ip = if reverse {
+        conntrack::build::Pkt::udp4(s, 5000, c, 1024)
+    } else {
+        conntrack::build::Pkt::udp4(c, 1024, s, 5000)
+    }
+    .payload(&[0; 18])
+    .build();
+    let (dst, src) = if reverse {
+        (mac(&lab.client), mac(&lab.server))
+    } else {
+        (mac(&lab.server), mac(&lab.client))
+    };
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f
+}
+
+/// What forwards between the lab's two sides.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Forwarder {
+    /// Linux bridge + br_netfilter + an nftables ruleset like the policy;
+    /// `rps`: forwarding steered to CPU 1 (else it runs on CPU 0, inline with
+    /// the generator's transmissions).
+    Kernel { rps: bool },
+    /// Tollgate's full pipeline.
+    Tollgate,
+    /// Tollgate's worker forwarding without looking.
+    Bare,
+}
+
+/// Frames the server's ingress counter has dropped so far.
+fn server_count(lab: &Lab) -> Result<u64, String> {
+    let (ok, out) = lab.exec(
+        &lab.server,
+        &["nft", "list", "counter", "netdev", "tgb", "c"],
+    );
+    if !ok {
+        return Err(format!("reading the server's counter: {out}"));
+    }
+    out.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no packet count in {out:?}"))
+}
+
+/// The kernel peer in the box namespace: a bridge with conntrack (br_netfilter)
+/// and the same policy as nftables rules. Removed by `kernel_down`.
+fn kernel_up(lab: &Lab) -> Result<(), String> {
+    let b = &lab.boxns;
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["ip", "link", "add", "tgbr", "type", "bridge"],
+        vec!["ip", "link", "set", &lab.inside, "master", "tgbr"],
+        vec!["ip", "link", "set", &lab.outside, "master", "tgbr"],
+        vec!["ip", "link", "set", "tgbr", "up"],
+        // veth drops frames XDP_TX'd into it unless the receiving end runs
+        // NAPI, which takes an XDP program (Tollgate's) or GRO.
+        vec!["ethtool", "-K", &lab.inside, "gro", "on"],
+        vec!["ethtool", "-K", &lab.outside, "gro", "on"],
+        vec!["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
+        vec![
+            "nft",
+            "add table inet tgk; add chain inet tgk f { type filter hook forward priority 0; policy drop; }; \
+             add rule inet tgk f ct state invalid drop; \
+             add rule inet tgk f ct state established,related accept; \
+             add rule inet tgk f ip saddr 10.77.0.1 ct state new accept",
+        ],
+    ];
+    // Built in on some kernels, a module on others.
+    let _ = std::process::Command::new("modprobe")
+        .args(["-q", "br_netfilter"])
+        .status();
+    for c in cmds {
+        let (ok, out) = lab.exec(b, &c);
+        if !ok {
+            return Err(format!("{}: {out}", c.join(" ")));
+        }
+    }
+    Ok(())
+}
+
+fn kernel_down(lab: &Lab) {
+    let _ = lab.exec(&lab.boxns, &["ip", "link", "del", "tgbr"]);
+    let _ = lab.exec(&lab.boxns, &["nft", "delete", "table", "inet", "tgk"]);
+    let _ = lab.exec(&lab.boxns, &["conntrack", "-F"]);
+}
+
+/// Steers the box's receive processing to the CPUs in `mask` (RPS).
+fn set_rps(lab: &Lab, mask: &str) {
+    for dev in [&lab.inside, &lab.outside] {
+        let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
+        let _ = lab.exec(&lab.boxns, &["sh", "-c", &format!("echo {mask} > {path}")]);
+    }
+}
+
+fn new_pipeline() -> Pipeline {
+    Pipeline::new(
+        Config {
+            max_entries: 262_144,
+            ..Config::default()
+        },
+        strict(),
+    )
+}
+
+/// Starts Tollgate's worker on CPU 1 in the box namespace.
+fn tollgate_up(
+    lab: &Arc<Lab>,
+    bypass: bool,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    let (l, s) = (lab.clone(), stop.clone());
+    std::thread::spawn(move || -> Result<(), String> {
+        Lab::pin(1);
+        l.enter_box().map_err(|e| e.to_string())?;
+        let cfg = WorkerConfig {
+            inside: l.inside.clone(),
+            outside: l.outside.clone(),
+            queue: 0,
+            non_ip: Action::Accept,
+            bypass,
+        };
+        // The previous measurement's sockets are released by the kernel a
+        // little after they are closed: retry for a while.
+        let mut tries = 0;
+        let mut w = loop {
+            match Worker::open(&cfg, new_pipeline(), Arc::new(Counters::default())) {
+                Ok(w) => break w,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("tg-bench: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        w.run(&s);
+        Ok(())
+    })
+}
+
+fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f64, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = match fwd {
+        Forwarder::Kernel { rps } => {
+            set_rps(lab, if rps { "2" } else { "0" });
+            if let Err(e) = kernel_up(lab) {
+                kernel_down(lab);
+                return Err(e);
+            }
+            None
+        }
+        Forwarder::Tollgate | Forwarder::Bare => {
+            set_rps(lab, "0");
+            Some(tollgate_up(lab, fwd == Forwarder::Bare, &stop))
+        }
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    let (out, back) = (frame(lab, false), frame(lab, true));
+    let l = lab.clone();
+    let gen = std::thread::spawn(move || -> Result<f64, String> {
+        Lab::pin(0);
+        let g = Generator::load().map_err(|e| e.to_string())?;
+        let send = |ns: &str, f: &[u8], n: u32, rev: bool| {
+            l.enter(ns).map_err(|e| e.to_string())?;
+            g.send("eth0", f, flows, n, rev).map_err(|e| e.to_string())
+        };
+        // Every flow seen once each way: the forwarder runs its established
+        // path, as in steady state.
+        send(&l.client, &out, flows, false)?;
+        std::thread::sleep(Duration::from_millis(200));
+        send(&l.server, &back, flows, true)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let before = server_count(&l)?;
+        let took = send(&l.client, &out, packets, false)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let after = server_count(&l)?;
+        Ok((after - before) as f64 / took.as_secs_f64())
+    });
+    let pps = gen.join().map_err(|_| "generator panicked".to_string());
+    stop.store(true, Ordering::Relaxed);
+    if let Some(w) = worker {
+        w.join().map_err(|_| "worker panicked".to_string())??;
+    }
+    if matches!(fwd, Forwarder::Kernel { .. }) {
+        kernel_down(lab);
+    }
+    pps?
+}
+
+fn main() {
+    let packets: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    Lab::clean_stale();
+    let lab = match Lab::build() {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            eprintln!("tg-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    // Each end drops the flood at ingress (counting it at the server) instead
+    // of answering it; the kernel forwards in softirq on CPU 1 (RPS), as
+    // Tollgate's worker runs on CPU 1.
+    let _ = lab.exec(
+        &lab.server,
+        &["nft", "add table netdev tgb; add counter netdev tgb c; add chain netdev tgb in { type filter hook ingress device eth0 priority 0; }; add rule netdev tgb in udp dport 5000-5010 counter name c drop"],
+    );
+    let _ = lab.exec(
+        &lab.client,
+        &["nft", "add table netdev tgb; add chain netdev tgb in { type filter hook ingress device eth0 priority 0; }; add rule netdev tgb in udp sport 5000-5010 drop"],
+    );
+    println!("64-byte UDP, {packets} packets per run, Mpps forwarded. Kernel: Linux bridge + br_netfilter + nftables conntrack,");
+    println!("forwarding inline on the generator's CPU 0 or steered by RPS to CPU 1; Tollgate's worker on CPU 1.");
+    println!("| flows | kernel, CPU 0 | kernel, RPS to CPU 1 | Tollgate | Tollgate bare forwarding | Tollgate / best kernel | Tollgate / bare |");
+    println!("|---|---|---|---|---|---|---|");
+    for flows in [1_024u32, 100_000] {
+        let k0 = measure(&lab, Forwarder::Kernel { rps: false }, flows, packets);
+        let k1 = measure(&lab, Forwarder::Kernel { rps: true }, flows, packets);
+        let t = measure(&lab, Forwarder::Tollgate, flows, packets);
+        let b = measure(&lab, Forwarder::Bare, flows, packets);
+        match (k0, k1, t, b) {
+            (Ok(k0), Ok(k1), Ok(t), Ok(b)) => println!(
+                "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+                k0 / 1e6,
+                k1 / 1e6,
+                t / 1e6,
+                b / 1e6,
+                t / k0.max(k1),
+                t / b
+            ),
+            (k0, k1, t, b) => println!("| {flows} | {k0:?} | {k1:?} | {t:?} | {b:?} | - | - |"),
+        }
+    }
+}
