@@ -25,7 +25,7 @@ pub mod tuple;
 
 pub use pipeline::{PacketResult, Pipeline};
 pub use reason::DropReason;
-pub use table::{Config, Conntrack, Stats};
+pub use table::{Config, ConnInfo, Conntrack, Event, EventKind, Stats};
 pub use tuple::{Direction, Family, Tuple};
 
 /// The conntrack state a policy sees (`ct state`).

@@ -14,6 +14,11 @@ macro_rules! reasons {
             /// Every reason, in declaration order (for metric registration).
             pub const ALL: &'static [DropReason] = &[ $( DropReason::$name, )* ];
 
+            /// Position in [`Self::ALL`] (an index for counter arrays).
+            pub fn index(self) -> usize {
+                self as usize
+            }
+
             /// Stable snake_case label.
             pub fn as_str(self) -> &'static str {
                 match self { $( DropReason::$name => $label, )* }

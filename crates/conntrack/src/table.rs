@@ -338,7 +338,54 @@ pub struct Conntrack {
     help_stats: help::HelperStats,
     /// GRE source keys learnt by the PPTP helper (the kernel's keymap).
     keymap: Vec<help::KeyMap>,
+    /// Connection events (`conntrack -E`), recorded only while enabled.
+    events: Events,
+    /// Latest `now` seen (for event timestamps and expiry in events).
+    now: u64,
 }
+
+/// What happened to a connection (`conntrack -E`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Confirmed: entered the table.
+    New,
+    /// TCP state, seen-reply or assured changed.
+    Update,
+    /// Left the table (expired, closed, evicted, flushed).
+    Destroy,
+}
+
+impl EventKind {
+    /// The kernel's event name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::New => "new",
+            EventKind::Update => "update",
+            EventKind::Destroy => "destroy",
+        }
+    }
+}
+
+/// One connection event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Which event.
+    pub kind: EventKind,
+    /// The connection as it is after the event (before it, for destroy).
+    pub conn: ConnInfo,
+}
+
+/// The event buffer: bounded, drained by the owner after each batch; events
+/// beyond its capacity are counted, never blocking the packet path.
+#[derive(Debug, Default)]
+struct Events {
+    on: bool,
+    buf: Vec<Event>,
+    lost: u64,
+}
+
+/// Events buffered between two drains at most.
+pub const EVENT_BUFFER: usize = 4096;
 
 fn timeout_ns(secs: u32) -> u64 {
     u64::from(secs) * SEC
@@ -384,7 +431,48 @@ impl Conntrack {
             helps: help::Helps::new(helper_slots),
             help_stats: help::HelperStats::default(),
             keymap: Vec::with_capacity(help::KEYMAP_MAX),
+            events: Events::default(),
+            now: 0,
         }
+    }
+
+    /// Starts or stops recording connection events.
+    pub fn set_events(&mut self, on: bool) {
+        self.events.on = on;
+        if on {
+            self.events.buf.reserve(EVENT_BUFFER);
+        } else {
+            self.events.buf = Vec::new();
+        }
+    }
+
+    /// Moves the recorded events into `out` (appending); returns how many
+    /// events were lost to a full buffer since the last call.
+    pub fn drain_events(&mut self, out: &mut Vec<Event>) -> u64 {
+        out.append(&mut self.events.buf);
+        core::mem::take(&mut self.events.lost)
+    }
+
+    fn emit(&mut self, kind: EventKind, idx: u32) {
+        if self.events.buf.len() >= EVENT_BUFFER {
+            self.events.lost += 1;
+            return;
+        }
+        let mut conn = info_of(&self.entries[idx as usize], self.now);
+        if kind == EventKind::Destroy {
+            conn.expires_in = 0;
+        }
+        self.events.buf.push(Event { kind, conn });
+    }
+
+    /// What an update event reports on: status bits and TCP state.
+    fn event_key(&self, idx: u32) -> (u8, u8) {
+        let e = &self.entries[idx as usize];
+        let tcp = match e.l4 {
+            L4State::Tcp(c) => c.state as u8,
+            L4State::Stream(_) => 0,
+        };
+        (e.status, tcp)
     }
 
     /// Counters.
@@ -558,6 +646,7 @@ impl Conntrack {
     /// plus the entries linked in those buckets; it never scans the table. Lookups
     /// check deadlines exactly, so reaping late never changes a verdict.
     pub fn expire(&mut self, now: u64) -> usize {
+        self.now = now;
         let now_tick = tick_of(now);
         if !self.wheel_started {
             self.wheel_started = true;
@@ -647,6 +736,9 @@ impl Conntrack {
 
     fn destroy_unlinked(&mut self, idx: u32) {
         if self.entries[idx as usize].status & status::CONFIRMED != 0 {
+            if self.events.on {
+                self.emit(EventKind::Destroy, idx);
+            }
             self.index_remove(idx);
         }
         let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
@@ -747,8 +839,22 @@ impl Conntrack {
                 return self.new_conn(pkt, hash, now);
             }
             self.stats.found += 1;
+            let before = if self.events.on {
+                Some(self.event_key(idx))
+            } else {
+                None
+            };
             match self.existing(idx, dir, pkt, now) {
-                Some(track) => return track,
+                Some(track) => {
+                    if let Some(b) = before {
+                        let live = self.entries[idx as usize].status & status::CONFIRMED != 0;
+                        if live && self.event_key(idx) != b {
+                            self.now = now;
+                            self.emit(EventKind::Update, idx);
+                        }
+                    }
+                    return track;
+                }
                 None => {
                     self.destroy(idx);
                     self.stats.search_restart += 1;
@@ -1110,6 +1216,10 @@ impl Conntrack {
                 self.wheel_link(idx, tick);
                 self.stats.new += 1;
                 self.attach_helper(idx);
+                if self.events.on {
+                    self.now = now;
+                    self.emit(EventKind::New, idx);
+                }
                 conn = idx;
             }
         }
@@ -1195,26 +1305,78 @@ impl Conntrack {
 
     /// Every confirmed connection, for listings. Walks the slab: control plane only.
     pub fn connections(&self, now: u64) -> impl Iterator<Item = ConnInfo> + '_ {
-        self.entries
+        self.connections_in(0..self.entries.len(), now)
+    }
+
+    /// Slots of the slab (the table's capacity): [`Self::connections_in`]
+    /// ranges are within `0..slots()`.
+    pub fn slots(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The confirmed connections in a range of slab slots, so a listing of a
+    /// large table can be taken in slices between packet batches.
+    pub fn connections_in(
+        &self,
+        range: core::ops::Range<usize>,
+        now: u64,
+    ) -> impl Iterator<Item = ConnInfo> + '_ {
+        let end = range.end.min(self.entries.len());
+        let start = range.start.min(end);
+        self.entries[start..end]
             .iter()
-            .filter(|e| e.status & status::CONFIRMED != 0)
-            .map(move |e| {
-                let orig = e.orig.tuple();
-                ConnInfo {
-                    orig,
-                    reply: orig.invert(),
-                    tcp_state: match e.l4 {
-                        L4State::Tcp(c) => Some(c.state.name()),
-                        L4State::Stream(_) => None,
-                    },
-                    expires_in: e.deadline.saturating_sub(now),
-                    seen_reply: e.status & status::SEEN_REPLY != 0,
-                    assured: e.status & status::ASSURED != 0,
-                    helper: helper_of(e.helper),
-                    packets: e.packets,
-                    bytes: e.bytes,
-                }
-            })
+            .filter(move |e| e.status & status::CONFIRMED != 0 && e.deadline > now)
+            .map(move |e| info_of(e, now))
+    }
+
+    /// Removes the confirmed connections in a range of slab slots for which
+    /// `pred` holds (`conntrack -D` with filters); returns how many.
+    pub fn remove_in(
+        &mut self,
+        range: core::ops::Range<usize>,
+        now: u64,
+        mut pred: impl FnMut(&ConnInfo) -> bool,
+    ) -> usize {
+        self.now = now;
+        let end = range.end.min(self.entries.len());
+        let mut removed = 0;
+        for idx in range.start.min(end)..end {
+            let e = &self.entries[idx];
+            if e.status & status::CONFIRMED == 0 {
+                continue;
+            }
+            if pred(&info_of(e, now)) {
+                // `idx < entries.len() <= u32::MAX`.
+                #[allow(clippy::cast_possible_truncation)]
+                self.destroy(idx as u32);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Events lost to a full buffer and not yet reported by
+    /// [`Self::drain_events`].
+    pub fn events_pending_lost(&self) -> u64 {
+        self.events.lost
+    }
+}
+
+fn info_of(e: &Entry, now: u64) -> ConnInfo {
+    let orig = e.orig.tuple();
+    ConnInfo {
+        orig,
+        reply: orig.invert(),
+        tcp_state: match e.l4 {
+            L4State::Tcp(c) => Some(c.state.name()),
+            L4State::Stream(_) => None,
+        },
+        expires_in: e.deadline.saturating_sub(now),
+        seen_reply: e.status & status::SEEN_REPLY != 0,
+        assured: e.status & status::ASSURED != 0,
+        helper: helper_of(e.helper),
+        packets: e.packets,
+        bytes: e.bytes,
     }
 }
 

@@ -647,7 +647,10 @@ mod sequences {
                 } else {
                     ct.abort(&t, now);
                 }
-                prop_assert_eq!(ct.len(), ct.connections(now).count());
+                // Listings skip entries past their deadline that the wheel has
+                // not reaped yet (as `conntrack -L` does).
+                prop_assert!(ct.connections(now).count() <= ct.len());
+                prop_assert_eq!(ct.len(), ct.connections(0).count());
                 prop_assert!(ct.len() <= 16);
             }
             ct.expire(now + 10 * 86_400 * S);
@@ -656,4 +659,80 @@ mod sequences {
             prop_assert_eq!(ct.expectations(now + 20 * 86_400 * S).count(), 0);
         }
     }
+}
+
+#[test]
+fn events_new_update_destroy() {
+    let mut ct = table(16);
+    let mut out = Vec::new();
+    // Off by default: nothing recorded.
+    accept(&mut ct, &udp(A, 1000, B, 53), 0);
+    assert_eq!(ct.drain_events(&mut out), 0);
+    assert!(out.is_empty());
+    ct.set_events(true);
+    accept(&mut ct, &udp(A, 1001, B, 53), S);
+    // A reply sets seen-reply: an update; a second one changes nothing.
+    accept(&mut ct, &udp(B, 53, A, 1001), S + 1);
+    accept(&mut ct, &udp(B, 53, A, 1001), S + 2);
+    ct.drain_events(&mut out);
+    let kinds: Vec<_> = out.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::New, EventKind::Update]);
+    assert_eq!(out[0].conn.orig.src_port, 1001);
+    assert!(!out[0].conn.seen_reply && out[1].conn.seen_reply);
+    out.clear();
+    // Expiry destroys both entries, each with one event.
+    ct.expire(400 * S);
+    ct.drain_events(&mut out);
+    assert_eq!(out.len(), 2);
+    assert!(out
+        .iter()
+        .all(|e| e.kind == EventKind::Destroy && e.conn.expires_in == 0));
+}
+
+#[test]
+fn events_buffer_is_bounded_and_counts_losses() {
+    let mut ct = table(8192);
+    ct.set_events(true);
+    let n = EVENT_BUFFER as u16 + 10;
+    for p in 0..n {
+        accept(&mut ct, &udp(A, 1024 + p, B, 53), S);
+    }
+    let mut out = Vec::new();
+    assert_eq!(ct.drain_events(&mut out), 10);
+    assert_eq!(out.len(), EVENT_BUFFER);
+    // Drained: room again, the loss counter restarts.
+    accept(&mut ct, &udp(A, 9, B, 53), S);
+    out.clear();
+    assert_eq!(ct.drain_events(&mut out), 0);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn remove_in_and_chunked_listing() {
+    let mut ct = table(64);
+    for p in 0..20u16 {
+        accept(
+            &mut ct,
+            &udp(A, 2000 + p, B, if p % 2 == 0 { 53 } else { 123 }),
+            S,
+        );
+    }
+    let slots = ct.slots();
+    let whole: Vec<_> = ct.connections(S).collect();
+    let mut chunked = Vec::new();
+    for start in (0..slots).step_by(7) {
+        chunked.extend(ct.connections_in(start..start + 7, S));
+    }
+    assert_eq!(whole, chunked);
+    assert_eq!(whole.len(), 20);
+    let removed = ct.remove_in(0..slots, S, |c| c.orig.dst_port == 53);
+    assert_eq!(removed, 10);
+    assert_eq!(ct.len(), 10);
+    assert!(ct.connections(S).all(|c| c.orig.dst_port == 123));
+    // A removed connection's next packet starts a new one.
+    let t = accept(&mut ct, &udp(A, 2000, B, 53), S);
+    assert_eq!(t.state, CtState::New);
+    // Out-of-range slices are empty, not a panic.
+    assert_eq!(ct.connections_in(slots + 5..slots + 9, S).count(), 0);
+    assert_eq!(ct.remove_in(slots..slots * 2, S, |_| true), 0);
 }

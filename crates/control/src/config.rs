@@ -79,7 +79,14 @@ pub struct Config {
     pub non_ip: Action,
     /// `[interfaces]`, if present (needed by `tollgate run`).
     pub interfaces: Option<Interfaces>,
+    /// `[control] socket`: the control socket's path.
+    pub control_socket: std::path::PathBuf,
+    /// `[metrics] listen`: where `/metrics` is served (none: not served).
+    pub metrics: Option<std::net::SocketAddr>,
 }
+
+/// Where the control socket is when the config does not say.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate/control.sock";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,8 +95,22 @@ struct Raw {
     conntrack: Option<RawConntrack>,
     l2: Option<RawL2>,
     policy: Option<RawPolicy>,
+    control: Option<RawControl>,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -487,7 +508,8 @@ fn port_range(item: &PortItem) -> Result<PortRange, String> {
     }
 }
 
-fn prefix(t: &str) -> Result<Prefix, String> {
+/// Parses an address or CIDR prefix.
+pub(crate) fn prefix(t: &str) -> Result<Prefix, String> {
     let (a, len) = match t.split_once('/') {
         Some((a, l)) => (a.trim(), Some(l.trim())),
         None => (t.trim(), None),
@@ -730,6 +752,31 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             })
         }
     };
+    let mut control_socket = std::path::PathBuf::from(DEFAULT_CONTROL_SOCKET);
+    if let Some(sock) = raw.control.as_ref().and_then(|c| c.socket.as_ref()) {
+        let p = sock.get_ref();
+        if p.is_empty() || !p.starts_with('/') || p.len() > 100 {
+            errs.push(l.at(
+                sock.span(),
+                format!("control.socket: \"{p}\" must be an absolute path of at most 100 bytes"),
+            ));
+        } else {
+            control_socket = p.into();
+        }
+    }
+    let mut metrics = None;
+    if let Some(listen) = raw.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
+        match listen.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => metrics = Some(a),
+            Err(_) => errs.push(l.at(
+                listen.span(),
+                format!(
+                    "metrics.listen: \"{}\" is not an address:port (e.g. \"127.0.0.1:9477\" or \"[::1]:9477\")",
+                    listen.get_ref()
+                ),
+            )),
+        }
+    }
     if !errs.is_empty() {
         errs.sort_by_key(|e| (e.line, e.col));
         return Err(errs);
@@ -739,6 +786,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         policy: Policy { rules, default },
         non_ip,
         interfaces,
+        control_socket,
+        metrics,
     })
 }
 
@@ -746,6 +795,28 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn control_and_metrics_sections() {
+        let c =
+            parse("[control]\nsocket = \"/tmp/tg.sock\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n")
+                .expect("valid");
+        assert_eq!(c.control_socket, std::path::PathBuf::from("/tmp/tg.sock"));
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().expect("addr")));
+        let d = parse("").expect("valid");
+        assert_eq!(
+            d.control_socket,
+            std::path::PathBuf::from(DEFAULT_CONTROL_SOCKET)
+        );
+        assert_eq!(d.metrics, None);
+        let e = parse("[metrics]\nlisten = \"localhost\"\n").expect_err("refused");
+        assert_eq!(e[0].line, 2);
+        assert!(e[0].msg.contains("metrics.listen"), "{}", e[0].msg);
+        let e = parse("[control]\nsocket = \"relative.sock\"\n").expect_err("refused");
+        assert!(e[0].msg.contains("absolute path"), "{}", e[0].msg);
+        let e = parse("[control]\npath = \"/x\"\n").expect_err("refused");
+        assert!(e[0].msg.contains("unknown field"), "{}", e[0].msg);
+    }
 
     const STRICT: &str = r#"
 [conntrack]

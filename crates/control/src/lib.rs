@@ -1,5 +1,7 @@
-//! Tollgate's control plane. For now: the configuration file.
+//! Tollgate's control plane, the pure parts: the configuration file and the
+//! control socket's protocol.
 
 pub mod config;
+pub mod proto;
 
 pub use config::{load, parse, Config, ConfigError, ConfigErrors, Interfaces, Queues};

@@ -10,4 +10,4 @@ pub mod lab;
 pub mod worker;
 pub mod xsk;
 
-pub use worker::{Counters, Worker, WorkerConfig};
+pub use worker::{mailbox, Counters, Inbox, Job, Mailbox, PostError, Worker, WorkerConfig};

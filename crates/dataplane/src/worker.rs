@@ -1,16 +1,26 @@
 //! A run-to-completion worker: frames from one side go through the pipeline
 //! and, when accepted, out of the other side. Idle, it sleeps in `poll()`.
+//!
+//! The worker owns its pipeline (conntrack shard and policy); nothing else
+//! touches it. The control plane reaches it through a [`Mailbox`]: jobs run
+//! on the worker between two batches, on its own pipeline, and answer through
+//! channels of their own. The worker writes its counters into [`Counters`]
+//! (relaxed atomics, one writer) and republishes the core's counters there a
+//! few times a second; the metrics exporter only reads them.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use capture::ether::{self, ETH_P_IP, ETH_P_IPV6};
+use capture::ether::{self, FrameError, ETH_P_IP, ETH_P_IPV6};
+use conntrack::pipeline::BATCH;
 use conntrack::policy::{Action, Side};
-use conntrack::Pipeline;
+use conntrack::{DropReason, Event, HelperKind, PacketResult, Pipeline};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::bpf::{BpfError, XdpProgram};
-use crate::xsk::{Port, PortError};
+use crate::xsk::{Port, PortError, RingStats};
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,19 +48,320 @@ pub struct WorkerConfig {
     pub bypass: bool,
 }
 
+/// A fixed-bucket histogram written by one thread, read by any.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds (inclusive) of the buckets; the last is `u64::MAX` (+Inf).
+    pub bounds: &'static [u64],
+    /// Observations per bucket (not cumulative).
+    pub buckets: Box<[AtomicU64]>,
+    /// Sum of the observed values.
+    pub sum: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, v: u64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+}
+
+/// Bounds of the batch-size histogram (frames).
+pub const BATCH_SIZE_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, u64::MAX];
+/// Bounds of the batch-time histogram (nanoseconds).
+pub const BATCH_NS_BOUNDS: &[u64] = &[
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    u64::MAX,
+];
+
+/// Names of [`CoreCounters::stats`], the kernel's `conntrack -S` names.
+pub const STAT_NAMES: [&str; 9] = [
+    "found",
+    "new",
+    "invalid",
+    "insert_failed",
+    "drop",
+    "early_drop",
+    "search_restart",
+    "expired",
+    "frag_followed",
+];
+
+/// Names of [`CoreCounters::expect`].
+pub const EXPECT_NAMES: [&str; 5] = [
+    "expect_new",
+    "expect_create",
+    "expect_delete",
+    "expect_refused",
+    "expect_evicted",
+];
+
+const HELPERS: usize = 9;
+
+/// The conntrack core's counters as last published by the worker.
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    /// Entries in the table.
+    pub entries: AtomicU64,
+    /// The table's capacity.
+    pub max_entries: AtomicU64,
+    /// In [`STAT_NAMES`] order.
+    pub stats: [AtomicU64; 9],
+    /// In [`EXPECT_NAMES`] order.
+    pub expect: [AtomicU64; 5],
+    /// Live expectations per helper (`HelperKind as usize`).
+    pub expect_live: [AtomicU64; HELPERS],
+    /// Messages each helper parsed.
+    pub helper_packets: [AtomicU64; HELPERS],
+    /// Malformed helper messages.
+    pub helper_parse_errors: [AtomicU64; HELPERS],
+    /// Expectations each helper created.
+    pub helper_expectations: [AtomicU64; HELPERS],
+    /// Announcements refused (bounce, family mismatch).
+    pub helper_refused: [AtomicU64; HELPERS],
+}
+
 /// Counters a worker writes and anyone may read (relaxed atomics: no locks on
 /// the packet path).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     /// Frames received, per side (inside, outside).
     pub rx: [AtomicU64; 2],
+    /// Bytes received (whole frames), per side.
+    pub rx_bytes: [AtomicU64; 2],
     /// Frames forwarded, per side they arrived on.
     pub forwarded: [AtomicU64; 2],
     /// Frames dropped by policy or conntrack, per side they arrived on.
     pub dropped: [AtomicU64; 2],
+    /// Drops per [`DropReason::index`].
+    pub drop_reasons: Box<[AtomicU64]>,
     /// Frames that could not be queued for transmission (no free TX frame).
     pub tx_full: AtomicU64,
+    /// Frames handed to another worker (many-cores issue; 0 with one worker).
+    pub handoffs: AtomicU64,
+    /// Frames per received batch.
+    pub batch_size: Histogram,
+    /// Time to process one batch, nanoseconds.
+    pub batch_ns: Histogram,
+    /// Control jobs run.
+    pub jobs: AtomicU64,
+    /// Connection events lost (subscriber too slow or buffer full).
+    pub events_dropped: AtomicU64,
+    /// The core's counters, republished a few times a second.
+    pub core: CoreCounters,
+    /// AF_XDP ring statistics per side, republished with the core's.
+    pub rings: [[AtomicU64; 6]; 2],
 }
+
+/// Names of [`Counters::rings`]' six fields.
+pub const RING_NAMES: [&str; 6] = [
+    "rx_dropped",
+    "rx_invalid",
+    "tx_invalid",
+    "rx_ring_full",
+    "fill_ring_empty",
+    "tx_ring_empty",
+];
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            rx: Default::default(),
+            rx_bytes: Default::default(),
+            forwarded: Default::default(),
+            dropped: Default::default(),
+            drop_reasons: DropReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            tx_full: AtomicU64::new(0),
+            handoffs: AtomicU64::new(0),
+            batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
+            batch_ns: Histogram::new(BATCH_NS_BOUNDS),
+            jobs: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            core: CoreCounters::default(),
+            rings: Default::default(),
+        }
+    }
+}
+
+impl Counters {
+    /// Copies the pipeline's counters into [`Counters::core`].
+    pub fn publish(&self, p: &Pipeline, now: u64) {
+        let ct = p.conntrack();
+        let c = &self.core;
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&c.entries, ct.len() as u64);
+        set(&c.max_entries, u64::from(ct.config().max_entries));
+        let s = ct.stats();
+        for (a, v) in c.stats.iter().zip([
+            s.found,
+            s.new,
+            s.invalid,
+            s.insert_failed,
+            s.drop,
+            s.early_drop,
+            s.search_restart,
+            s.expired,
+            s.frag_followed,
+        ]) {
+            set(a, v);
+        }
+        let e = ct.expect_stats();
+        for (a, v) in c.expect.iter().zip([
+            e.expect_new,
+            e.expect_create,
+            e.expect_delete,
+            e.expect_refused,
+            e.expect_evicted,
+        ]) {
+            set(a, v);
+        }
+        let mut live = [0u64; HELPERS];
+        for x in ct.expectations(now) {
+            if let Some(h) = x.helper {
+                live[h as usize] += 1;
+            }
+        }
+        let h = ct.helper_stats();
+        for (i, n) in live.iter().enumerate() {
+            set(&c.expect_live[i], *n);
+            set(&c.helper_packets[i], h.packets[i]);
+            set(&c.helper_parse_errors[i], h.parse_errors[i]);
+            set(&c.helper_expectations[i], h.expectations[i]);
+            set(&c.helper_refused[i], h.refused[i]);
+        }
+    }
+
+    fn publish_rings(&self, side: usize, r: RingStats) {
+        for (a, v) in self.rings[side].iter().zip([
+            r.rx_dropped,
+            r.rx_invalid,
+            r.tx_invalid,
+            r.rx_ring_full,
+            r.fill_ring_empty,
+            r.tx_ring_empty,
+        ]) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Helpers in `HelperKind as usize` order, for labels.
+pub fn helper_names() -> [&'static str; HELPERS] {
+    let mut n = [""; HELPERS];
+    for h in HelperKind::ALL {
+        n[*h as usize] = h.name();
+    }
+    n
+}
+
+/// Work the control plane runs on a worker, between two batches, with the
+/// worker's pipeline and its clock.
+pub type Job = Box<dyn FnOnce(&mut Pipeline, u64) + Send>;
+
+/// The control plane's end of a worker's mailbox.
+#[derive(Clone, Debug)]
+pub struct Mailbox {
+    jobs: Sender<Job>,
+    wake: Arc<OwnedFd>,
+}
+
+/// Why a job could not be posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PostError {
+    /// The worker's queue is full (it is stuck or flooded with requests).
+    #[error("worker busy")]
+    Busy,
+    /// The worker has stopped.
+    #[error("worker stopped")]
+    Stopped,
+}
+
+impl Mailbox {
+    /// Queues a job and wakes the worker.
+    pub fn post(&self, job: Job) -> Result<(), PostError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => PostError::Busy,
+            TrySendError::Disconnected(_) => PostError::Stopped,
+        })?;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to an eventfd we own; an
+        // eventfd counter cannot overflow from these few writes, and a failed
+        // write only delays the job to the next poll timeout.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        Ok(())
+    }
+}
+
+/// The worker's end of its mailbox.
+#[derive(Debug)]
+pub struct Inbox {
+    jobs: Receiver<Job>,
+    wake: Arc<OwnedFd>,
+    /// This worker's number (in events).
+    pub worker: usize,
+    /// Where connection events go (when events are enabled in the core).
+    pub events: Option<Sender<(usize, Event)>>,
+}
+
+/// A mailbox for worker `worker`, holding at most `capacity` pending jobs.
+pub fn mailbox(worker: usize, capacity: usize) -> std::io::Result<(Mailbox, Inbox)> {
+    // SAFETY: eventfd takes no pointers; the result is checked below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    Ok((
+        Mailbox {
+            jobs: tx,
+            wake: wake.clone(),
+        },
+        Inbox {
+            jobs: rx,
+            wake,
+            worker,
+            events: None,
+        },
+    ))
+}
+
+impl Inbox {
+    fn clear_wake(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer from our
+        // non-blocking eventfd; EAGAIN (nothing pending) is fine.
+        let _ = unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+    }
+}
+
+/// How often the worker republishes the core's counters (ns).
+const PUBLISH_NS: u64 = 200_000_000;
 
 /// A worker over one queue pair.
 pub struct Worker {
@@ -62,6 +373,8 @@ pub struct Worker {
     non_ip: Action,
     bypass: bool,
     counters: Arc<Counters>,
+    results: Vec<PacketResult>,
+    events: Vec<Event>,
 }
 
 impl Worker {
@@ -93,12 +406,28 @@ impl Worker {
             non_ip: cfg.non_ip,
             bypass: cfg.bypass,
             counters,
+            results: vec![
+                PacketResult {
+                    verdict: Action::Drop,
+                    state: conntrack::CtState::Invalid,
+                    reply: false,
+                    reason: None,
+                };
+                BATCH
+            ],
+            events: Vec::with_capacity(conntrack::table::EVENT_BUFFER),
         })
     }
 
     /// Runs until `stop` is set.
     pub fn run(&mut self, stop: &AtomicBool) {
+        self.run_with(stop, None);
+    }
+
+    /// Runs until `stop` is set, serving the control plane through `inbox`.
+    pub fn run_with(&mut self, stop: &AtomicBool, inbox: Option<&Inbox>) {
         let start = Instant::now();
+        let mut last_publish = 0;
         while !stop.load(Ordering::Relaxed) {
             let mut fds = [
                 libc::pollfd {
@@ -111,15 +440,62 @@ impl Worker {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: inbox.map_or(-1, |i| i.wake.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
-            if ready <= 0 {
-                continue;
-            }
+            // SAFETY: `fds` is a valid array of three pollfd for the call's
+            // duration (a negative fd is ignored by poll).
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, 100) };
             let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.step(Side::Inside, now);
-            self.step(Side::Outside, now);
+            if ready > 0 {
+                self.step(Side::Inside, now);
+                self.step(Side::Outside, now);
+            }
+            if let Some(inbox) = inbox {
+                if fds[2].revents != 0 {
+                    inbox.clear_wake();
+                }
+                while let Ok(job) = inbox.jobs.try_recv() {
+                    job(&mut self.pipeline, now);
+                    self.counters.jobs.fetch_add(1, Ordering::Relaxed);
+                }
+                self.forward_events(inbox);
+            }
+            if now.saturating_sub(last_publish) >= PUBLISH_NS {
+                last_publish = now;
+                self.publish(now);
+            }
+        }
+        let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.publish(now);
+    }
+
+    fn publish(&self, now: u64) {
+        self.counters.publish(&self.pipeline, now);
+        self.counters.publish_rings(0, self.inside.stats());
+        self.counters.publish_rings(1, self.outside.stats());
+    }
+
+    fn forward_events(&mut self, inbox: &Inbox) {
+        let lost = self.pipeline.conntrack_mut().drain_events(&mut self.events);
+        let mut dropped = lost;
+        if let Some(tx) = &inbox.events {
+            for e in self.events.drain(..) {
+                if tx.try_send((inbox.worker, e)).is_err() {
+                    dropped += 1;
+                }
+            }
+        } else {
+            dropped += self.events.len() as u64;
+            self.events.clear();
+        }
+        if dropped > 0 {
+            self.counters
+                .events_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -131,32 +507,79 @@ impl Worker {
         };
         tx.reclaim();
         let s = side as usize;
-        let (pipeline, non_ip, c, bypass) =
-            (&mut self.pipeline, self.non_ip, &self.counters, self.bypass);
-        let got = rx.receive(|frame| {
-            let verdict = match ether::parse(frame) {
-                _ if bypass => Action::Accept,
-                Ok(f) if f.ethertype == ETH_P_IP || f.ethertype == ETH_P_IPV6 => {
-                    pipeline
-                        .process(side, frame.get(f.l3_offset..).unwrap_or(&[]), now)
-                        .verdict
+        let (pipeline, non_ip, c, bypass, results) = (
+            &mut self.pipeline,
+            self.non_ip,
+            &self.counters,
+            self.bypass,
+            &mut self.results,
+        );
+        let t0 = Instant::now();
+        let got = rx.receive(|frames| {
+            let mut bytes = 0u64;
+            // IP packets of the batch go through the pipeline together.
+            let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
+            let mut n_ip = 0;
+            for f in frames {
+                bytes += f.len() as u64;
+                if bypass {
+                    continue;
                 }
-                Ok(_) => non_ip,
-                Err(_) => Action::Drop,
-            };
-            if verdict == Action::Accept {
-                if tx.send(frame) {
-                    c.forwarded[s].fetch_add(1, Ordering::Relaxed);
+                if let Ok(h) = ether::parse(f) {
+                    if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 {
+                        ips[n_ip] = (side, f.get(h.l3_offset..).unwrap_or(&[]));
+                        n_ip += 1;
+                    }
+                }
+            }
+            if n_ip > 0 {
+                pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
+            }
+            let mut k = 0;
+            let (mut fwd, mut drop) = (0u64, 0u64);
+            for f in frames {
+                let (verdict, reason) = if bypass {
+                    (Action::Accept, None)
                 } else {
-                    c.tx_full.fetch_add(1, Ordering::Relaxed);
+                    match ether::parse(f) {
+                        Ok(h) if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 => {
+                            let r = results[k];
+                            k += 1;
+                            (r.verdict, r.reason)
+                        }
+                        Ok(_) => (non_ip, Some(DropReason::NonIp)),
+                        Err(FrameError::VlanTooDeep) => {
+                            (Action::Drop, Some(DropReason::VlanTooDeep))
+                        }
+                        Err(_) => (Action::Drop, Some(DropReason::FrameTruncated)),
+                    }
+                };
+                if verdict == Action::Accept {
+                    if tx.send(f) {
+                        fwd += 1;
+                    } else {
+                        c.tx_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    drop += 1;
+                    let r = reason.unwrap_or(DropReason::PolicyDefault);
+                    c.drop_reasons[r.index()].fetch_add(1, Ordering::Relaxed);
                 }
-            } else {
-                c.dropped[s].fetch_add(1, Ordering::Relaxed);
+            }
+            c.rx_bytes[s].fetch_add(bytes, Ordering::Relaxed);
+            if fwd > 0 {
+                c.forwarded[s].fetch_add(fwd, Ordering::Relaxed);
+            }
+            if drop > 0 {
+                c.dropped[s].fetch_add(drop, Ordering::Relaxed);
             }
         });
         if got > 0 {
             c.rx[s].fetch_add(got as u64, Ordering::Relaxed);
             tx.flush();
+            c.batch_size.observe(got as u64);
+            c.batch_ns
+                .observe(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
     }
 }

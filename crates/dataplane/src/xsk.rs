@@ -113,26 +113,31 @@ impl Port {
             .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
     }
 
-    /// Receives up to [`BATCH`] frames and calls `f` on each; then gives the
-    /// frames back to the fill ring. Returns how many were received.
-    pub fn receive(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Receives up to [`BATCH`] frames and calls `f` once with all of them;
+    /// then gives the frames back to the fill ring. Returns how many were
+    /// received.
+    pub fn receive(&mut self, f: impl FnOnce(&[&[u8]])) -> usize {
         let n = BATCH.min(self.scratch.len());
         // SAFETY: the descriptors are written by the kernel for this UMEM.
         let got = unsafe { self.rx.consume(&mut self.scratch[..n]) };
-        for d in &self.scratch[..got] {
-            // SAFETY: a received frame is ours until it is put back in the fill
-            // ring below; nothing else reads or writes it meanwhile.
-            let data = unsafe { self.umem.data(d) };
-            f(data.contents());
+        if got == 0 {
+            return 0;
         }
-        if got > 0 {
-            // SAFETY: the frames were consumed from RX and are handed back once.
-            unsafe {
-                self.fq.produce(&self.scratch[..got]);
-            }
-            if self.fq.needs_wakeup() {
-                let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
-            }
+        let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+        for (slot, d) in frames.iter_mut().zip(&self.scratch[..got]) {
+            // SAFETY: a received frame is ours until it is put back in the fill
+            // ring below; nothing else reads or writes it meanwhile, and the
+            // slices do not outlive this call.
+            *slot = unsafe { self.umem.data(d) }.contents();
+        }
+        f(&frames[..got]);
+        // SAFETY: the frames were consumed from RX and are handed back once,
+        // after the last use of their slices above.
+        unsafe {
+            self.fq.produce(&self.scratch[..got]);
+        }
+        if self.fq.needs_wakeup() {
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
         }
         got
     }
@@ -169,18 +174,36 @@ impl Port {
         }
     }
 
-    /// Ring statistics: (rx dropped, fill ring empty, tx invalid).
-    pub fn stats(&self) -> (u64, u64, u64) {
+    /// The kernel's ring statistics for this socket (zeros if it cannot say).
+    pub fn stats(&self) -> RingStats {
         self.rx
             .fd()
             .xdp_statistics()
-            .map(|s| {
-                (
-                    s.rx_dropped(),
-                    s.rx_fill_ring_empty_descs(),
-                    s.tx_invalid_descs(),
-                )
+            .map(|s| RingStats {
+                rx_dropped: s.rx_dropped(),
+                rx_invalid: s.rx_invalid_descs(),
+                tx_invalid: s.tx_invalid_descs(),
+                rx_ring_full: s.rx_ring_full(),
+                fill_ring_empty: s.rx_fill_ring_empty_descs(),
+                tx_ring_empty: s.tx_ring_empty_descs(),
             })
             .unwrap_or_default()
     }
+}
+
+/// `XDP_STATISTICS` of one socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Frames dropped for reasons other than invalid descriptors (no room).
+    pub rx_dropped: u64,
+    /// Invalid RX descriptors.
+    pub rx_invalid: u64,
+    /// Invalid TX descriptors.
+    pub tx_invalid: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived.
+    pub fill_ring_empty: u64,
+    /// Times the TX ring was empty when the kernel looked.
+    pub tx_ring_empty: u64,
 }

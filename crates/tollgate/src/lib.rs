@@ -1,5 +1,9 @@
-//! The `tollgate` binary's library side: the offline pipeline (`replay`) and
-//! the dataplane commands (`lab`, `run`).
+//! The `tollgate` binary's library side: the offline pipeline (`replay`),
+//! the dataplane commands (`lab`, `run`), the daemon's control plane and
+//! metrics, and the control-socket client.
 
+pub mod cli;
+pub mod daemon;
 pub mod live;
+pub mod metrics;
 pub mod replay;

@@ -61,28 +61,252 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Connection tracking table of a running instance.
+    Ct {
+        #[command(subcommand)]
+        cmd: CtCmd,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Expectations of a running instance.
+    Expect {
+        #[command(subcommand)]
+        cmd: ExpectCmd,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Re-read the running instance's config file and apply its policy
+    /// (same as SIGHUP). An invalid file changes nothing.
+    Reload {
+        #[command(flatten)]
+        at: At,
+    },
+}
+
+/// Which running instance.
+#[derive(clap::Args)]
+struct At {
+    /// Control socket (default: the config's [control] socket, else
+    /// /run/tollgate/control.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// The instance's config file (to find its control socket).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// JSON lines instead of conntrack-style text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Connection filters (all given ones must match the original direction).
+#[derive(clap::Args, Default)]
+struct FilterArgs {
+    /// Source address or CIDR prefix.
+    #[arg(long, short = 's')]
+    src: Option<String>,
+    /// Destination address or CIDR prefix.
+    #[arg(long, short = 'd')]
+    dst: Option<String>,
+    /// Source port.
+    #[arg(long)]
+    sport: Option<u16>,
+    /// Destination port.
+    #[arg(long)]
+    dport: Option<u16>,
+    /// Protocol (tcp, udp, icmp, icmpv6, gre, sctp, udplite or a number).
+    #[arg(long, short = 'p')]
+    proto: Option<String>,
+    /// TCP state (ESTABLISHED, TIME_WAIT, ...) or unreplied, replied, assured.
+    #[arg(long)]
+    state: Option<String>,
+}
+
+impl FilterArgs {
+    fn spec(self) -> control::proto::FilterSpec {
+        control::proto::FilterSpec {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            state: self.state,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum CtCmd {
+    /// List connections (like conntrack -L).
+    List {
+        #[command(flatten)]
+        f: FilterArgs,
+    },
+    /// Delete connections: all, or those matching the filters (like conntrack -D/-F).
+    Flush {
+        #[command(flatten)]
+        f: FilterArgs,
+    },
+    /// Counters per worker, with the kernel's names (like conntrack -S).
+    Stats,
+    /// Stream new/update/destroy events until interrupted (like conntrack -E).
+    Events {
+        #[command(flatten)]
+        f: FilterArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExpectCmd {
+    /// List expectations.
+    List,
+    /// Add an expectation on behalf of an existing (master) connection.
+    Add {
+        /// Protocol of the expected connection (tcp, udp, sctp, udplite).
+        #[arg(long)]
+        proto: String,
+        /// Expected source address.
+        #[arg(long)]
+        src: String,
+        /// Expected destination address.
+        #[arg(long)]
+        dst: String,
+        /// Expected source port (default: any).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Expected destination port.
+        #[arg(long)]
+        dport: u16,
+        /// Master connection, original or reply tuple: "PROTO SRC SPORT DST DPORT".
+        #[arg(long, num_args = 5, value_names = ["PROTO", "SRC", "SPORT", "DST", "DPORT"])]
+        master: Vec<String>,
+        /// Helper whose limits and timeout apply (ftp, tftp, irc, sip, ...).
+        #[arg(long)]
+        helper: String,
+    },
+    /// Delete an expectation by id (from `expect list`).
+    Del {
+        /// The id.
+        id: u32,
+        /// The worker holding it (default: any).
+        #[arg(long)]
+        worker: Option<usize>,
+    },
+}
+
+fn socket_of(at: &At) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &at.socket {
+        return Ok(s.clone());
+    }
+    if let Some(c) = &at.config {
+        return Ok(load(c)?.control_socket);
+    }
+    Ok(PathBuf::from(control::config::DEFAULT_CONTROL_SOCKET))
+}
+
+fn ask(at: &At, req: &control::proto::Request) -> anyhow::Result<ExitCode> {
+    let socket = socket_of(at)?;
+    let output = if at.json {
+        tollgate::cli::Output::Json
+    } else {
+        tollgate::cli::Output::Text
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match tollgate::cli::request(&socket, req, output, &mut out) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("tollgate: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<control::Config> {
     control::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+fn init_logs() {
+    let filter = std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into());
+    let level = filter
+        .parse::<tracing::Level>()
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
 fn run() -> anyhow::Result<ExitCode> {
+    use control::proto::Request;
     match Cli::parse().cmd {
         Cmd::Lab { config, seconds } => {
-            let cfg = match config {
-                Some(p) => load(&p)?,
+            init_logs();
+            let cfg = match &config {
+                Some(p) => load(p)?,
                 None => control::parse(tollgate::live::LAB_CONFIG)
                     .map_err(|e| anyhow::anyhow!("built-in lab config: {e:?}"))?,
             };
-            tollgate::live::lab(&cfg, seconds).map_err(|e| anyhow::anyhow!(e))?;
+            tollgate::live::lab(&cfg, config, seconds).map_err(|e| anyhow::anyhow!(e))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { config } => {
+            init_logs();
             let cfg = load(&config)?;
-            tollgate::live::run(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+            tollgate::live::run(&cfg, config).map_err(|e| anyhow::anyhow!(e))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Ct { cmd, at } => {
+            let req = match cmd {
+                CtCmd::List { f } => Request::CtList { filter: f.spec() },
+                CtCmd::Flush { f } => Request::CtFlush { filter: f.spec() },
+                CtCmd::Stats => Request::CtStats,
+                CtCmd::Events { f } => Request::CtEvents { filter: f.spec() },
+            };
+            ask(&at, &req)
+        }
+        Cmd::Expect { cmd, at } => {
+            let req = match cmd {
+                ExpectCmd::List => Request::ExpectList,
+                ExpectCmd::Del { id, worker } => Request::ExpectDel { id, worker },
+                ExpectCmd::Add {
+                    proto,
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                    master,
+                    helper,
+                } => {
+                    let [mp, ms, msp, md, mdp] = <[String; 5]>::try_from(master)
+                        .map_err(|_| anyhow::anyhow!("--master takes PROTO SRC SPORT DST DPORT"))?;
+                    let port = |p: &str, what: &str| {
+                        p.parse::<u16>()
+                            .map_err(|_| anyhow::anyhow!("--master {what}: \"{p}\" is not a port"))
+                    };
+                    Request::ExpectAdd(control::proto::ExpectAddSpec {
+                        master: control::proto::TupleSpec {
+                            proto: mp,
+                            src: ms,
+                            sport: Some(port(&msp, "SPORT")?),
+                            dst: md,
+                            dport: Some(port(&mdp, "DPORT")?),
+                        },
+                        expect: control::proto::TupleSpec {
+                            proto,
+                            src,
+                            dst,
+                            sport,
+                            dport: Some(dport),
+                        },
+                        helper,
+                    })
+                }
+            };
+            ask(&at, &req)
+        }
+        Cmd::Reload { at } => ask(&at, &Request::Reload),
         Cmd::Check { config } => match control::load(&config) {
             Ok(c) => {
                 println!("ok: {} rules", c.policy.rules.len());

@@ -114,3 +114,30 @@ fn corrupt_capture_is_an_error_after_what_was_read() {
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 1);
     assert!(tollgate::replay::replay(&cfg, b"not a capture", &[], &mut Vec::new()).is_err());
 }
+
+/// Every example config shipped in deploy/ passes `tollgate check`.
+#[test]
+fn deploy_examples_pass_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+    }
+    assert!(n >= 3, "expected the example configs in {}", dir.display());
+}
