@@ -15,6 +15,39 @@ use crate::HelperKind;
 
 const NONE: u32 = u32::MAX;
 
+/// Master index of an expectation mirrored from another shard: it has no
+/// local master connection.
+pub const MIRROR: u32 = u32::MAX - 1;
+
+/// Which shard's which expectation (ids are per shard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Origin {
+    /// The shard (worker) whose helper created it.
+    pub worker: u16,
+    /// Its id there.
+    pub id: u32,
+}
+
+/// A message between shards about expectations, so the first packet of an
+/// expected connection finds its expectation on whichever shard owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectMsg {
+    /// An expectation was created (or refreshed) on its origin shard.
+    Add {
+        /// Where it lives.
+        origin: Origin,
+        /// What is expected (tuple already masked).
+        spec: ExpectSpec,
+        /// Nanoseconds it has left.
+        expires_in: u64,
+    },
+    /// It is gone (used, evicted, its master died, or the operator removed it).
+    Remove {
+        /// Which one.
+        origin: Origin,
+    },
+}
+
 /// Which fields of an expectation's tuple are wildcards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Mask {
@@ -120,6 +153,7 @@ struct Exp {
     next: u32,
     deadline: u64,
     id: u32,
+    origin: Origin,
 }
 
 /// A view of one expectation, for listings.
@@ -151,6 +185,12 @@ pub struct Expectations {
     sweep: usize,
     /// Counters.
     pub stats: ExpectStats,
+    /// Set when the table is one shard of several: its worker number.
+    shard: Option<u16>,
+    /// Messages for the other shards, drained by the owner.
+    outbox: Vec<ExpectMsg>,
+    /// Slot of each live expectation by origin (sharing only).
+    by_origin: std::collections::HashMap<Origin, u32>,
 }
 
 fn code(h: Option<HelperKind>) -> u8 {
@@ -214,7 +254,71 @@ impl Expectations {
             secret,
             sweep: 0,
             stats: ExpectStats::default(),
+            shard: None,
+            outbox: Vec::new(),
+            by_origin: std::collections::HashMap::new(),
         }
+    }
+
+    /// Makes this table shard `worker` of several: expectations created here
+    /// are announced in the outbox, and mirrors of other shards' are accepted.
+    pub fn set_shard(&mut self, worker: u16) {
+        self.shard = Some(worker);
+        self.by_origin = std::collections::HashMap::with_capacity(self.exps.len());
+        self.outbox.reserve(64);
+    }
+
+    /// Moves the pending messages for the other shards into `out`.
+    pub fn drain_outbox(&mut self, out: &mut Vec<ExpectMsg>) {
+        out.append(&mut self.outbox);
+    }
+
+    /// Slot of the live expectation from `origin`.
+    pub fn find_origin(&self, origin: Origin) -> Option<u32> {
+        self.by_origin.get(&origin).copied()
+    }
+
+    /// Helper code (0 = none, else `HelperKind as u8 + 1`) of the helper that
+    /// asked for slot `i`.
+    pub fn helper_code(&self, i: u32) -> u8 {
+        self.exps[i as usize].helper
+    }
+
+    /// Adds or refreshes the mirror of another shard's expectation.
+    pub fn add_mirror(&mut self, origin: Origin, spec: &ExpectSpec, deadline: u64, now: u64) {
+        if let Some(i) = self.find_origin(origin) {
+            self.exps[i as usize].deadline = deadline;
+            return;
+        }
+        let t = masked(&spec.tuple, spec.mask);
+        let h = dst_hash(&t, &self.secret);
+        let exps = &self.exps;
+        let clash = self.index.find(h, |i| {
+            let e = &exps[i as usize];
+            (e.used && e.tuple == t && e.mask == spec.mask && e.deadline > now).then_some(i)
+        });
+        if clash.is_some() || self.free == NONE {
+            self.stats.expect_refused += 1;
+            return;
+        }
+        let i = self.free;
+        self.free = self.exps[i as usize].next;
+        self.exps[i as usize] = Exp {
+            tuple: t,
+            mask: spec.mask,
+            used: true,
+            permanent: spec.permanent,
+            helper: code(Some(spec.helper)),
+            child_helper: code(spec.child_helper),
+            master: MIRROR,
+            next: NONE,
+            deadline,
+            id: 0,
+            origin,
+        };
+        self.index.insert(h, i);
+        self.by_origin.insert(origin, i);
+        self.count += 1;
     }
 
     /// Live expectations.
@@ -266,8 +370,15 @@ impl Expectations {
             (e.used && e.tuple == t && e.mask == spec.mask && e.deadline > now).then_some(i)
         }) {
             if self.exps[i as usize].master == master {
-                self.exps[i as usize].deadline =
-                    now + u64::from(policy.timeout) * crate::timeouts::SEC;
+                let expires_in = u64::from(policy.timeout) * crate::timeouts::SEC;
+                self.exps[i as usize].deadline = now + expires_in;
+                if self.shard.is_some() {
+                    self.outbox.push(ExpectMsg::Add {
+                        origin: self.exps[i as usize].origin,
+                        spec: ExpectSpec { tuple: t, ..*spec },
+                        expires_in,
+                    });
+                }
                 return Ok(self.exps[i as usize].id);
             }
             self.stats.expect_refused += 1;
@@ -294,6 +405,11 @@ impl Expectations {
         self.free = self.exps[i as usize].next;
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
+        let origin = Origin {
+            worker: self.shard.unwrap_or(0),
+            id,
+        };
+        let expires_in = u64::from(policy.timeout) * crate::timeouts::SEC;
         self.exps[i as usize] = Exp {
             tuple: t,
             mask: spec.mask,
@@ -303,19 +419,39 @@ impl Expectations {
             child_helper: code(spec.child_helper),
             master,
             next: *head,
-            deadline: now + u64::from(policy.timeout) * crate::timeouts::SEC,
+            deadline: now + expires_in,
             id,
+            origin,
         };
         *head = i;
         self.index.insert(h, i);
         self.count += 1;
         self.stats.expect_create += 1;
+        if self.shard.is_some() {
+            self.by_origin.insert(origin, i);
+            self.outbox.push(ExpectMsg::Add {
+                origin,
+                spec: ExpectSpec { tuple: t, ..*spec },
+                expires_in,
+            });
+        }
         Ok(id)
     }
 
     /// Removes expectation slot `i`, unlinking it from its master's list whose
-    /// head is `*head` (lists hold at most `max_expected` items).
+    /// head is `*head` (lists hold at most `max_expected` items). When shared,
+    /// the other shards are told.
     pub fn remove(&mut self, i: u32, head: &mut u32) {
+        self.remove_as(i, head, true);
+    }
+
+    /// [`Self::remove`] without telling the other shards (expiry, which every
+    /// shard sees by itself, and removals they asked for).
+    pub fn remove_quiet(&mut self, i: u32, head: &mut u32) {
+        self.remove_as(i, head, false);
+    }
+
+    fn remove_as(&mut self, i: u32, head: &mut u32, announce: bool) {
         if !self.exps.get(i as usize).is_some_and(|e| e.used) {
             return;
         }
@@ -332,10 +468,17 @@ impl Expectations {
                 cur = next;
             }
         }
-        self.free_slot(i);
+        self.free_slot(i, announce);
     }
 
-    fn free_slot(&mut self, i: u32) {
+    fn free_slot(&mut self, i: u32, announce: bool) {
+        if self.shard.is_some() {
+            let origin = self.exps[i as usize].origin;
+            self.by_origin.remove(&origin);
+            if announce {
+                self.outbox.push(ExpectMsg::Remove { origin });
+            }
+        }
         let t = self.exps[i as usize].tuple;
         let h = dst_hash(&t, &self.secret);
         let (exps, secret) = (&self.exps, self.secret);
@@ -354,7 +497,7 @@ impl Expectations {
         let mut cur = head;
         while cur != NONE {
             let next = self.exps[cur as usize].next;
-            self.free_slot(cur);
+            self.free_slot(cur, true);
             cur = next;
         }
     }
@@ -397,7 +540,7 @@ impl Expectations {
     ) -> impl Iterator<Item = ExpectInfo> + 'a {
         self.exps
             .iter()
-            .filter(move |e| e.used && e.deadline > now)
+            .filter(move |e| e.used && e.deadline > now && e.master != MIRROR)
             .map(move |e| ExpectInfo {
                 id: e.id,
                 tuple: e.tuple,

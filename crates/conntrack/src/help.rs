@@ -435,10 +435,7 @@ impl Conntrack {
     pub(super) fn pptp_expected(&mut self, t: &Tuple, now: u64) {
         let inv = t.invert();
         if let Some(slot) = self.expects.find(&inv, now) {
-            let (master, _, _) = self.expects.get(slot);
-            let mut head = self.entries[master as usize].exp_head;
-            self.expects.remove(slot, &mut head);
-            self.entries[master as usize].exp_head = head;
+            self.unlink_expectation(slot, true);
         }
     }
 
@@ -456,9 +453,7 @@ impl Conntrack {
                     self.entries[idx as usize].deadline = 0;
                 }
             } else if let Some(slot) = self.expects.find(&t, now) {
-                let mut head = self.entries[master as usize].exp_head;
-                self.expects.remove(slot, &mut head);
-                self.entries[master as usize].exp_head = head;
+                self.unlink_expectation(slot, true);
             }
         }
         self.keymap.retain(|k| k.master != master);

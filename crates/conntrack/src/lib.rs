@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proto;
 pub mod reason;
+pub mod shard;
 pub mod table;
 pub mod timeouts;
 pub mod tuple;

@@ -685,10 +685,8 @@ impl Conntrack {
         if !self.expects.is_empty() {
             let mut reaped = core::mem::take(&mut self.reaped);
             self.expects.expired_slots(now, 8, &mut reaped);
-            for &(slot, master) in &reaped {
-                let mut head = self.entries[master as usize].exp_head;
-                self.expects.remove(slot, &mut head);
-                self.entries[master as usize].exp_head = head;
+            for &(slot, _) in &reaped {
+                self.unlink_expectation(slot, false);
             }
             reaped.clear();
             self.reaped = reaped;
@@ -1051,13 +1049,15 @@ impl Conntrack {
         if !self.expects.is_empty() {
             if let Some(slot) = self.expects.find(t, now) {
                 let (master, child, permanent) = self.expects.get(slot);
+                master_helper = if master == expect::MIRROR {
+                    self.expects.helper_code(slot)
+                } else {
+                    self.entries[master as usize].helper
+                };
                 if !permanent {
-                    let mut head = self.entries[master as usize].exp_head;
-                    self.expects.remove(slot, &mut head);
-                    self.entries[master as usize].exp_head = head;
+                    self.unlink_expectation(slot, true);
                 }
                 self.expects.stats.expect_new += 1;
-                master_helper = self.entries[master as usize].helper;
                 helper = helper_of(master_helper);
                 child_helper = helper_code(child);
                 state = CtState::Related;
@@ -1285,11 +1285,57 @@ impl Conntrack {
         let Some(slot) = self.expects.find_id(id) else {
             return false;
         };
-        let master = self.expects.master_of(slot);
-        let mut head = self.entries[master as usize].exp_head;
-        self.expects.remove(slot, &mut head);
-        self.entries[master as usize].exp_head = head;
+        self.unlink_expectation(slot, true);
         true
+    }
+
+    /// Removes expectation `slot` from the table and from its master's list
+    /// (a mirror has none); `announce`: tell the other shards.
+    pub(crate) fn unlink_expectation(&mut self, slot: u32, announce: bool) {
+        let master = self.expects.master_of(slot);
+        let mut dummy = NONE;
+        let head = if master == expect::MIRROR {
+            &mut dummy
+        } else {
+            &mut self.entries[master as usize].exp_head
+        };
+        if announce {
+            self.expects.remove(slot, head);
+        } else {
+            self.expects.remove_quiet(slot, head);
+        }
+    }
+
+    /// Makes this table shard `worker` of several: expectations its helpers
+    /// create are announced through [`Self::drain_expect_msgs`] and the
+    /// other shards' arrive through [`Self::apply_expect_msg`], so the first
+    /// packet of an expected connection is related on whichever shard owns it.
+    pub fn set_shard(&mut self, worker: u16) {
+        self.expects.set_shard(worker);
+    }
+
+    /// Moves the expectation messages for the other shards into `out`. Send
+    /// them before forwarding the packets that caused them.
+    pub fn drain_expect_msgs(&mut self, out: &mut Vec<expect::ExpectMsg>) {
+        self.expects.drain_outbox(out);
+    }
+
+    /// Applies another shard's expectation message.
+    pub fn apply_expect_msg(&mut self, msg: &expect::ExpectMsg, now: u64) {
+        match *msg {
+            expect::ExpectMsg::Add {
+                origin,
+                spec,
+                expires_in,
+            } => self
+                .expects
+                .add_mirror(origin, &spec, now + expires_in, now),
+            expect::ExpectMsg::Remove { origin } => {
+                if let Some(slot) = self.expects.find_origin(origin) {
+                    self.unlink_expectation(slot, false);
+                }
+            }
+        }
     }
 
     /// Live expectations, for listings.

@@ -38,6 +38,14 @@ enum Cmd {
         /// wire); `index`: packet i is at i microseconds (nothing expires).
         #[arg(long, default_value = "capture", value_parser = ["capture", "index"])]
         clock: String,
+        /// Run over this many conntrack shards (the many-core semantics).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: u16,
+        /// With --workers: which worker receives each packet. `owner`:
+        /// symmetric RSS; `side`: inside to the first, outside to the last
+        /// (every reply handed over); `round-robin`: packet i to worker i mod N.
+        #[arg(long, default_value = "owner", value_parser = ["owner", "side", "round-robin"])]
+        steer: String,
     },
     /// Build a lab of network namespaces, run Tollgate on it, drive traffic
     /// through it, and remove everything on exit (also on Ctrl-C).
@@ -323,7 +331,14 @@ fn run() -> anyhow::Result<ExitCode> {
             inside,
             out,
             clock,
+            workers,
+            steer,
         } => {
+            let steer = match steer.as_str() {
+                "side" => tollgate::replay::Steer::Side,
+                "round-robin" => tollgate::replay::Steer::RoundRobin,
+                _ => tollgate::replay::Steer::Owner,
+            };
             let clock = if clock == "index" {
                 tollgate::replay::Clock::Index
             } else {
@@ -340,7 +355,15 @@ fn run() -> anyhow::Result<ExitCode> {
                 )),
                 None => Box::new(BufWriter::new(std::io::stdout().lock())),
             };
-            let res = tollgate::replay::replay_with_clock(&cfg, &bytes, &inside, clock, &mut w);
+            let res = tollgate::replay::replay_sharded(
+                &cfg,
+                &bytes,
+                &inside,
+                clock,
+                usize::from(workers),
+                steer,
+                &mut w,
+            );
             w.flush()?;
             match res {
                 Ok(sum) => {

@@ -10,8 +10,9 @@ use capture::ether::{self, ETH_P_IP, ETH_P_IPV6};
 use capture::pcap::linktype;
 use capture::Capture;
 use conntrack::policy::{Action, Prefix, Side};
+use conntrack::shard::Shards;
 use conntrack::tuple::Addr;
-use conntrack::{CtState, DropReason, Pipeline};
+use conntrack::{CtState, DropReason};
 
 /// Counts for the end-of-run summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,6 +29,26 @@ pub struct Summary {
     pub conntrack: conntrack::Stats,
     /// Connections left in the table.
     pub connections: usize,
+    /// Workers (shards) the replay ran on.
+    pub workers: usize,
+    /// Packets handed from the receiving worker to their owner.
+    pub handoffs: u64,
+    /// Expectation messages between workers.
+    pub messages: u64,
+}
+
+/// Which worker receives each packet of a sharded replay (what the NIC's
+/// RSS would do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Steer {
+    /// The owner: symmetric RSS, no handoff.
+    #[default]
+    Owner,
+    /// Inside packets to worker 0, outside ones to the last: an asymmetric
+    /// NIC, every reply handed over.
+    Side,
+    /// Packet i to worker i mod N: the worst case.
+    RoundRobin,
 }
 
 impl std::fmt::Display for Summary {
@@ -50,7 +71,15 @@ impl std::fmt::Display for Summary {
             f,
             "conntrack: found {} new {} invalid {} insert_failed {} drop {} early_drop {} search_restart {} expired {}; {} connections",
             s.found, s.new, s.invalid, s.insert_failed, s.drop, s.early_drop, s.search_restart, s.expired, self.connections
-        )
+        )?;
+        if self.workers > 1 {
+            write!(
+                f,
+                "\nworkers {}: {} handoffs, {} expectation messages",
+                self.workers, self.handoffs, self.messages
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -165,7 +194,23 @@ pub fn replay_with_clock(
     clock: Clock,
     out: &mut impl Write,
 ) -> Result<Summary, ReplayError> {
-    let mut pipe = Pipeline::new(cfg.conntrack.clone(), cfg.policy.clone());
+    replay_sharded(cfg, pcap, inside, clock, 1, Steer::Owner, out)
+}
+
+/// [`replay_with_clock`] over `workers` shards, packets received as `steer`
+/// says: the many-core semantics, whose output must not differ from one
+/// worker's.
+pub fn replay_sharded(
+    cfg: &control::Config,
+    pcap: &[u8],
+    inside: &[Prefix],
+    clock: Clock,
+    workers: usize,
+    steer: Steer,
+    out: &mut impl Write,
+) -> Result<Summary, ReplayError> {
+    let mut shards = Shards::new(workers, &cfg.conntrack, &cfg.policy);
+    let n = shards.workers();
     let mut sum = Summary::default();
     let cap = Capture::new(pcap).map_err(|err| ReplayError::Capture { err, read: 0 })?;
     let mut last_now = 0;
@@ -185,7 +230,13 @@ pub fn replay_with_clock(
         let line = match l3_of(rec.link_type, rec.data) {
             L3::Ip(l3) => {
                 let side = side_of(l3, inside);
-                let r = pipe.process(side, l3, now);
+                let rx = match steer {
+                    Steer::Owner => shards.owner(l3).unwrap_or(0),
+                    Steer::Side if side == Side::Inside => 0,
+                    Steer::Side => n - 1,
+                    Steer::RoundRobin => i % n,
+                };
+                let (_, r) = shards.process(rx, side, l3, now);
                 Line {
                     side,
                     verdict: r.verdict,
@@ -219,8 +270,23 @@ pub fn replay_with_clock(
         }
         write_line(out, i as u64, &line)?;
     }
-    sum.conntrack = pipe.conntrack().stats().clone();
-    sum.connections = pipe.conntrack().len();
+    for w in 0..n {
+        let ct = shards.pipeline(w).conntrack();
+        let (a, b) = (&mut sum.conntrack, ct.stats());
+        a.found += b.found;
+        a.new += b.new;
+        a.invalid += b.invalid;
+        a.insert_failed += b.insert_failed;
+        a.drop += b.drop;
+        a.early_drop += b.early_drop;
+        a.search_restart += b.search_restart;
+        a.expired += b.expired;
+        a.frag_followed += b.frag_followed;
+        sum.connections += ct.len();
+    }
+    sum.workers = n;
+    sum.handoffs = shards.handoffs;
+    sum.messages = shards.messages;
     Ok(sum)
 }
 

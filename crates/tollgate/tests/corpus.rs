@@ -352,3 +352,84 @@ fn batches_give_the_same_answers() {
     }
     assert!(checked > 10_000, "{checked}");
 }
+
+/// The many-core semantics: every capture replayed over 2 and 3 shards, with
+/// symmetric, asymmetric and round-robin steering, gives exactly the answers
+/// of one worker (handoffs and cross-shard expectations make it so).
+#[test]
+fn shards_give_the_same_answers() {
+    use tollgate::replay::{replay_sharded, Clock, Steer};
+    let inside_of: BTreeMap<String, String> = kdiff_set().into_iter().collect();
+    let cfg = control::load(&root().join("tests/kdiff/strict.toml")).unwrap();
+    let mut checked = 0;
+    let (mut handoffs, mut messages) = (0, 0);
+    let mut dirs: Vec<_> = std::fs::read_dir(root().join("tests/data"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .collect();
+    dirs.sort_by_key(|d| d.path());
+    for dir in dirs {
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let p = f.path();
+            if !p.extension().is_some_and(|e| e == "pcap" || e == "pcapng") {
+                continue;
+            }
+            let rel = format!(
+                "{}/{}",
+                dir.file_name().to_string_lossy(),
+                p.file_name().unwrap().to_string_lossy()
+            );
+            let inside = inside_of.get(&rel).map_or(DEFAULT_INSIDE, String::as_str);
+            let inside = tollgate::replay::parse_inside(inside).unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            let run = |workers, steer| {
+                let mut out = Vec::new();
+                let sum = replay_sharded(
+                    &cfg,
+                    &bytes,
+                    &inside,
+                    Clock::Capture,
+                    workers,
+                    steer,
+                    &mut out,
+                );
+                (String::from_utf8(out).unwrap(), sum.ok())
+            };
+            let (one, _) = run(1, Steer::Owner);
+            for workers in [2, 3] {
+                for steer in [Steer::Owner, Steer::Side, Steer::RoundRobin] {
+                    let (many, sum) = run(workers, steer);
+                    if let Some(s) = sum {
+                        handoffs += s.handoffs;
+                        messages += s.messages;
+                        if steer == Steer::Owner {
+                            assert_eq!(
+                                s.handoffs, 0,
+                                "{rel}: symmetric steering hands nothing over"
+                            );
+                        }
+                    }
+                    if one != many {
+                        let first = one
+                            .lines()
+                            .zip(many.lines())
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(0);
+                        panic!(
+                            "{rel}: {workers} workers, {steer:?}: packet {first} differs:\n  one:  {}\n  many: {}",
+                            one.lines().nth(first).unwrap_or(""),
+                            many.lines().nth(first).unwrap_or("")
+                        );
+                    }
+                    checked += one.lines().count();
+                }
+            }
+        }
+    }
+    assert!(checked > 50_000, "{checked}");
+    assert!(
+        handoffs > 1_000 && messages > 10,
+        "{handoffs} handoffs, {messages} messages"
+    );
+}
