@@ -61,6 +61,14 @@ const PREFIX: &str = "tg";
 impl Lab {
     /// Builds a lab named after this process.
     pub fn build() -> Result<Lab, LabError> {
+        Lab::build_with(1)
+    }
+
+    /// Builds a lab whose veth pairs have `queues` queues each way (the
+    /// sender's TX queue is the receiver's RX queue: TCP sockets pick one at
+    /// random per connection, so both directions of a connection often
+    /// arrive on different queues, as on a NIC without symmetric RSS).
+    pub fn build_with(queues: u32) -> Result<Lab, LabError> {
         let id = std::process::id();
         let mut lab = Lab {
             client: format!("{PREFIX}{id}c"),
@@ -71,14 +79,15 @@ impl Lab {
             up: false,
         };
         lab.up = true;
-        if let Err(e) = lab.build_inner() {
+        if let Err(e) = lab.build_inner(queues.max(1)) {
             lab.teardown();
             return Err(e);
         }
         Ok(lab)
     }
 
-    fn build_inner(&self) -> Result<(), LabError> {
+    fn build_inner(&self, queues: u32) -> Result<(), LabError> {
+        let q = queues.to_string();
         for ns in [&self.client, &self.server, &self.boxns] {
             run(&["ip", "netns", "add", ns])?;
             run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
@@ -94,11 +103,19 @@ impl Lab {
                 mine,
                 "netns",
                 &self.boxns,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
                 "type",
                 "veth",
                 "peer",
                 "name",
                 "eth0",
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
                 "netns",
                 end,
             ])?;

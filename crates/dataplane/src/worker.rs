@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capture::ether::{self, FrameError, ETH_P_IP, ETH_P_IPV6};
+use conntrack::expect::ExpectMsg;
 use conntrack::pipeline::BATCH;
 use conntrack::policy::{Action, Side};
+use conntrack::shard::Sharding;
 use conntrack::{DropReason, Event, HelperKind, PacketResult, Pipeline};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::bpf::{BpfError, XdpProgram};
 use crate::xsk::{Port, PortError, RingStats};
@@ -161,8 +163,18 @@ pub struct Counters {
     pub drop_reasons: Box<[AtomicU64]>,
     /// Frames that could not be queued for transmission (no free TX frame).
     pub tx_full: AtomicU64,
-    /// Frames handed to another worker (many-cores issue; 0 with one worker).
+    /// Frames handed to the worker that owns their connection.
     pub handoffs: AtomicU64,
+    /// Frames other workers handed to this one.
+    pub handoffs_in: AtomicU64,
+    /// Frames that could not be handed over (queue full, frame too large).
+    pub handoff_dropped: AtomicU64,
+    /// Frames waiting in this worker's handoff queue (last published).
+    pub handoff_depth: AtomicU64,
+    /// Expectation messages sent to / received from other workers.
+    pub expect_msgs: [AtomicU64; 2],
+    /// Expectation messages lost to a full queue.
+    pub expect_msgs_dropped: AtomicU64,
     /// Frames per received batch.
     pub batch_size: Histogram,
     /// Time to process one batch, nanoseconds.
@@ -197,6 +209,11 @@ impl Default for Counters {
             drop_reasons: DropReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             tx_full: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
+            handoffs_in: AtomicU64::new(0),
+            handoff_dropped: AtomicU64::new(0),
+            handoff_depth: AtomicU64::new(0),
+            expect_msgs: Default::default(),
+            expect_msgs_dropped: AtomicU64::new(0),
             batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
             batch_ns: Histogram::new(BATCH_NS_BOUNDS),
             jobs: AtomicU64::new(0),
@@ -301,6 +318,11 @@ pub enum PostError {
 }
 
 impl Mailbox {
+    /// The worker's wake-up eventfd (for other workers handing it frames).
+    pub fn wake_fd(&self) -> Arc<OwnedFd> {
+        self.wake.clone()
+    }
+
     /// Queues a job and wakes the worker.
     pub fn post(&self, job: Job) -> Result<(), PostError> {
         self.jobs.try_send(job).map_err(|e| match e {
@@ -360,6 +382,69 @@ impl Inbox {
     }
 }
 
+/// Largest frame one worker can hand to another.
+pub const HANDOFF_MAX: usize = 2048;
+/// Frames queued per worker for handoff.
+const HANDOFF_QUEUE: usize = 1024;
+/// Expectation messages queued per worker.
+const MSG_QUEUE: usize = 8192;
+
+/// A frame on its way to the worker that owns its connection.
+pub struct Handoff {
+    side: Side,
+    len: u16,
+    data: [u8; HANDOFF_MAX],
+}
+
+fn wake(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd we hold; a
+    // failed write only delays the wake-up to the next poll timeout.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+}
+
+/// What the workers of one instance share: the owner function, a bounded
+/// lock-free handoff queue and expectation-message queue per worker, and each
+/// worker's wake-up eventfd.
+pub struct Fabric {
+    /// Which worker owns which connection.
+    pub sharding: Sharding,
+    handoff_tx: Vec<Sender<Handoff>>,
+    handoff_rx: Vec<Receiver<Handoff>>,
+    msg_tx: Vec<Sender<ExpectMsg>>,
+    msg_rx: Vec<Receiver<ExpectMsg>>,
+    wake: Vec<Arc<OwnedFd>>,
+}
+
+impl Fabric {
+    /// The fabric of `wakes.len()` workers (their mailboxes' eventfds).
+    pub fn new(sharding: Sharding, wakes: Vec<Arc<OwnedFd>>) -> Arc<Fabric> {
+        let n = wakes.len();
+        let (mut htx, mut hrx, mut mtx, mut mrx) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..n {
+            let (t, r) = bounded(HANDOFF_QUEUE);
+            htx.push(t);
+            hrx.push(r);
+            let (t, r) = bounded(MSG_QUEUE);
+            mtx.push(t);
+            mrx.push(r);
+        }
+        Arc::new(Fabric {
+            sharding,
+            handoff_tx: htx,
+            handoff_rx: hrx,
+            msg_tx: mtx,
+            msg_rx: mrx,
+            wake: wakes,
+        })
+    }
+
+    /// Workers.
+    pub fn workers(&self) -> usize {
+        self.wake.len()
+    }
+}
+
 /// How often the worker republishes the core's counters (ns).
 const PUBLISH_NS: u64 = 200_000_000;
 
@@ -375,6 +460,63 @@ pub struct Worker {
     counters: Arc<Counters>,
     results: Vec<PacketResult>,
     events: Vec<Event>,
+    id: usize,
+    fabric: Option<Arc<Fabric>>,
+    msgs: Vec<ExpectMsg>,
+    handed: Vec<Handoff>,
+}
+
+/// The XDP programs of a set of workers (one per interface); dropping them
+/// detaches them. Keep them until every worker has stopped.
+pub struct Programs {
+    _programs: Vec<XdpProgram>,
+}
+
+/// Opens one worker per queue of `queues` on both interfaces of `cfg` (its
+/// `queue` is ignored), with one XDP program per interface steering each
+/// queue to its worker's socket. With a `fabric`, worker `i` (of
+/// `queues[i]`) owns the connections the fabric's sharding gives it, and
+/// hands the frames of others' connections over. Must run in the interfaces'
+/// namespace; the workers may then move to threads of their own.
+pub fn open_workers(
+    cfg: &WorkerConfig,
+    queues: &[u32],
+    pipelines: Vec<Pipeline>,
+    counters: Vec<Arc<Counters>>,
+    fabric: Option<Arc<Fabric>>,
+) -> Result<(Vec<Worker>, Programs), WorkerError> {
+    let mut inside_prog = XdpProgram::load()?;
+    let mut outside_prog = XdpProgram::load()?;
+    let mut workers = Vec::with_capacity(queues.len());
+    for (i, ((&q, mut p), c)) in queues.iter().zip(pipelines).zip(counters).enumerate() {
+        let inside = Port::open(&cfg.inside, q)?;
+        let outside = Port::open(&cfg.outside, q)?;
+        inside_prog.set_socket(q, inside.fd())?;
+        outside_prog.set_socket(q, outside.fd())?;
+        if fabric.as_ref().is_some_and(|f| f.workers() > 1) {
+            // At most 65 536 workers: origins are 16 bits.
+            #[allow(clippy::cast_possible_truncation)]
+            p.conntrack_mut().set_shard(i as u16);
+        }
+        let mut w = Worker::from_ports(cfg, inside, outside, p, c);
+        w.id = i;
+        w.fabric.clone_from(&fabric);
+        workers.push(w);
+    }
+    // Steer frames only once every queue has its socket.
+    for (prog, iface) in [
+        (&mut inside_prog, &cfg.inside),
+        (&mut outside_prog, &cfg.outside),
+    ] {
+        prog.set_redirect(true)?;
+        prog.attach(iface)?;
+    }
+    Ok((
+        workers,
+        Programs {
+            _programs: vec![inside_prog, outside_prog],
+        },
+    ))
 }
 
 impl Worker {
@@ -398,14 +540,30 @@ impl Worker {
             p.attach(iface)?;
             programs.push(p);
         }
-        Ok(Worker {
-            _programs: programs,
+        let mut w = Worker::from_ports(cfg, inside, outside, pipeline, counters);
+        w._programs = programs;
+        Ok(w)
+    }
+
+    fn from_ports(
+        cfg: &WorkerConfig,
+        inside: Port,
+        outside: Port,
+        pipeline: Pipeline,
+        counters: Arc<Counters>,
+    ) -> Worker {
+        Worker {
+            _programs: Vec::new(),
             inside,
             outside,
             pipeline,
             non_ip: cfg.non_ip,
             bypass: cfg.bypass,
             counters,
+            id: 0,
+            fabric: None,
+            msgs: Vec::with_capacity(64),
+            handed: Vec::with_capacity(BATCH),
             results: vec![
                 PacketResult {
                     verdict: Action::Drop,
@@ -416,7 +574,7 @@ impl Worker {
                 BATCH
             ],
             events: Vec::with_capacity(conntrack::table::EVENT_BUFFER),
-        })
+        }
     }
 
     /// Runs until `stop` is set.
@@ -426,7 +584,13 @@ impl Worker {
 
     /// Runs until `stop` is set, serving the control plane through `inbox`.
     pub fn run_with(&mut self, stop: &AtomicBool, inbox: Option<&Inbox>) {
-        let start = Instant::now();
+        self.run_from(stop, inbox, Instant::now());
+    }
+
+    /// [`Self::run_with`] with the clock's origin given: workers that share
+    /// expectations must share it (an expectation's deadline travels as time
+    /// left, but timeouts compare against each worker's clock).
+    pub fn run_from(&mut self, stop: &AtomicBool, inbox: Option<&Inbox>, start: Instant) {
         let mut last_publish = 0;
         while !stop.load(Ordering::Relaxed) {
             let mut fds = [
@@ -450,6 +614,16 @@ impl Worker {
             // duration (a negative fd is ignored by poll).
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, 100) };
             let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if self.fabric.is_some() {
+                // What the other workers announced comes first: a frame they
+                // forwarded may have caused the packets about to be read.
+                self.take_msgs(now);
+                self.take_handoffs(now);
+                // Timers run even when no packet arrives: what they remove
+                // (a dead master's expectations) is announced.
+                self.pipeline.conntrack_mut().expire(now);
+                self.post_msgs();
+            }
             if ready > 0 {
                 self.step(Side::Inside, now);
                 self.step(Side::Outside, now);
@@ -475,6 +649,11 @@ impl Worker {
 
     fn publish(&self, now: u64) {
         self.counters.publish(&self.pipeline, now);
+        if let Some(f) = &self.fabric {
+            self.counters
+                .handoff_depth
+                .store(f.handoff_rx[self.id].len() as u64, Ordering::Relaxed);
+        }
         self.counters.publish_rings(0, self.inside.stats());
         self.counters.publish_rings(1, self.outside.stats());
     }
@@ -499,6 +678,112 @@ impl Worker {
         }
     }
 
+    /// Applies the expectation messages other workers sent.
+    fn take_msgs(&mut self, now: u64) {
+        let Some(f) = &self.fabric else { return };
+        let mut n = 0;
+        while let Ok(m) = f.msg_rx[self.id].try_recv() {
+            self.pipeline.conntrack_mut().apply_expect_msg(&m, now);
+            n += 1;
+        }
+        if n > 0 {
+            self.counters.expect_msgs[1].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends this worker's expectation messages to every other worker.
+    fn post_msgs(&mut self) {
+        let Some(f) = &self.fabric else { return };
+        self.pipeline
+            .conntrack_mut()
+            .drain_expect_msgs(&mut self.msgs);
+        if self.msgs.is_empty() {
+            return;
+        }
+        let (mut sent, mut lost) = (0, 0);
+        for (i, tx) in f.msg_tx.iter().enumerate() {
+            if i == self.id {
+                continue;
+            }
+            for m in &self.msgs {
+                if tx.try_send(*m).is_ok() {
+                    sent += 1;
+                } else {
+                    lost += 1;
+                }
+            }
+        }
+        self.msgs.clear();
+        self.counters.expect_msgs[0].fetch_add(sent, Ordering::Relaxed);
+        if lost > 0 {
+            self.counters
+                .expect_msgs_dropped
+                .fetch_add(lost, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs the frames other workers handed over and forwards them.
+    fn take_handoffs(&mut self, now: u64) {
+        let Some(f) = self.fabric.clone() else { return };
+        loop {
+            while self.handed.len() < BATCH {
+                match f.handoff_rx[self.id].try_recv() {
+                    Ok(h) => self.handed.push(h),
+                    Err(_) => break,
+                }
+            }
+            if self.handed.is_empty() {
+                return;
+            }
+            self.inside.reclaim();
+            self.outside.reclaim();
+            let c = &self.counters;
+            c.handoffs_in
+                .fetch_add(self.handed.len() as u64, Ordering::Relaxed);
+            let mut ips: [(Side, &[u8]); BATCH] = [(Side::Inside, &[]); BATCH];
+            let mut at = [usize::MAX; BATCH];
+            let mut n = 0;
+            for (i, h) in self.handed.iter().enumerate() {
+                let frame = &h.data[..usize::from(h.len)];
+                if let Ok(e) = ether::parse(frame) {
+                    ips[n] = (h.side, frame.get(e.l3_offset..).unwrap_or(&[]));
+                    at[i] = n;
+                    n += 1;
+                }
+            }
+            self.pipeline
+                .process_batch(&ips[..n], now, &mut self.results[..n]);
+            for (i, h) in self.handed.iter().enumerate() {
+                let s = h.side as usize;
+                let r = (at[i] != usize::MAX).then(|| self.results[at[i]]);
+                let tx = match h.side {
+                    Side::Inside => &mut self.outside,
+                    Side::Outside => &mut self.inside,
+                };
+                match r {
+                    Some(r) if r.verdict == Action::Accept => {
+                        if tx.send(&h.data[..usize::from(h.len)]) {
+                            c.forwarded[s].fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            c.tx_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    r => {
+                        let reason = r
+                            .and_then(|r| r.reason)
+                            .unwrap_or(DropReason::FrameTruncated);
+                        c.drop_reasons[reason.index()].fetch_add(1, Ordering::Relaxed);
+                        c.dropped[s].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.handed.clear();
+            self.post_msgs();
+            self.inside.flush();
+            self.outside.flush();
+        }
+    }
+
     /// Moves one batch from `side` to the other side.
     fn step(&mut self, side: Side, now: u64) {
         let (rx, tx) = match side {
@@ -507,45 +792,87 @@ impl Worker {
         };
         tx.reclaim();
         let s = side as usize;
-        let (pipeline, non_ip, c, bypass, results) = (
+        let (pipeline, non_ip, c, bypass, results, id) = (
             &mut self.pipeline,
             self.non_ip,
             &self.counters,
             self.bypass,
             &mut self.results,
+            self.id,
         );
+        let fabric = self.fabric.as_deref().filter(|f| f.workers() > 1);
+        let mut woken = 0u64;
         let t0 = Instant::now();
         let got = rx.receive(|frames| {
             let mut bytes = 0u64;
             // IP packets of the batch go through the pipeline together.
             let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
+            // What happens to each frame: its index in `ips`, or one of these.
+            const HANDED: u8 = 254;
+            const NOT_IP: u8 = 255;
+            let mut disp = [NOT_IP; BATCH];
             let mut n_ip = 0;
-            for f in frames {
+            for (i, f) in frames.iter().enumerate() {
                 bytes += f.len() as u64;
                 if bypass {
                     continue;
                 }
-                if let Ok(h) = ether::parse(f) {
-                    if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 {
-                        ips[n_ip] = (side, f.get(h.l3_offset..).unwrap_or(&[]));
-                        n_ip += 1;
+                let Ok(h) = ether::parse(f) else { continue };
+                if h.ethertype != ETH_P_IP && h.ethertype != ETH_P_IPV6 {
+                    continue;
+                }
+                let l3 = f.get(h.l3_offset..).unwrap_or(&[]);
+                if let Some(fab) = fabric {
+                    let owner = fab.sharding.owner(l3).unwrap_or(id);
+                    if owner != id {
+                        disp[i] = HANDED;
+                        let mut ho = Handoff {
+                            side,
+                            len: 0,
+                            data: [0; HANDOFF_MAX],
+                        };
+                        let sent = f.len() <= HANDOFF_MAX && {
+                            ho.data[..f.len()].copy_from_slice(f);
+                            // f.len() <= HANDOFF_MAX fits 16 bits.
+                            #[allow(clippy::cast_possible_truncation)]
+                            {
+                                ho.len = f.len() as u16;
+                            }
+                            fab.handoff_tx[owner].try_send(ho).is_ok()
+                        };
+                        if sent {
+                            c.handoffs.fetch_add(1, Ordering::Relaxed);
+                            woken |= 1 << (owner % 64);
+                        } else {
+                            c.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
                     }
                 }
+                ips[n_ip] = (side, l3);
+                // n_ip < BATCH <= 64.
+                #[allow(clippy::cast_possible_truncation)]
+                {
+                    disp[i] = n_ip as u8;
+                }
+                n_ip += 1;
             }
             if n_ip > 0 {
                 pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
             }
-            let mut k = 0;
             let (mut fwd, mut drop) = (0u64, 0u64);
-            for f in frames {
+            for (i, f) in frames.iter().enumerate() {
                 let (verdict, reason) = if bypass {
                     (Action::Accept, None)
+                } else if disp[i] == HANDED {
+                    continue;
+                } else if disp[i] != NOT_IP {
+                    let r = results[usize::from(disp[i])];
+                    (r.verdict, r.reason)
                 } else {
                     match ether::parse(f) {
                         Ok(h) if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 => {
-                            let r = results[k];
-                            k += 1;
-                            (r.verdict, r.reason)
+                            (Action::Drop, Some(DropReason::FrameTruncated))
                         }
                         Ok(_) => (non_ip, Some(DropReason::NonIp)),
                         Err(FrameError::VlanTooDeep) => {
@@ -576,6 +903,40 @@ impl Worker {
         });
         if got > 0 {
             c.rx[s].fetch_add(got as u64, Ordering::Relaxed);
+            // Announce new expectations before the frames that caused them
+            // leave, so the connection they expect finds them on any worker.
+            if let Some(f) = &self.fabric {
+                self.pipeline
+                    .conntrack_mut()
+                    .drain_expect_msgs(&mut self.msgs);
+                let (mut sent, mut lost) = (0, 0);
+                if !self.msgs.is_empty() {
+                    for (i, q) in f.msg_tx.iter().enumerate() {
+                        if i == self.id {
+                            continue;
+                        }
+                        for m in &self.msgs {
+                            if q.try_send(*m).is_ok() {
+                                sent += 1;
+                            } else {
+                                lost += 1;
+                            }
+                        }
+                    }
+                    self.msgs.clear();
+                    c.expect_msgs[0].fetch_add(sent, Ordering::Relaxed);
+                    c.expect_msgs_dropped.fetch_add(lost, Ordering::Relaxed);
+                }
+                for (i, fd) in f.wake.iter().enumerate() {
+                    if woken & (1 << (i % 64)) != 0 {
+                        wake(fd);
+                    }
+                }
+            }
+            let tx = match side {
+                Side::Inside => &mut self.outside,
+                Side::Outside => &mut self.inside,
+            };
             tx.flush();
             c.batch_size.observe(got as u64);
             c.batch_ns

@@ -321,6 +321,11 @@ impl Daemon {
                 "dropped": [l(&c.dropped[0]), l(&c.dropped[1])],
                 "tx_full": l(&c.tx_full),
                 "handoffs": l(&c.handoffs),
+                "handoffs_in": l(&c.handoffs_in),
+                "handoff_dropped": l(&c.handoff_dropped),
+                "expect_msgs_out": l(&c.expect_msgs[0]),
+                "expect_msgs_in": l(&c.expect_msgs[1]),
+                "expect_msgs_dropped": l(&c.expect_msgs_dropped),
                 "events_dropped": l(&c.events_dropped),
             }});
             writeln!(out, "{line}")?;

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conntrack::policy::Action;
+use conntrack::shard::Sharding;
+use conntrack::tuple::HashSecret;
 use conntrack::Pipeline;
 use dataplane::lab::Lab;
-use dataplane::{mailbox, Counters, Worker, WorkerConfig};
+use dataplane::worker::{open_workers, Fabric};
+use dataplane::{mailbox, Counters, WorkerConfig};
 
 use crate::daemon::{ControlSocket, Daemon, WorkerHandle};
 
@@ -38,6 +41,21 @@ fn install_signals() {
     }
 }
 
+/// 128 random bits from the kernel (zeros only if it cannot give them).
+fn random_secret() -> HashSecret {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if got != 16 {
+        tracing::warn!("getrandom failed: the table hash is not keyed with a secret");
+    }
+    let (lo, hi) = b.split_at(8);
+    HashSecret(
+        u64::from_ne_bytes(lo.try_into().unwrap_or([0; 8])),
+        u64::from_ne_bytes(hi.try_into().unwrap_or([0; 8])),
+    )
+}
+
 /// Moves the calling (worker) thread where its interfaces are.
 pub type Enter = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -54,23 +72,46 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Starts one worker on queue 0 of `inside`/`outside` (entered with
-    /// `enter`), the control socket and the metrics server. `strict`: a
-    /// control socket or metrics address that cannot be used is an error
-    /// (else a warning).
+    /// Starts one worker per queue (`queues` of them, queue i on worker i)
+    /// on `inside`/`outside` (entered with `enter`), the control socket and
+    /// the metrics server. With several workers each owns the connections
+    /// the symmetric hash gives it; frames of others' connections and
+    /// expectations cross between workers through lock-free queues.
+    /// `strict`: a control socket or metrics address that cannot be used is
+    /// an error (else a warning).
     pub fn start(
         cfg: &control::Config,
         inside: &str,
         outside: &str,
+        queues: usize,
         enter: Enter,
         config_path: Option<PathBuf>,
         strict: bool,
     ) -> Result<Instance, String> {
+        let n = queues.clamp(1, 64);
         let stop = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = crossbeam_channel::bounded(65_536);
-        let (mb, mut inbox) = mailbox(0, 1024).map_err(|e| format!("eventfd: {e}"))?;
-        inbox.events = Some(events_tx);
-        let counters = Arc::new(Counters::default());
+        let mut conntrack = cfg.conntrack.clone();
+        // A secret nobody outside knows keys the table and the owner hash:
+        // crafted tuples cannot pile up in one bucket or on one worker.
+        conntrack.hash_secret = random_secret();
+        let mut mailboxes = Vec::with_capacity(n);
+        let mut inboxes = Vec::with_capacity(n);
+        let mut counters = Vec::with_capacity(n);
+        for i in 0..n {
+            let (mb, mut inbox) = mailbox(i, 1024).map_err(|e| format!("eventfd: {e}"))?;
+            inbox.events = Some(events_tx.clone());
+            mailboxes.push(mb);
+            inboxes.push(inbox);
+            counters.push(Arc::new(Counters::default()));
+        }
+        drop(events_tx);
+        let fabric = (n > 1).then(|| {
+            Fabric::new(
+                Sharding::new(n, conntrack.hash_secret),
+                mailboxes.iter().map(dataplane::Mailbox::wake_fd).collect(),
+            )
+        });
         let wc = WorkerConfig {
             inside: inside.to_string(),
             outside: outside.to_string(),
@@ -82,36 +123,67 @@ impl Instance {
             },
             bypass: false,
         };
-        let pipeline = Pipeline::new(cfg.conntrack.clone(), cfg.policy.clone());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (s, c) = (stop.clone(), counters.clone());
-        let core = cfg
+        let pipelines: Vec<Pipeline> = (0..n)
+            .map(|_| Pipeline::new(conntrack.clone(), cfg.policy.clone()))
+            .collect();
+        let queue_ids: Vec<u32> = (0..n).map(|q| u32::try_from(q).unwrap_or(0)).collect();
+        let cores: Vec<usize> = cfg
             .interfaces
             .as_ref()
-            .and_then(|i| i.cores.first().copied());
+            .map(|i| i.cores.clone())
+            .unwrap_or_default();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (s, cs, cores_w) = (stop.clone(), counters.clone(), cores.clone());
+        // The supervisor opens every socket in the interfaces' namespace,
+        // starts the workers (which inherit it), and keeps the XDP programs
+        // attached until they have all stopped.
         let thread = std::thread::Builder::new()
-            .name("tg-worker-0".into())
+            .name("tg-supervisor".into())
             .spawn(move || -> Result<(), String> {
                 let opened = enter().and_then(|()| {
-                    if let Some(cpu) = core {
-                        Lab::pin(cpu);
-                    }
-                    Worker::open(&wc, pipeline, c).map_err(|e| e.to_string())
+                    open_workers(&wc, &queue_ids, pipelines, cs, fabric).map_err(|e| e.to_string())
                 });
-                let mut w = match opened {
-                    Ok(w) => {
-                        let _ = ready_tx.send(Ok(()));
-                        w
-                    }
+                let (workers, programs) = match opened {
+                    Ok(x) => x,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.clone()));
                         return Err(e);
                     }
                 };
-                w.run_with(&s, Some(&inbox));
-                Ok(())
+                let epoch = std::time::Instant::now();
+                let mut threads = Vec::with_capacity(workers.len());
+                for ((i, mut w), inbox) in workers.into_iter().enumerate().zip(inboxes) {
+                    let ws = s.clone();
+                    let core = (!cores_w.is_empty()).then(|| cores_w[i % cores_w.len()]);
+                    let t = std::thread::Builder::new()
+                        .name(format!("tg-worker-{i}"))
+                        .spawn(move || {
+                            if let Some(cpu) = core {
+                                Lab::pin(cpu);
+                            }
+                            w.run_from(&ws, Some(&inbox), epoch);
+                        })
+                        .map_err(|e| format!("worker thread: {e}"));
+                    match t {
+                        Ok(t) => threads.push(t),
+                        Err(e) => {
+                            s.store(true, Ordering::Relaxed);
+                            let _ = ready_tx.send(Err(e.clone()));
+                            return Err(e);
+                        }
+                    }
+                }
+                let _ = ready_tx.send(Ok(()));
+                let mut r = Ok(());
+                for t in threads {
+                    if t.join().is_err() {
+                        r = Err("a worker panicked".to_string());
+                    }
+                }
+                drop(programs);
+                r
             })
-            .map_err(|e| format!("worker thread: {e}"))?;
+            .map_err(|e| format!("supervisor thread: {e}"))?;
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -120,18 +192,24 @@ impl Instance {
             }
             Err(_) => {
                 stop.store(true, Ordering::Relaxed);
-                return Err("the worker did not start within 10 s".into());
+                return Err("the workers did not start within 10 s".into());
             }
         }
         tracing::info!(
-            "worker 0 started: {inside} <-> {outside}, queue 0{}",
-            core.map_or_else(String::new, |c| format!(", core {c}"))
+            "{n} worker(s) started: {inside} <-> {outside}, queues 0..{}{}",
+            n - 1,
+            if cores.is_empty() {
+                String::new()
+            } else {
+                format!(", cores {cores:?}")
+            }
         );
         let daemon = Daemon::new(
-            vec![WorkerHandle {
-                mailbox: mb,
-                counters,
-            }],
+            mailboxes
+                .into_iter()
+                .zip(counters)
+                .map(|(mailbox, counters)| WorkerHandle { mailbox, counters })
+                .collect(),
             config_path,
             events_rx,
         );
@@ -225,18 +303,29 @@ state = ["new"]
 action = "accept"
 "#;
 
-fn counters_line(c: &Counters) -> String {
-    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    format!(
+fn counters_line(ws: &[Arc<Counters>]) -> String {
+    let sum = |f: &dyn Fn(&Counters) -> &std::sync::atomic::AtomicU64| -> u64 {
+        ws.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+    };
+    let mut line = format!(
         "inside->outside: rx {} fwd {} drop {} | outside->inside: rx {} fwd {} drop {} | tx full {}",
-        l(&c.rx[0]),
-        l(&c.forwarded[0]),
-        l(&c.dropped[0]),
-        l(&c.rx[1]),
-        l(&c.forwarded[1]),
-        l(&c.dropped[1]),
-        l(&c.tx_full)
-    )
+        sum(&|c| &c.rx[0]),
+        sum(&|c| &c.forwarded[0]),
+        sum(&|c| &c.dropped[0]),
+        sum(&|c| &c.rx[1]),
+        sum(&|c| &c.forwarded[1]),
+        sum(&|c| &c.dropped[1]),
+        sum(&|c| &c.tx_full)
+    );
+    if ws.len() > 1 {
+        line.push_str(&format!(
+            " | {} workers: handoffs {} expectation messages {}",
+            ws.len(),
+            sum(&|c| &c.handoffs),
+            sum(&|c| &c.expect_msgs[0])
+        ));
+    }
+    line
 }
 
 /// Builds the lab, runs Tollgate on it, drives ping and iperf3 through it,
@@ -245,17 +334,26 @@ pub fn lab(
     cfg: &control::Config,
     config_path: Option<PathBuf>,
     seconds: u64,
+    queues: u32,
 ) -> Result<(), String> {
     install_signals();
     Lab::clean_stale();
-    let lab = Arc::new(Lab::build().map_err(|e| e.to_string())?);
+    let lab = Arc::new(Lab::build_with(queues).map_err(|e| e.to_string())?);
     println!(
         "lab: client {} (10.77.0.1, fd77::1) <-> [{}: {} | {}] <-> server {} (10.77.0.2, fd77::2)",
         lab.client, lab.boxns, lab.inside, lab.outside, lab.server
     );
     let l = lab.clone();
     let enter: Enter = Arc::new(move || l.enter_box().map_err(|e| e.to_string()));
-    let running = Instance::start(cfg, &lab.inside, &lab.outside, enter, config_path, false)?;
+    let running = Instance::start(
+        cfg,
+        &lab.inside,
+        &lab.outside,
+        queues as usize,
+        enter,
+        config_path,
+        false,
+    )?;
     if let Some(c) = &running.control {
         println!(
             "control: tollgate ct list --socket {}   (also ct stats, ct events, expect list)",
@@ -265,7 +363,12 @@ pub fn lab(
     if let Some(m) = running.metrics {
         println!("metrics: http://{m}/metrics");
     }
-    let counters = running.daemon.workers[0].counters.clone();
+    let counters: Vec<Arc<Counters>> = running
+        .daemon
+        .workers
+        .iter()
+        .map(|w| w.counters.clone())
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     let step = |what: &str, ns: &str, args: &[&str]| {
         if STOP.load(Ordering::Relaxed) {
@@ -381,6 +484,18 @@ impl Watch {
     }
 }
 
+/// Receive queues of an interface (1 if sysfs does not say).
+fn rx_queues(iface: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn report_reload(d: &Daemon) {
     match d.reload() {
         Ok(n) => println!("policy reloaded: {n} rules"),
@@ -405,19 +520,25 @@ pub fn run(cfg: &control::Config, config_path: PathBuf) -> Result<(), String> {
         }
     }
     install_signals();
+    let queues = match ifs.queues {
+        control::Queues::Count(n) => n as usize,
+        control::Queues::All => rx_queues(&ifs.inside).min(rx_queues(&ifs.outside)),
+    };
     let enter: Enter = Arc::new(|| Ok(()));
     let inst = Instance::start(
         cfg,
         &ifs.inside,
         &ifs.outside,
+        queues,
         enter,
         Some(config_path),
         true,
     )?;
     println!(
-        "tollgate: bridging {} <-> {} (queue 0); control {}{}; Ctrl-C stops, SIGHUP reloads",
+        "tollgate: bridging {} <-> {} ({} queue(s), one worker each); control {}{}; Ctrl-C stops, SIGHUP reloads",
         ifs.inside,
         ifs.outside,
+        inst.daemon.workers.len(),
         inst.control
             .as_ref()
             .map_or_else(|| "-".to_string(), |c| c.path().display().to_string()),
@@ -433,7 +554,12 @@ pub fn run(cfg: &control::Config, config_path: PathBuf) -> Result<(), String> {
         watch.check(&inst.daemon, Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let counters = inst.daemon.workers[0].counters.clone();
+    let counters: Vec<Arc<Counters>> = inst
+        .daemon
+        .workers
+        .iter()
+        .map(|w| w.counters.clone())
+        .collect();
     let r = inst.finish();
     println!("final counters: {}", counters_line(&counters));
     r

@@ -56,6 +56,9 @@ enum Cmd {
         /// Seconds to keep running after the demo traffic.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Queues per veth (one worker each).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        queues: u32,
     },
     /// Bridge the two interfaces of the config through Tollgate.
     Run {
@@ -249,14 +252,18 @@ fn init_logs() {
 fn run() -> anyhow::Result<ExitCode> {
     use control::proto::Request;
     match Cli::parse().cmd {
-        Cmd::Lab { config, seconds } => {
+        Cmd::Lab {
+            config,
+            seconds,
+            queues,
+        } => {
             init_logs();
             let cfg = match &config {
                 Some(p) => load(p)?,
                 None => control::parse(tollgate::live::LAB_CONFIG)
                     .map_err(|e| anyhow::anyhow!("built-in lab config: {e:?}"))?,
             };
-            tollgate::live::lab(&cfg, config, seconds).map_err(|e| anyhow::anyhow!(e))?;
+            tollgate::live::lab(&cfg, config, seconds, queues).map_err(|e| anyhow::anyhow!(e))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { config } => {

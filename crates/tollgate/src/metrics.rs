@@ -167,6 +167,39 @@ pub fn render(d: &Daemon, started: Instant) -> Vec<u8> {
             l(&c.handoffs),
         );
         f.counter(
+            "tollgate_handoffs_in_total",
+            "Frames other workers handed to this one.",
+            &[("worker", w)],
+            l(&c.handoffs_in),
+        );
+        f.counter(
+            "tollgate_handoff_dropped_total",
+            "Frames that could not be handed over (queue full, frame too large).",
+            &[("worker", w)],
+            l(&c.handoff_dropped),
+        );
+        #[allow(clippy::cast_precision_loss)]
+        f.gauge(
+            "tollgate_handoff_queue_depth",
+            "Frames waiting in the worker's handoff queue.",
+            &[("worker", w)],
+            l(&c.handoff_depth) as f64,
+        );
+        for (i, dir) in ["out", "in"].iter().enumerate() {
+            f.counter(
+                "tollgate_expect_messages_total",
+                "Expectation messages between workers, by direction.",
+                &[("worker", w), ("direction", dir)],
+                l(&c.expect_msgs[i]),
+            );
+        }
+        f.counter(
+            "tollgate_expect_messages_dropped_total",
+            "Expectation messages lost to a full queue.",
+            &[("worker", w)],
+            l(&c.expect_msgs_dropped),
+        );
+        f.counter(
             "tollgate_control_jobs_total",
             "Control-plane jobs the worker ran between batches.",
             &[("worker", w)],
