@@ -1,12 +1,21 @@
 //! Which shard (worker) owns a packet's connection when the table is split
-//! over several workers. The owner is a keyed hash of the connection that is
-//! the same in both directions, so a connection has exactly one owner
-//! whatever queue its packets arrive on; a worker that receives a packet
-//! owned by another hands it over. ICMP errors belong to the connection they
-//! quote. Non-first fragments carry no ports: the owner of their first
-//! fragment is remembered in a small lock-free table shared by all workers
-//! (a fragment whose first fragment was never seen goes to the owner of its
-//! addresses, which counts it as `fragment_no_first`, as one worker would).
+//! over several workers. The owner is the queue a NIC's receive-side scaling
+//! picks with the symmetric Toeplitz key (0x6d5a repeated) and the default
+//! indirection table (128 entries, entry i -> queue i mod N): the same in
+//! both directions, so a connection has exactly one owner, and on a NIC set
+//! up that way (deploy/rss.sh) every packet already arrives on its owner's
+//! queue. Whatever the NIC does, a worker that receives a packet owned by
+//! another hands it over, so correctness never depends on the NIC. As NICs
+//! do, TCP and UDP hash addresses and ports, everything else addresses only.
+//! ICMP errors belong to the connection they quote. Non-first fragments
+//! carry no ports: the owner of their first fragment is remembered in a
+//! small lock-free table shared by all workers (a fragment whose first
+//! fragment was never seen goes to the owner of its addresses, which counts
+//! it as `fragment_no_first`, as one worker would).
+//!
+//! The owner hash is not secret (a NIC's is not either): the conntrack table
+//! itself is indexed by a keyed hash, so crafted tuples can at worst load
+//! one worker, never slow lookups down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,45 +61,66 @@ impl FragOwners {
     }
 }
 
+/// The symmetric RSS key: 0x6d5a repeated. With it the Toeplitz hash of
+/// (src, dst, sport, dport) equals that of (dst, src, dport, sport).
+pub const SYMMETRIC_RSS_KEY: [u8; 40] = [
+    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+];
+
+/// Entries of the RSS indirection table assumed (the common default).
+pub const RSS_INDIRECTION: usize = 128;
+
+/// Longest Toeplitz input: two IPv6 addresses and two ports.
+const TOEPLITZ_MAX: usize = 36;
+
+/// The Toeplitz hash of receive-side scaling, a byte at a time: one table of
+/// 256 partial results per input byte position.
+#[derive(Debug)]
+pub struct Toeplitz {
+    tables: Box<[[u32; 256]; TOEPLITZ_MAX]>,
+}
+
+impl Toeplitz {
+    /// The hash with `key` (40 bytes, as NICs take it).
+    pub fn new(key: &[u8; 40]) -> Toeplitz {
+        let bit = |i: usize| u32::from(key[i / 8] >> (7 - i % 8) & 1);
+        // The 32 key bits starting at bit `o`.
+        let window = |o: usize| (0..32).fold(0u32, |w, j| w << 1 | bit(o + j));
+        let mut tables = Box::new([[0u32; 256]; TOEPLITZ_MAX]);
+        for (pos, t) in tables.iter_mut().enumerate() {
+            let w: [u32; 8] = core::array::from_fn(|b| window(pos * 8 + b));
+            for (byte, slot) in t.iter_mut().enumerate() {
+                *slot = (0..8)
+                    .filter(|b| byte & (0x80 >> b) != 0)
+                    .fold(0, |h, b| h ^ w[b]);
+            }
+        }
+        Toeplitz { tables }
+    }
+
+    /// Hash of `input` (at most 36 bytes; more are ignored).
+    pub fn hash(&self, input: &[u8]) -> u32 {
+        input
+            .iter()
+            .zip(self.tables.iter())
+            .fold(0, |h, (&b, t)| h ^ t[usize::from(b)])
+    }
+}
+
 /// The sharding function of a set of workers.
 #[derive(Debug)]
 pub struct Sharding {
     workers: usize,
     secret: HashSecret,
+    toeplitz: Toeplitz,
     frags: FragOwners,
 }
 
-/// The words hashed for a connection: its two (address, port) ends in a
-/// fixed order, so both directions give the same words.
-fn sym_words(t: &Tuple, ports: (u16, u16)) -> [u64; 5] {
-    let a = (t.src.0, ports.0);
-    let b = (t.dst.0, ports.1);
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    // Truncations split 128-bit addresses into words.
-    #[allow(clippy::cast_possible_truncation)]
-    [
-        (lo.0 >> 64) as u64,
-        lo.0 as u64,
-        (hi.0 >> 64) as u64,
-        hi.0 as u64,
-        u64::from(lo.1)
-            | u64::from(hi.1) << 16
-            | u64::from(t.proto) << 32
-            | (t.family as u64) << 40,
-    ]
-}
-
-/// Ports that identify a connection of `t.proto` the same way both ways.
-fn sym_ports(t: &Tuple) -> (u16, u16) {
-    match t.proto {
-        ipproto::TCP | ipproto::UDP | ipproto::SCTP | ipproto::UDPLITE | ipproto::DCCP => {
-            (t.src_port, t.dst_port)
-        }
-        // Echo id, the same in request and reply (the type is not).
-        ipproto::ICMP | ipproto::ICMPV6 => (t.src_port, t.src_port),
-        // GRE keys differ per direction; other protocols have no ports.
-        _ => (0, 0),
-    }
+/// Whether NICs hash this protocol's ports (TCP and UDP; the rest by address).
+fn hashes_ports(proto: u8) -> bool {
+    matches!(proto, ipproto::TCP | ipproto::UDP)
 }
 
 impl Sharding {
@@ -99,6 +129,7 @@ impl Sharding {
         Sharding {
             workers: workers.max(1),
             secret,
+            toeplitz: Toeplitz::new(&SYMMETRIC_RSS_KEY),
             frags: FragOwners::default(),
         }
     }
@@ -108,18 +139,48 @@ impl Sharding {
         self.workers
     }
 
-    fn pick(&self, h: u64) -> usize {
-        // Multiply-shift: uniform over the workers without a division.
-        ((u128::from(h) * self.workers as u128) >> 64) as usize
+    /// The RSS hash a NIC computes for `t` (with TCP and UDP ports when
+    /// `ports`).
+    pub fn rss_hash(&self, t: &Tuple, ports: bool) -> u32 {
+        let mut input = [0u8; TOEPLITZ_MAX];
+        let n = match t.family {
+            crate::tuple::Family::V4 => {
+                // An IPv4 address sits in the low 32 bits.
+                #[allow(clippy::cast_possible_truncation)]
+                {
+                    input[0..4].copy_from_slice(&(t.src.0 as u32).to_be_bytes());
+                    input[4..8].copy_from_slice(&(t.dst.0 as u32).to_be_bytes());
+                }
+                8
+            }
+            crate::tuple::Family::V6 => {
+                input[0..16].copy_from_slice(&t.src.0.to_be_bytes());
+                input[16..32].copy_from_slice(&t.dst.0.to_be_bytes());
+                32
+            }
+        };
+        let n = if ports && hashes_ports(t.proto) {
+            input[n..n + 2].copy_from_slice(&t.src_port.to_be_bytes());
+            input[n + 2..n + 4].copy_from_slice(&t.dst_port.to_be_bytes());
+            n + 4
+        } else {
+            n
+        };
+        self.toeplitz.hash(&input[..n])
+    }
+
+    /// The queue the default indirection table gives an RSS hash.
+    fn pick(&self, h: u32) -> usize {
+        (h as usize % RSS_INDIRECTION) % self.workers
     }
 
     /// Owner of the connection with tuple `t` (either direction).
     pub fn owner_of_tuple(&self, t: &Tuple) -> usize {
-        self.pick(keyed_hash(&self.secret, &sym_words(t, sym_ports(t))))
+        self.pick(self.rss_hash(t, true))
     }
 
     fn addr_owner(&self, t: &Tuple) -> usize {
-        self.pick(keyed_hash(&self.secret, &sym_words(t, (0, 0))))
+        self.pick(self.rss_hash(t, false))
     }
 
     fn frag_key(&self, t: &Tuple, id: u32) -> u64 {
@@ -286,6 +347,37 @@ mod tests {
 
     fn sh(n: usize) -> Sharding {
         Sharding::new(n, HashSecret(3, 5))
+    }
+
+    /// The verification vectors of Microsoft's RSS specification.
+    #[test]
+    fn toeplitz_matches_the_rss_specification() {
+        let key: [u8; 40] = [
+            0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3,
+            0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
+            0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+        ];
+        let t = Toeplitz::new(&key);
+        // 66.9.149.187:2794 -> 161.142.100.80:1766
+        let mut v = vec![66, 9, 149, 187, 161, 142, 100, 80];
+        assert_eq!(t.hash(&v), 0x323e_8fc2);
+        v.extend_from_slice(&[0x0a, 0xea, 0x06, 0xe6]);
+        assert_eq!(t.hash(&v), 0x51cc_c178);
+        // 199.92.111.2:14230 -> 65.69.140.83:4739
+        let v = [199, 92, 111, 2, 65, 69, 140, 83, 0x37, 0x96, 0x12, 0x83];
+        assert_eq!(t.hash(&v[..8]), 0xd718_262a);
+        assert_eq!(t.hash(&v), 0xc626_b0ea);
+        // IPv6: 3ffe:2501:200:1fff::7:2794 -> 3ffe:2501:200:3::1:1766
+        let mut v6 = [0u8; 36];
+        v6[..16].copy_from_slice(&[
+            0x3f, 0xfe, 0x25, 0x01, 0x02, 0x00, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 7,
+        ]);
+        v6[16..32].copy_from_slice(&[
+            0x3f, 0xfe, 0x25, 0x01, 0x02, 0x00, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1,
+        ]);
+        v6[32..].copy_from_slice(&[0x0a, 0xea, 0x06, 0xe6]);
+        assert_eq!(t.hash(&v6[..32]), 0x2cc1_8cd5);
+        assert_eq!(t.hash(&v6), 0x4020_7d3d);
     }
 
     #[test]
