@@ -187,6 +187,20 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(stats(&sock).len(), 2, "one worker per queue");
+    // The symmetric-RSS setup refuses veth clearly and changes nothing.
+    let rss = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rss.sh");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.boxns])
+        .arg(&rss)
+        .args(["plan", "tgin", "2"])
+        .output()
+        .expect("rss.sh");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tgin has no RSS to configure"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     // Several transfers each way: the queues are picked at random per
