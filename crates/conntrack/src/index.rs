@@ -43,6 +43,18 @@ impl Index {
         self.slots.len()
     }
 
+    /// Slots a lookup of `hash` reads before it reaches an empty one (how
+    /// long the probe run at its home is): a diagnostic for tests and benches.
+    pub fn probe_len(&self, hash: u64) -> usize {
+        let mut pos = home(hash, self.mask);
+        let mut n = 1;
+        while self.slots[pos] != 0 && n <= self.slots.len() {
+            pos = (pos + 1) & self.mask;
+            n += 1;
+        }
+        n
+    }
+
     /// Reference to the home slot of `hash` (for prefetching).
     pub fn home_slot(&self, hash: u64) -> &u64 {
         &self.slots[home(hash, self.mask)]

@@ -1354,6 +1354,16 @@ impl Conntrack {
         self.connections_in(0..self.entries.len(), now)
     }
 
+    /// Slots of the index (a power of two).
+    pub fn index_slots(&self) -> usize {
+        self.index.capacity()
+    }
+
+    /// Slots a lookup of `t` reads in the index (see [`Index::probe_len`]).
+    pub fn probe_len(&self, t: &Tuple) -> usize {
+        self.index.probe_len(self.flow_hash(t))
+    }
+
     /// Slots of the slab (the table's capacity): [`Self::connections_in`]
     /// ranges are within `0..slots()`.
     pub fn slots(&self) -> usize {

@@ -736,3 +736,58 @@ fn remove_in_and_chunked_listing() {
     assert_eq!(ct.connections_in(slots + 5..slots + 9, S).count(), 0);
     assert_eq!(ct.remove_in(slots..slots * 2, S, |_| true), 0);
 }
+
+/// Hash flooding: tuples crafted to collide in the index under one secret
+/// (an attacker who knew it) pile up into one long probe run there, and
+/// spread out under the secret a running instance draws at start-up.
+#[test]
+fn crafted_collisions_do_not_survive_another_secret() {
+    let known = HashSecret(0x0123_4567, 0x89ab_cdef);
+    let cfg = |secret| Config {
+        max_entries: 4096,
+        hash_secret: secret,
+        ..Config::default()
+    };
+    let mut victim_known = Conntrack::new(cfg(known));
+    let mask = victim_known.index_slots() as u64 - 1;
+    // Find 150 UDP flows whose hash lands on one home slot under `known`.
+    let target = victim_known.flow_hash(&udp(A, 1, B, 53).tuple) & mask;
+    let mut crafted = Vec::new();
+    'search: for a in 0..=255u8 {
+        for port in 1..=u16::MAX {
+            let p = udp([10, 9, a, 1], port, B, 53);
+            if victim_known.flow_hash(&p.tuple) & mask == target {
+                crafted.push(p);
+                if crafted.len() == 150 {
+                    break 'search;
+                }
+            }
+        }
+    }
+    assert_eq!(crafted.len(), 150);
+    for p in &crafted {
+        accept(&mut victim_known, p, S);
+    }
+    // Everyone whose flow hashes near that slot now walks the pile.
+    let bystander = udp(A, 1, B, 53);
+    assert!(victim_known.probe_len(&bystander.tuple) > 140);
+    // The same flows against a table keyed with a secret the attacker does
+    // not know: short probe runs for all.
+    let mut victim = Conntrack::new(cfg(HashSecret(0xdead_beef, 0x5eed)));
+    for p in &crafted {
+        accept(&mut victim, p, S);
+    }
+    let worst = crafted
+        .iter()
+        .map(|p| victim.probe_len(&p.tuple))
+        .chain([victim.probe_len(&bystander.tuple)])
+        .max()
+        .unwrap_or(0);
+    assert!(worst <= 8, "longest probe run {worst}");
+    // And every crafted flow is still found (established on its reply).
+    for p in &crafted {
+        let mut r = *p;
+        r.tuple = p.tuple.invert();
+        assert_eq!(accept(&mut victim, &r, S).state, CtState::Established);
+    }
+}
