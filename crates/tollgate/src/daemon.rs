@@ -557,6 +557,19 @@ impl Daemon {
     }
 }
 
+/// Fails if a live instance already serves the control socket at `path`
+/// (checked before the dataplane starts, so a second instance never touches
+/// the first one's interfaces).
+pub fn check_socket_free(path: &Path) -> Result<(), String> {
+    if path.exists() && UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "{} is in use: another Tollgate instance is running (or set [control] socket)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// The control socket being served; removes its file when dropped.
 pub struct ControlSocket {
     path: PathBuf,

@@ -88,6 +88,9 @@ impl Instance {
         config_path: Option<PathBuf>,
         strict: bool,
     ) -> Result<Instance, String> {
+        if strict {
+            crate::daemon::check_socket_free(&cfg.control_socket)?;
+        }
         let n = queues.clamp(1, 64);
         let stop = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = crossbeam_channel::bounded(65_536);
