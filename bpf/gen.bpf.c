@@ -1,9 +1,14 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* A traffic generator for the bench harness: run with BPF_PROG_TEST_RUN and
- * BPF_F_TEST_XDP_LIVE_FRAMES on the client's interface, it sends the given
- * IPv4/UDP frame again and again, each time from another of `flows` source
- * ports (and destination ports beyond 50 000 flows), out of that interface;
- * `reverse` sends the replies of the same flows. */
+/* A traffic generator for the bench harness and the flood tests: run with
+ * BPF_PROG_TEST_RUN and BPF_F_TEST_XDP_LIVE_FRAMES on the client's interface,
+ * it sends the given frame again and again out of that interface, each time
+ * as another of `flows` flows:
+ *   mode 0: an IPv4/UDP frame, from another source port (and destination
+ *           port beyond 50 000 flows); `reverse` sends the replies instead;
+ *   mode 1: an IPv4/TCP SYN, from another (spoofed) source address in the
+ *           frame's source /17 and another source port: a SYN flood. The IP
+ *           and TCP checksums are kept right, so only the table is attacked.
+ */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -13,6 +18,7 @@ struct gen_cfg {
 	__u32 counter;
 	/* Non-zero: the frame is a reply (server to client), ports swapped. */
 	__u32 reverse;
+	__u32 mode;
 };
 
 struct {
@@ -22,6 +28,17 @@ struct {
 	__type(value, struct gen_cfg);
 } gencfg SEC(".maps");
 
+/* One's-complement update of a checksum for one 16-bit word changed
+ * (RFC 1624, eqn. 3); byte order does not matter if it is the same for all. */
+static __always_inline __u16 csum_update(__u16 csum, __u16 old, __u16 new)
+{
+	__u32 s = (__u16)~csum + (__u16)~old + new;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
 SEC("xdp")
 int tg_gen(struct xdp_md *ctx)
 {
@@ -29,18 +46,35 @@ int tg_gen(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	__u32 zero = 0;
 	struct gen_cfg *c = bpf_map_lookup_elem(&gencfg, &zero);
-	/* Ethernet 14 + IPv4 20 + UDP 8, no IP options. */
-	__u16 *udp = data + 14 + 20;
+	/* Ethernet 14 + IPv4 20 (no options) + L4. */
+	__u16 *ip = data + 14;
+	__u16 *l4 = data + 14 + 20;
 
-	if (!c || c->flows == 0 || (void *)(udp + 4) > end)
+	if (!c || c->flows == 0)
 		return XDP_ABORTED;
 	/* One CPU runs the generator: a plain increment is enough. */
 	__u32 n = c->counter++ % c->flows;
+	if (c->mode == 1) {
+		/* TCP header: ports, seq, ack, offset/flags, window, checksum. */
+		if ((void *)(l4 + 10) > end)
+			return XDP_ABORTED;
+		__u16 old_lo = ip[7];
+		__u16 old_port = l4[0];
+		__u16 new_lo = bpf_htons((bpf_ntohs(old_lo) & 0x8000) | (n & 0x7fff));
+		__u16 new_port = bpf_htons(1024 + (n >> 15) % 60000);
+		ip[7] = new_lo; /* low half of the source address */
+		ip[5] = csum_update(ip[5], old_lo, new_lo);
+		l4[0] = new_port;
+		l4[8] = csum_update(csum_update(l4[8], old_lo, new_lo), old_port, new_port);
+		return XDP_TX;
+	}
+	if ((void *)(l4 + 4) > end)
+		return XDP_ABORTED;
 	__u16 client = bpf_htons(1024 + n % 50000);
 	__u16 server = bpf_htons(5000 + n / 50000);
-	udp[0] = c->reverse ? server : client;
-	udp[1] = c->reverse ? client : server;
-	udp[3] = 0; /* no UDP checksum */
+	l4[0] = c->reverse ? server : client;
+	l4[1] = c->reverse ? client : server;
+	l4[3] = 0; /* no UDP checksum */
 	return XDP_TX;
 }
 

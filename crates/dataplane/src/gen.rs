@@ -54,9 +54,36 @@ impl Generator {
         count: u32,
         reverse: bool,
     ) -> Result<Duration, BpfError> {
-        let mut cfg = [0u8; 12];
+        self.run(iface, frame, flows, count, u32::from(reverse), 0)
+    }
+
+    /// A SYN flood: `count` copies of `frame` (Ethernet/IPv4/TCP SYN, no IP
+    /// options), each from another of `flows` spoofed sources (the frame's
+    /// source address with its low 15 bits replaced, and another source
+    /// port), checksums kept right. Returns the time it took.
+    pub fn syn_flood(
+        &self,
+        iface: &str,
+        frame: &[u8],
+        flows: u32,
+        count: u32,
+    ) -> Result<Duration, BpfError> {
+        self.run(iface, frame, flows, count, 0, 1)
+    }
+
+    fn run(
+        &self,
+        iface: &str,
+        frame: &[u8],
+        flows: u32,
+        count: u32,
+        reverse: u32,
+        mode: u32,
+    ) -> Result<Duration, BpfError> {
+        let mut cfg = [0u8; 16];
         cfg[..4].copy_from_slice(&flows.to_ne_bytes());
-        cfg[8..].copy_from_slice(&u32::from(reverse).to_ne_bytes());
+        cfg[8..12].copy_from_slice(&reverse.to_ne_bytes());
+        cfg[12..].copy_from_slice(&mode.to_ne_bytes());
         self.skel
             .maps
             .gencfg

@@ -1,0 +1,243 @@
+//! A SYN flood from spoofed sources against a small table, in the lab (root;
+//! CI runs it as root): while the XDP live-frames generator floods the
+//! inside with valid SYNs from 200 000 spoofed (source, port) pairs, an
+//! iperf3 transfer that was running keeps flowing and a new HTTP connection
+//! still gets through: the unreplied flood entries are early-dropped to make
+//! room, the assured ones are never touched. Every refusal is counted.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conntrack::build::{ethernet, Pkt};
+use conntrack::packet::tcp_flags::SYN;
+use dataplane::gen::Generator;
+use dataplane::lab::Lab;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: kill has no memory preconditions.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn stats(sock: &Path) -> Value {
+    let out = Command::new(BIN)
+        .args(["ct", "stats", "--json", "--socket"])
+        .arg(sock)
+        .output()
+        .expect("ct stats");
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    serde_json::from_str::<Value>(&line).expect("json")["stats"].clone()
+}
+
+fn spawn(lab: &Lab, ns: &str, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{args:?} in {ns} ({}): {e}", lab.boxns))
+}
+
+#[test]
+fn syn_flood_spares_established_and_new_connections() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must run as root"
+        );
+        return;
+    }
+    Lab::clean_stale();
+    let lab = Arc::new(Lab::build().expect("lab"));
+    let dir = std::env::temp_dir().join(format!("tgfl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("www")).expect("dir");
+    std::fs::write(dir.join("www/index.html"), "hello through the flood\n").expect("page");
+    let sock = dir.join("control.sock");
+    let cfg = dir.join("tollgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[interfaces]
+inside = "tgin"
+outside = "tgout"
+queues = 1
+
+[conntrack]
+max_entries = 4096
+
+[control]
+socket = "{}"
+
+[policy]
+default = "drop"
+
+[[rule]]
+state = ["invalid"]
+action = "drop"
+
+[[rule]]
+state = ["established", "related", "untracked"]
+action = "accept"
+
+[[rule]]
+from = "inside"
+state = ["new"]
+action = "accept"
+"#,
+            sock.display()
+        ),
+    )
+    .expect("config");
+    let mut procs = Procs(Vec::new());
+    procs.0.push(spawn(
+        &lab,
+        &lab.boxns,
+        &[BIN, "run", "--config", &cfg.display().to_string()],
+    ));
+    procs.0.push(spawn(&lab, &lab.server, &["iperf3", "-s"]));
+    let www = dir.join("www").display().to_string();
+    procs.0.push(spawn(
+        &lab,
+        &lab.server,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "10.77.0.2",
+            "--directory",
+            &www,
+        ],
+    ));
+    // The server ignores the spoofed SYNs (as if their answers went nowhere):
+    // the flood's entries stay unreplied.
+    let (ok, out) = lab.exec(
+        &lab.server,
+        &["nft", "add table netdev fl; add chain netdev fl in { type filter hook ingress device eth0 priority 0; }; add rule netdev fl in ip saddr 10.77.128.0/17 drop"],
+    );
+    assert!(ok, "nft: {out}");
+    let t = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "tollgate did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+
+    // An established, assured transfer before the flood starts.
+    let iperf = spawn(&lab, &lab.client, &["iperf3", "-c", "10.77.0.2", "-t", "6"]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // The flood: valid SYNs from 10.77.128.0/17, many source ports.
+    let frame = ethernet(
+        &Pkt::tcp4([10, 77, 128, 0], 1024, [10, 77, 0, 2], 9)
+            .flags(SYN)
+            .seq(1)
+            .build(),
+        &[],
+    );
+    let l = lab.clone();
+    let flood = std::thread::spawn(move || {
+        Lab::pin(0);
+        l.enter(&l.client).expect("client ns");
+        let g = Generator::load().expect("generator");
+        let packets = 1_500_000u32;
+        let took = g
+            .syn_flood("eth0", &frame, 200_000, packets)
+            .expect("flood");
+        (packets, took)
+    });
+    // A new connection in the middle of the flood.
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, page) = lab.exec(
+        &lab.client,
+        &[
+            "curl",
+            "-s",
+            "--retry",
+            "3",
+            "--retry-all-errors",
+            "--max-time",
+            "4",
+            "http://10.77.0.2:8080/index.html",
+        ],
+    );
+    let (packets, took) = flood.join().expect("flood thread");
+    assert!(
+        ok && page.contains("hello through the flood"),
+        "new connection during the flood: {page}"
+    );
+    let out = iperf.wait_with_output().expect("iperf3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the established transfer must survive: {text}"
+    );
+    // After the flood, new connections still open.
+    let (ok, _) = lab.exec(
+        &lab.client,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://10.77.0.2:8080/index.html",
+        ],
+    );
+    assert!(ok, "a new connection after the flood");
+
+    let st = stats(&sock);
+    let early = st["early_drop"].as_u64().unwrap_or(0);
+    let entries = st["entries"].as_u64().unwrap_or(0);
+    assert!(entries <= 4096, "{st}");
+    assert!(early > 10_000, "the flood's entries make room: {st}");
+    let rx = st["rx"][0].as_u64().unwrap_or(0);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = f64::from(packets) / took.as_secs_f64();
+    eprintln!(
+        "flood: {packets} SYNs in {:.2} s ({:.0} kpps offered), {rx} frames received inside, \
+         {early} early drops, {} refused for a full table, {entries} entries",
+        took.as_secs_f64(),
+        rate / 1e3,
+        st["drop"]
+    );
+    drop(procs);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
