@@ -15,8 +15,13 @@ fuzz_target!(|data: &[u8]| {
         default: Action::Drop,
     };
     let mut p = Pipeline::new(
+        // Small tables: allocation per run dominates otherwise, and small
+        // tables reach full-table paths.
         Config {
             max_entries: 64,
+            expect_max: 16,
+            helper_slots: 16,
+            frag_slots: 16,
             ..Config::default()
         },
         policy,
