@@ -12,6 +12,7 @@ pub mod build;
 pub mod expect;
 pub mod helpers;
 pub mod index;
+pub mod limit;
 pub mod linebuf;
 mod mem;
 pub mod packet;

@@ -107,6 +107,8 @@ reasons! {
     TableFull => "table_full",
     /// Inserting the new entry clashed with one already confirmed.
     InsertFailed => "insert_failed",
+    /// The source already has `max_per_source` connections.
+    SourceLimit => "source_limit",
 
     // ---- policy ----
     /// A policy rule with `action = "drop"` matched.

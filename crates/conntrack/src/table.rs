@@ -51,6 +51,10 @@ pub struct Config {
     /// FTP: accept announced addresses other than the sender's (the kernel's
     /// `nf_conntrack_ftp loose=1`); off by default (anti-bounce).
     pub ftp_loose: bool,
+    /// Most live connections one source address may have (nftables'
+    /// `ct count over N` per `ip saddr`); 0: no limit. A new connection
+    /// beyond it is dropped with reason `source_limit`.
+    pub max_per_source: u32,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             expect_max: 4096,
             helper_slots: 4096,
             ftp_loose: false,
+            max_per_source: 0,
             expect_policy: core::array::from_fn(|i| {
                 expect::default_policy(HelperKind::ALL.get(i).copied().unwrap_or(HelperKind::Ftp))
             }),
@@ -95,6 +100,8 @@ pub struct Stats {
     pub expired: u64,
     /// Non-first fragments that followed their first fragment's verdict.
     pub frag_followed: u64,
+    /// New connections refused because their source had `max_per_source`.
+    pub source_limit: u64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -338,6 +345,8 @@ pub struct Conntrack {
     help_stats: help::HelperStats,
     /// GRE source keys learnt by the PPTP helper (the kernel's keymap).
     keymap: Vec<help::KeyMap>,
+    /// Connections per source, when `max_per_source` is set.
+    sources: Option<crate::limit::SourceCounts>,
     /// Connection events (`conntrack -E`), recorded only while enabled.
     events: Events,
     /// Latest `now` seen (for event timestamps and expiry in events).
@@ -415,6 +424,7 @@ impl Conntrack {
         let frag_slots = cfg.frag_slots.max(1).next_power_of_two() as usize;
         let (cfg_expect_max, secret) = (cfg.expect_max, cfg.hash_secret);
         let helper_slots = cfg.helper_slots;
+        let cfg_max_per_source = cfg.max_per_source;
         Conntrack {
             cfg,
             stats: Stats::default(),
@@ -431,6 +441,7 @@ impl Conntrack {
             helps: help::Helps::new(helper_slots),
             help_stats: help::HelperStats::default(),
             keymap: Vec::with_capacity(help::KEYMAP_MAX),
+            sources: (cfg_max_per_source > 0).then(|| crate::limit::SourceCounts::new(cap, secret)),
             events: Events::default(),
             now: 0,
         }
@@ -737,6 +748,10 @@ impl Conntrack {
             if self.events.on {
                 self.emit(EventKind::Destroy, idx);
             }
+            if let Some(sc) = &mut self.sources {
+                let t = self.entries[idx as usize].orig.tuple();
+                sc.dec(t.family, t.src);
+            }
             self.index_remove(idx);
         }
         let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
@@ -1031,6 +1046,14 @@ impl Conntrack {
             L4::Other { .. } if t.proto == ipproto::GRE => self.cfg.timeouts.gre,
             L4::Other { .. } | L4::Fragment => self.cfg.timeouts.generic,
         };
+        if let Some(sc) = &self.sources {
+            if sc.get(t.family, t.src) >= self.cfg.max_per_source {
+                self.stats.source_limit += 1;
+                let mut tr = Track::verdictless(CtState::New, Some(DropReason::SourceLimit));
+                tr.must_drop = true;
+                return tr;
+            }
+        }
         let idx = match self.alloc(hash, now) {
             Ok(i) => i,
             Err(r) => {
@@ -1215,6 +1238,10 @@ impl Conntrack {
                 let tick = self.clamp_tick(deadline);
                 self.wheel_link(idx, tick);
                 self.stats.new += 1;
+                if let Some(sc) = &mut self.sources {
+                    let t = self.entries[idx as usize].orig.tuple();
+                    sc.inc(t.family, t.src);
+                }
                 self.attach_helper(idx);
                 if self.events.on {
                     self.now = now;
@@ -1352,6 +1379,11 @@ impl Conntrack {
     /// Every confirmed connection, for listings. Walks the slab: control plane only.
     pub fn connections(&self, now: u64) -> impl Iterator<Item = ConnInfo> + '_ {
         self.connections_in(0..self.entries.len(), now)
+    }
+
+    /// Live connections from source `a` (0 when no per-source limit is set).
+    pub fn source_count(&self, f: Family, a: crate::tuple::Addr) -> u32 {
+        self.sources.as_ref().map_or(0, |s| s.get(f, a))
     }
 
     /// Slots of the index (a power of two).

@@ -635,7 +635,12 @@ mod sequences {
         /// timeout, and a full expiry empties the table and its expectations.
         #[test]
         fn table_invariants(seq in proptest::collection::vec(arb_packet(), 1..200)) {
-            let mut ct = table(16);
+            let mut ct = Conntrack::new(Config {
+                max_entries: 16,
+                max_per_source: 4,
+                hash_secret: HashSecret(7, 11),
+                ..Config::default()
+            });
             let mut now = 0;
             for (p, acc, dt) in &seq {
                 now += dt * S / 4;
@@ -651,6 +656,16 @@ mod sequences {
                 // not reaped yet (as `conntrack -L` does).
                 prop_assert!(ct.connections(now).count() <= ct.len());
                 prop_assert_eq!(ct.len(), ct.connections(0).count());
+                // The per-source counts are those of the live connections,
+                // and none exceeds the limit.
+                let mut per: std::collections::HashMap<(Family, Addr), u32> = std::collections::HashMap::new();
+                for c in ct.connections(0) {
+                    *per.entry((c.orig.family, c.orig.src)).or_default() += 1;
+                }
+                for ((f, a), n) in &per {
+                    prop_assert_eq!(ct.source_count(*f, *a), *n);
+                    prop_assert!(*n <= 4);
+                }
                 prop_assert!(ct.len() <= 16);
             }
             ct.expire(now + 10 * 86_400 * S);
@@ -789,5 +804,38 @@ fn crafted_collisions_do_not_survive_another_secret() {
         let mut r = *p;
         r.tuple = p.tuple.invert();
         assert_eq!(accept(&mut victim, &r, S).state, CtState::Established);
+    }
+}
+
+#[test]
+fn per_source_limit() {
+    let mut ct = Conntrack::new(Config {
+        max_entries: 64,
+        max_per_source: 3,
+        hash_secret: HashSecret(7, 11),
+        ..Config::default()
+    });
+    for p in 0..3u16 {
+        let t = accept(&mut ct, &udp(A, 1000 + p, B, 53), S);
+        assert_eq!(t.state, CtState::New);
+        assert!(!t.must_drop);
+    }
+    // The fourth from A is refused and leaves nothing behind.
+    let t = accept(&mut ct, &udp(A, 1003, B, 53), S);
+    assert!(t.must_drop);
+    assert_eq!(t.reason, Some(DropReason::SourceLimit));
+    assert_eq!(ct.len(), 3);
+    assert_eq!(ct.stats().source_limit, 1);
+    // Existing connections of A still pass, and other sources are not limited.
+    let t = accept(&mut ct, &udp(B, 53, A, 1000), S);
+    assert_eq!(t.state, CtState::Established);
+    assert!(!accept(&mut ct, &udp([10, 0, 0, 2], 1000, B, 53), S).must_drop);
+    // When A's connections time out, A may open new ones.
+    ct.expire(200 * S);
+    assert!(!accept(&mut ct, &udp(A, 1004, B, 53), 200 * S).must_drop);
+    // Flushing forgets the counts too.
+    ct.flush();
+    for p in 0..3u16 {
+        assert!(!accept(&mut ct, &udp(A, 2000 + p, B, 53), 201 * S).must_drop);
     }
 }

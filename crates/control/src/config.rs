@@ -167,6 +167,7 @@ conntrack_keys! {
     helper_slots: i64,
     frag_slots: i64,
     ftp_loose: bool,
+    max_per_source: i64,
 }
 
 #[derive(Deserialize)]
@@ -458,6 +459,15 @@ fn parse_conntrack(
             dc.frag_slots,
         ),
         ftp_loose: flag(&c.ftp_loose, dc.ftp_loose),
+        max_per_source: count(
+            l,
+            errs,
+            &c.max_per_source,
+            "max_per_source",
+            0,
+            1 << 30,
+            dc.max_per_source,
+        ),
         ..dc
     }
 }

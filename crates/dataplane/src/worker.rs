@@ -101,7 +101,7 @@ pub const BATCH_NS_BOUNDS: &[u64] = &[
 ];
 
 /// Names of [`CoreCounters::stats`], the kernel's `conntrack -S` names.
-pub const STAT_NAMES: [&str; 9] = [
+pub const STAT_NAMES: [&str; 10] = [
     "found",
     "new",
     "invalid",
@@ -111,6 +111,7 @@ pub const STAT_NAMES: [&str; 9] = [
     "search_restart",
     "expired",
     "frag_followed",
+    "source_limit",
 ];
 
 /// Names of [`CoreCounters::expect`].
@@ -132,7 +133,7 @@ pub struct CoreCounters {
     /// The table's capacity.
     pub max_entries: AtomicU64,
     /// In [`STAT_NAMES`] order.
-    pub stats: [AtomicU64; 9],
+    pub stats: [AtomicU64; 10],
     /// In [`EXPECT_NAMES`] order.
     pub expect: [AtomicU64; 5],
     /// Live expectations per helper (`HelperKind as usize`).
@@ -243,6 +244,7 @@ impl Counters {
             s.search_restart,
             s.expired,
             s.frag_followed,
+            s.source_limit,
         ]) {
             set(a, v);
         }

@@ -310,6 +310,7 @@ impl Daemon {
                 "search_restart": s.search_restart,
                 "expired": s.expired,
                 "frag_followed": s.frag_followed,
+                "source_limit": s.source_limit,
                 "expect_count": exps,
                 "expect_new": e.expect_new,
                 "expect_create": e.expect_create,

@@ -282,6 +282,7 @@ pub fn replay_sharded(
         a.search_restart += b.search_restart;
         a.expired += b.expired;
         a.frag_followed += b.frag_followed;
+        a.source_limit += b.source_limit;
         sum.connections += ct.len();
     }
     sum.workers = n;
