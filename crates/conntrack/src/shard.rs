@@ -100,6 +100,12 @@ impl Toeplitz {
         Toeplitz { tables }
     }
 
+    /// The partial hash of `byte` at input position `pos` (< 36): the hash
+    /// of an input is the XOR of its bytes' partial hashes.
+    pub fn hash_at(&self, pos: usize, byte: u8) -> u32 {
+        self.tables.get(pos).map_or(0, |t| t[usize::from(byte)])
+    }
+
     /// Hash of `input` (at most 36 bytes; more are ignored).
     pub fn hash(&self, input: &[u8]) -> u32 {
         input

@@ -19,6 +19,9 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
+/// Labs are named after the process: one at a time.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -59,35 +62,12 @@ fn total(st: &[Value], key: &str) -> u64 {
     st.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum()
 }
 
-#[test]
-fn two_workers_with_asymmetric_queues() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
-        return;
-    }
-    if Command::new("vsftpd")
-        .arg("-v")
-        .stdin(Stdio::null())
-        .output()
-        .is_err()
-    {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must install vsftpd"
-        );
-        eprintln!("SKIPPED: vsftpd is not installed");
-        return;
-    }
-    Lab::clean_stale();
-    let lab = Lab::build_with(2).expect("lab");
+/// Runs `tollgate run` with two workers on the lab, 12 FTP transfers
+/// (passive and active, byte-compared), an iperf3 run and a refused
+/// connection; returns the workers' stats and the number of FTP transfers.
+fn run_ftp_and_iperf(lab: &Lab, tag: &str) -> (Vec<Value>, u64) {
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("tgmq-{pid}"));
+    let dir = std::env::temp_dir().join(format!("tgmq-{pid}-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("ftp")).expect("dir");
     let sock = dir.join("control.sock");
@@ -240,6 +220,42 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
     assert!(!ok);
 
     let st = stats(&sock);
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+    (st, 12)
+}
+
+#[test]
+fn two_workers_with_asymmetric_queues() {
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must run as root"
+        );
+        return;
+    }
+    if Command::new("vsftpd")
+        .arg("-v")
+        .stdin(Stdio::null())
+        .output()
+        .is_err()
+    {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must install vsftpd"
+        );
+        eprintln!("SKIPPED: vsftpd is not installed");
+        return;
+    }
+    Lab::clean_stale();
+    let lab = Lab::build_with(2).expect("lab");
+    let (st, ftp) = run_ftp_and_iperf(&lab, "random");
     let handoffs = total(&st, "handoffs");
     let msgs = total(&st, "expect_msgs_out");
     assert!(
@@ -248,12 +264,93 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
     );
     assert_eq!(total(&st, "handoffs"), total(&st, "handoffs_in"), "{st:?}");
     assert_eq!(total(&st, "handoff_dropped"), 0, "{st:?}");
-    assert!(msgs >= 12, "every FTP expectation is announced: {st:?}");
+    assert!(
+        msgs >= 2 * ftp,
+        "every FTP expectation is announced and used: {st:?}"
+    );
     assert_eq!(total(&st, "expect_msgs_dropped"), 0, "{st:?}");
-    // Related connections: 12 data connections, counted on whichever worker.
-    assert_eq!(total(&st, "expect_new"), 12, "{st:?}");
+    // Related connections: every data connection, on whichever worker.
+    assert_eq!(total(&st, "expect_new"), ftp, "{st:?}");
     eprintln!("handoffs {handoffs}, expectation messages {msgs}");
-    drop(procs);
-    drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Steered queues (a tc egress program on each endpoint picks the queue, as
+/// a NIC would): with symmetric RSS nothing is handed over; with an
+/// asymmetric NIC (client on queue 0, server on queue 1) every connection has
+/// one direction handed over; real FTP and iperf3 work in both.
+#[test]
+fn steered_symmetric_and_asymmetric() {
+    use dataplane::steer::{SteerMode, Steering};
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must run as root"
+        );
+        return;
+    }
+    if Command::new("vsftpd")
+        .arg("-v")
+        .stdin(Stdio::null())
+        .output()
+        .is_err()
+    {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must install vsftpd"
+        );
+        eprintln!("SKIPPED: vsftpd is not installed");
+        return;
+    }
+    Lab::clean_stale();
+    for symmetric in [true, false] {
+        let lab = std::sync::Arc::new(Lab::build_with(2).expect("lab"));
+        // The steering programs live in the endpoints' namespaces: attach them
+        // from a thread that enters each.
+        let l = lab.clone();
+        std::thread::spawn(move || {
+            for (ns, fixed) in [(&l.client, 0), (&l.server, 1)] {
+                l.enter(ns).expect("enter");
+                let mode = if symmetric {
+                    SteerMode::Symmetric(2)
+                } else {
+                    SteerMode::Fixed(fixed)
+                };
+                // The program stays attached when this handle goes.
+                let _ = Steering::attach("eth0", mode).expect("steering");
+            }
+        })
+        .join()
+        .expect("steering thread");
+        let (st, ftp) = run_ftp_and_iperf(&lab, if symmetric { "sym" } else { "asym" });
+        let handoffs = total(&st, "handoffs");
+        eprintln!(
+            "{}: handoffs {handoffs}, expectation messages {}, FTP transfers {ftp}",
+            if symmetric { "symmetric" } else { "asymmetric" },
+            total(&st, "expect_msgs_out")
+        );
+        // Both workers received frames from the NIC.
+        assert!(
+            st.iter()
+                .all(|s| s["rx"][0].as_u64().unwrap_or(0) + s["rx"][1].as_u64().unwrap_or(0) > 0),
+            "{st:?}"
+        );
+        if symmetric {
+            assert_eq!(
+                handoffs, 0,
+                "symmetric RSS: every packet on its owner's queue: {st:?}"
+            );
+        } else {
+            assert!(
+                handoffs > 1000,
+                "asymmetric: one direction of each connection handed over: {st:?}"
+            );
+        }
+        assert_eq!(total(&st, "expect_new"), ftp, "{st:?}");
+    }
 }
