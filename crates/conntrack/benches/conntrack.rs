@@ -297,9 +297,44 @@ fn bench_new(c: &mut Criterion) {
     g.finish();
 }
 
+/// The many-core owner function per packet (header parse + symmetric
+/// Toeplitz): what every packet of a multi-worker instance pays.
+fn bench_owner(c: &mut Criterion) {
+    use conntrack::build::Pkt;
+    use conntrack::shard::Sharding;
+    let sh = Sharding::new(4, HashSecret(1, 2));
+    let pkts: Vec<Vec<u8>> = (0..1024u16)
+        .map(|i| {
+            Pkt::tcp4(
+                [10, 0, (i >> 8) as u8, i as u8],
+                1024 + i,
+                [192, 0, 2, 1],
+                443,
+            )
+            .payload(&[0; 16])
+            .build()
+        })
+        .collect();
+    let mut g = c.benchmark_group("shard");
+    g.throughput(Throughput::Elements(1));
+    let mut k = 0usize;
+    g.bench_function("owner_tcp4", |b| {
+        b.iter(|| {
+            k = (k + 1) & 1023;
+            std::hint::black_box(sh.owner(&pkts[k]))
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     targets = bench_udp, bench_established, bench_new, bench_pipeline
 }
-criterion_main!(benches);
+criterion_group! {
+    name = benches_owner;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = bench_owner
+}
+criterion_main!(benches_owner, benches);

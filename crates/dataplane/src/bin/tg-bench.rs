@@ -74,6 +74,9 @@ enum Forwarder {
     Tollgate,
     /// Tollgate's worker forwarding without looking.
     Bare,
+    /// Two Tollgate workers (CPU 1 and CPU 0, beside the generator); every
+    /// frame arrives on queue 0, the flows worker 1 owns are handed over.
+    Two,
 }
 
 /// Frames the server's ingress counter has dropped so far.
@@ -187,6 +190,57 @@ fn tollgate_up(
     })
 }
 
+/// Starts two workers over queues 0 and 1 with handoffs between them.
+fn two_up(lab: &Arc<Lab>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Result<(), String>> {
+    let (l, s) = (lab.clone(), stop.clone());
+    std::thread::spawn(move || -> Result<(), String> {
+        l.enter_box().map_err(|e| e.to_string())?;
+        let cfg = WorkerConfig {
+            inside: l.inside.clone(),
+            outside: l.outside.clone(),
+            queue: 0,
+            non_ip: Action::Accept,
+            bypass: false,
+        };
+        let mut boxes = Vec::new();
+        for i in 0..2 {
+            boxes.push(dataplane::mailbox(i, 64).map_err(|e| e.to_string())?);
+        }
+        let fabric = dataplane::worker::Fabric::new(
+            conntrack::shard::Sharding::new(2, conntrack::tuple::HashSecret(1, 2)),
+            boxes.iter().map(|(m, _)| m.wake_fd()).collect(),
+        );
+        let mut tries = 0;
+        let (workers, programs) = loop {
+            let pipes = vec![new_pipeline(), new_pipeline()];
+            let cs = vec![Arc::new(Counters::default()), Arc::new(Counters::default())];
+            match dataplane::worker::open_workers(&cfg, &[0, 1], pipes, cs, Some(fabric.clone())) {
+                Ok(x) => break x,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("tg-bench: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let epoch = std::time::Instant::now();
+        let mut threads = Vec::new();
+        for ((i, mut w), (_, inbox)) in workers.into_iter().enumerate().zip(boxes) {
+            let s = s.clone();
+            threads.push(std::thread::spawn(move || {
+                Lab::pin(1 - i);
+                w.run_from(&s, Some(&inbox), epoch);
+            }));
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        drop(programs);
+        Ok(())
+    })
+}
+
 fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f64, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let worker = match fwd {
@@ -197,6 +251,10 @@ fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f
                 return Err(e);
             }
             None
+        }
+        Forwarder::Two => {
+            set_rps(lab, "0");
+            Some(two_up(lab, &stop))
         }
         Forwarder::Tollgate | Forwarder::Bare => {
             set_rps(lab, "0");
@@ -242,7 +300,9 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
     Lab::clean_stale();
-    let lab = match Lab::build() {
+    // Two queues (the two-worker run); the generator's frames all arrive on
+    // queue 0 (veth picks the queue by the sending CPU).
+    let lab = match Lab::build_with(2) {
         Ok(l) => Arc::new(l),
         Err(e) => {
             eprintln!("tg-bench: {e}");
@@ -261,25 +321,30 @@ fn main() {
         &["nft", "add table netdev tgb; add chain netdev tgb in { type filter hook ingress device eth0 priority 0; }; add rule netdev tgb in udp sport 5000-5010 drop"],
     );
     println!("64-byte UDP, {packets} packets per run, Mpps forwarded. Kernel: Linux bridge + br_netfilter + nftables conntrack,");
-    println!("forwarding inline on the generator's CPU 0 or steered by RPS to CPU 1; Tollgate's worker on CPU 1.");
-    println!("| flows | kernel, CPU 0 | kernel, RPS to CPU 1 | Tollgate | Tollgate bare forwarding | Tollgate / best kernel | Tollgate / bare |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("forwarding inline on the generator's CPU 0 or steered by RPS to CPU 1; Tollgate's worker on CPU 1; two workers:");
+    println!("CPU 1 and CPU 0 (beside the generator), all frames on queue 0, those of worker 1's flows handed over.");
+    println!("| flows | kernel, CPU 0 | kernel, RPS to CPU 1 | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate / best kernel | Tollgate / bare |");
+    println!("|---|---|---|---|---|---|---|---|");
     for flows in [1_024u32, 100_000] {
         let k0 = measure(&lab, Forwarder::Kernel { rps: false }, flows, packets);
         let k1 = measure(&lab, Forwarder::Kernel { rps: true }, flows, packets);
         let t = measure(&lab, Forwarder::Tollgate, flows, packets);
         let b = measure(&lab, Forwarder::Bare, flows, packets);
-        match (k0, k1, t, b) {
-            (Ok(k0), Ok(k1), Ok(t), Ok(b)) => println!(
-                "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+        let two = measure(&lab, Forwarder::Two, flows, packets);
+        match (k0, k1, t, b, two) {
+            (Ok(k0), Ok(k1), Ok(t), Ok(b), Ok(two)) => println!(
+                "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
                 k0 / 1e6,
                 k1 / 1e6,
                 t / 1e6,
                 b / 1e6,
+                two / 1e6,
                 t / k0.max(k1),
                 t / b
             ),
-            (k0, k1, t, b) => println!("| {flows} | {k0:?} | {k1:?} | {t:?} | {b:?} | - | - |"),
+            (k0, k1, t, b, two) => {
+                println!("| {flows} | {k0:?} | {k1:?} | {t:?} | {b:?} | {two:?} | - | - |")
+            }
         }
     }
 }
