@@ -46,6 +46,31 @@ pub enum ExpectMsg {
         /// Which one.
         origin: Origin,
     },
+    /// The PPTP helper learnt a GRE key: packets from `src` to `dst` with
+    /// key `dst_key` carry the sender's key `src_key` (the GRE flow may be
+    /// owned by another shard than its control connection).
+    GreKey {
+        /// The control connection: its shard and slot there.
+        origin: Origin,
+        /// Sender.
+        src: Addr,
+        /// Receiver.
+        dst: Addr,
+        /// Family of both.
+        family: Family,
+        /// Key the packets carry.
+        dst_key: u16,
+        /// Sender's key.
+        src_key: u16,
+    },
+    /// A PPTP call ended (or its control connection died): its GRE
+    /// connections and keys go on every shard.
+    GreTeardown {
+        /// The control connection: its shard and slot there.
+        origin: Origin,
+        /// The call's two GRE tuples.
+        tuples: [Tuple; 2],
+    },
 }
 
 /// Which fields of an expectation's tuple are wildcards.
@@ -266,6 +291,18 @@ impl Expectations {
         self.shard = Some(worker);
         self.by_origin = std::collections::HashMap::with_capacity(self.exps.len());
         self.outbox.reserve(64);
+    }
+
+    /// This table's shard number, when it is one of several.
+    pub fn shard(&self) -> Option<u16> {
+        self.shard
+    }
+
+    /// Queues a message for the other shards (only when sharded).
+    pub fn announce(&mut self, m: ExpectMsg) {
+        if self.shard.is_some() {
+            self.outbox.push(m);
+        }
     }
 
     /// Moves the pending messages for the other shards into `out`.

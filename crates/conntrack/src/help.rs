@@ -46,7 +46,10 @@ pub(super) const PPTP_GRE_STREAM_TIMEOUT: u32 = 5 * 24 * 3600;
 /// sender's key `src_key` (the kernel's `nf_ct_gre_keymap`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct KeyMap {
+    /// The control connection's slot (`MIRROR` for a key another shard
+    /// learnt: then `origin` says whose).
     master: u32,
+    origin: crate::expect::Origin,
     src: Addr,
     dst: Addr,
     family: Family,
@@ -277,9 +280,14 @@ impl Conntrack {
                                         child_helper: None,
                                         permanent: false,
                                     });
+                                    let origin = crate::expect::Origin {
+                                        worker: self.expects.shard().unwrap_or(0),
+                                        id: idx,
+                                    };
                                     if self.keymap.len() < KEYMAP_MAX {
                                         self.keymap.push(KeyMap {
                                             master: idx,
+                                            origin,
                                             src: t.src,
                                             dst: t.dst,
                                             family: t.family,
@@ -287,6 +295,14 @@ impl Conntrack {
                                             src_key: t.src_port,
                                         });
                                     }
+                                    self.expects.announce(crate::expect::ExpectMsg::GreKey {
+                                        origin,
+                                        src: t.src,
+                                        dst: t.dst,
+                                        family: t.family,
+                                        dst_key: t.dst_port,
+                                        src_key: t.src_port,
+                                    });
                                 }
                             }
                             PptpAction::TearDown => {
@@ -443,7 +459,16 @@ impl Conntrack {
     /// (`pptp_destroy_siblings`). Expectations go with them.
     fn pptp_teardown(&mut self, master: u32, st: &PptpState, now: u64) {
         let orig = self.entries[master as usize].orig.tuple();
-        for t in Self::pptp_gre_tuples(&orig, st) {
+        let tuples = Self::pptp_gre_tuples(&orig, st);
+        self.expects
+            .announce(crate::expect::ExpectMsg::GreTeardown {
+                origin: crate::expect::Origin {
+                    worker: self.expects.shard().unwrap_or(0),
+                    id: master,
+                },
+                tuples,
+            });
+        for t in tuples {
             let hash = self.hash(&t.key());
             if let Some((idx, _)) = self.lookup(&t, hash) {
                 if idx != master {
@@ -457,6 +482,48 @@ impl Conntrack {
             }
         }
         self.keymap.retain(|k| k.master != master);
+    }
+
+    /// Another shard learnt a PPTP GRE key.
+    pub(super) fn mirror_gre_key(&mut self, k: &crate::expect::ExpectMsg) {
+        if let crate::expect::ExpectMsg::GreKey {
+            origin,
+            src,
+            dst,
+            family,
+            dst_key,
+            src_key,
+        } = *k
+        {
+            if self.keymap.len() < KEYMAP_MAX {
+                self.keymap.push(KeyMap {
+                    master: crate::expect::MIRROR,
+                    origin,
+                    src,
+                    dst,
+                    family,
+                    dst_key,
+                    src_key,
+                });
+            }
+        }
+    }
+
+    /// Another shard ended a PPTP call: the GRE connections of it that live
+    /// here go (lazily, as in [`Self::pptp_teardown`]), and its keys.
+    pub(super) fn mirror_gre_teardown(
+        &mut self,
+        origin: crate::expect::Origin,
+        tuples: &[Tuple; 2],
+    ) {
+        for t in tuples {
+            let hash = self.hash(&t.key());
+            if let Some((idx, _)) = self.lookup(t, hash) {
+                self.entries[idx as usize].deadline = 0;
+            }
+        }
+        self.keymap
+            .retain(|k| !(k.master == crate::expect::MIRROR && k.origin == origin));
     }
 
     /// Called while a connection with helper state is destroyed.

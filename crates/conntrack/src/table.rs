@@ -1362,6 +1362,10 @@ impl Conntrack {
                     self.unlink_expectation(slot, false);
                 }
             }
+            expect::ExpectMsg::GreKey { .. } => self.mirror_gre_key(msg),
+            expect::ExpectMsg::GreTeardown { origin, tuples } => {
+                self.mirror_gre_teardown(origin, &tuples);
+            }
         }
     }
 

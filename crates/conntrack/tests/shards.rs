@@ -239,3 +239,128 @@ fn asymmetric_steering_hands_over_and_changes_nothing() {
     }
     assert_eq!(f2.shards.handoffs, 0);
 }
+
+/// Packets through shards and through one pipeline, answers compared.
+struct Dual {
+    shards: Shards,
+    one: Pipeline,
+    now: u64,
+}
+
+impl Dual {
+    fn run(&mut self, side: Side, b: &[u8]) -> (usize, PacketResult) {
+        self.now += 1_000_000;
+        let rx = self.shards.owner(b).unwrap();
+        let (w, r) = self.shards.process(rx, side, b, self.now);
+        assert_eq!(
+            r,
+            self.one.process(side, b, self.now),
+            "packet differs from one worker's"
+        );
+        (w, r)
+    }
+}
+
+/// PPTP: the control connection on one worker, its GRE (owned by address)
+/// on another. Every answer must equal one worker's.
+#[test]
+fn pptp_call_across_workers() {
+    use conntrack::tuple::ipproto;
+    const PNS: [u8; 4] = [10, 1, 1, 11];
+    const PAC: [u8; 4] = [10, 1, 1, 10];
+    let mut pol = policy();
+    pol.rules[1].dport = vec![PortRange { lo: 1723, hi: 1723 }];
+    pol.rules[1].helper = Some(HelperKind::Pptp);
+    let cfg = Config::default();
+    let mut d = Dual {
+        shards: Shards::new(2, &cfg, &pol),
+        one: Pipeline::new(cfg, pol),
+        now: 1,
+    };
+    let gre = |src: [u8; 4], dst: [u8; 4], call_id: u16| {
+        let mut h = vec![0x20, 0x01, 0x88, 0x0b, 0, 4];
+        h.extend_from_slice(&call_id.to_be_bytes());
+        h.extend_from_slice(&[0xff, 0x03, 0x00, 0x21]);
+        Pkt::raw4(src, dst, ipproto::GRE).payload(&h).build()
+    };
+    let gre_owner = d.shards.owner(&gre(PNS, PAC, 1)).unwrap();
+    let sport = (40_000..41_000u16)
+        .find(|&p| {
+            d.shards
+                .owner(&Pkt::tcp4(PNS, p, PAC, 1723).flags(SYN).build())
+                != Some(gre_owner)
+        })
+        .unwrap();
+    let ctl = |msg: u16, len: usize, fill: &[(usize, u8)]| {
+        let mut m = u16::try_from(12 + len).unwrap().to_be_bytes().to_vec();
+        m.extend_from_slice(&[0, 1, 0x1a, 0x2b, 0x3c, 0x4d]);
+        m.extend_from_slice(&msg.to_be_bytes());
+        m.extend_from_slice(&[0, 0]);
+        let mut body = vec![0u8; len];
+        for &(at, v) in fill {
+            body[at] = v;
+        }
+        m.extend_from_slice(&body);
+        m
+    };
+    let (mut cseq, mut sseq) = (1000u32, 5000u32);
+    let mut tcp = |d: &mut Dual, from_pns: bool, flags: u8, payload: &[u8]| {
+        let b = if from_pns {
+            let ack = if flags == SYN { 0 } else { sseq };
+            Pkt::tcp4(PNS, sport, PAC, 1723)
+                .flags(flags)
+                .seq(cseq)
+                .ack(ack)
+        } else {
+            Pkt::tcp4(PAC, 1723, PNS, sport)
+                .flags(flags)
+                .seq(sseq)
+                .ack(cseq)
+        }
+        .payload(payload)
+        .build();
+        let side = if from_pns {
+            Side::Inside
+        } else {
+            Side::Outside
+        };
+        let (_, r) = d.run(side, &b);
+        let n = u32::try_from(payload.len()).unwrap() + u32::from(flags & SYN != 0);
+        if from_pns {
+            cseq += n;
+        } else {
+            sseq += n;
+        }
+        assert_eq!(r.verdict, Action::Accept, "{r:?}");
+    };
+    tcp(&mut d, true, SYN, &[]);
+    tcp(&mut d, false, SYN | ACK, &[]);
+    tcp(&mut d, true, ACK, &[]);
+    tcp(&mut d, true, PSH | ACK, &ctl(1, 144, &[]));
+    tcp(&mut d, false, PSH | ACK, &ctl(2, 144, &[(2, 1)]));
+    tcp(&mut d, true, PSH | ACK, &ctl(7, 144, &[(0, 1), (1, 2)]));
+    tcp(
+        &mut d,
+        false,
+        PSH | ACK,
+        &ctl(8, 20, &[(0, 3), (1, 4), (2, 1), (3, 2), (4, 1)]),
+    );
+    let ctl_owner = d
+        .shards
+        .owner(&Pkt::tcp4(PNS, sport, PAC, 1723).flags(ACK).build())
+        .unwrap();
+    let (w, r) = d.run(Side::Outside, &gre(PAC, PNS, 0x0102));
+    assert_ne!(w, ctl_owner);
+    assert_eq!(r.state, CtState::Related);
+    let (_, r) = d.run(Side::Inside, &gre(PNS, PAC, 0x0304));
+    assert_eq!((r.state, r.reply), (CtState::Established, true));
+    for _ in 0..3 {
+        let (_, r) = d.run(Side::Outside, &gre(PAC, PNS, 0x0102));
+        assert_eq!(r.state, CtState::Established);
+    }
+    // Call-Disconnect-Notify on the control connection's worker ends the
+    // call on the GRE's worker too.
+    tcp(&mut d, false, PSH | ACK, &ctl(13, 136, &[(0, 3), (1, 4)]));
+    let (_, r) = d.run(Side::Outside, &gre(PAC, PNS, 0x0102));
+    assert_eq!((r.state, r.verdict), (CtState::New, Action::Drop));
+}
