@@ -101,6 +101,9 @@ pub struct ExpectSpec {
     /// Not used up by a match (`NF_CT_EXPECT_PERMANENT`): broadcast queries get
     /// answers from several hosts until the expectation times out.
     pub permanent: bool,
+    /// Seconds it lives, when not the helper policy's (a SIP registration
+    /// lasts as long as its `expires`).
+    pub timeout: Option<u32>,
 }
 
 /// Per-helper expectation policy (`nf_conntrack_expect_policy`).
@@ -407,7 +410,8 @@ impl Expectations {
             (e.used && e.tuple == t && e.mask == spec.mask && e.deadline > now).then_some(i)
         }) {
             if self.exps[i as usize].master == master {
-                let expires_in = u64::from(policy.timeout) * crate::timeouts::SEC;
+                let expires_in =
+                    u64::from(spec.timeout.unwrap_or(policy.timeout)) * crate::timeouts::SEC;
                 self.exps[i as usize].deadline = now + expires_in;
                 if self.shard.is_some() {
                     self.outbox.push(ExpectMsg::Add {
@@ -446,7 +450,7 @@ impl Expectations {
             worker: self.shard.unwrap_or(0),
             id,
         };
-        let expires_in = u64::from(policy.timeout) * crate::timeouts::SEC;
+        let expires_in = u64::from(spec.timeout.unwrap_or(policy.timeout)) * crate::timeouts::SEC;
         self.exps[i as usize] = Exp {
             tuple: t,
             mask: spec.mask,

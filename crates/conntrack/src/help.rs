@@ -37,6 +37,9 @@ pub(super) struct HelpState {
 
 /// Most GRE keys the PPTP helper remembers at once (two per call).
 pub(super) const KEYMAP_MAX: usize = 4096;
+/// Seconds a SIP signalling flow over UDP lives after each message (the
+/// kernel's `sip_timeout`): registrations and calls outlast the UDP timeout.
+pub(super) const SIP_TIMEOUT: u32 = 3600;
 /// Seconds an unreplied PPTP GRE flow lives (`PPTP_GRE_TIMEOUT`).
 pub(super) const PPTP_GRE_TIMEOUT: u32 = 600;
 /// Seconds a replied PPTP GRE flow lives (`PPTP_GRE_STREAM_TIMEOUT`).
@@ -144,6 +147,7 @@ impl Conntrack {
         // At most 16 announcements per packet (SIP: 8 streams, RTP and RTCP).
         let mut asks: [Option<ExpectSpec>; 16] = [None; 16];
         let mut end_call = false;
+        let mut unregister: Option<Tuple> = None;
         let mut n = 0;
         let mut push = |spec: ExpectSpec| {
             if let Some(slot) = asks.get_mut(n) {
@@ -234,6 +238,7 @@ impl Conntrack {
                         helper: HelperKind::Tftp,
                         child_helper: None,
                         permanent: false,
+                        timeout: None,
                     }),
                     Ok(None) => {}
                     Err(_) => errors += 1,
@@ -279,6 +284,7 @@ impl Conntrack {
                                         helper: kind,
                                         child_helper: None,
                                         permanent: false,
+                                        timeout: None,
                                     });
                                     let origin = crate::expect::Origin {
                                         worker: self.expects.shard().unwrap_or(0),
@@ -320,6 +326,9 @@ impl Conntrack {
                 self.help_stats.packets[ks] += 1;
                 let sender = pkt.tuple;
                 let stream = matches!(pkt.l4, L4::Tcp(_));
+                if !stream {
+                    self.set_deadline(idx, now + u64::from(SIP_TIMEOUT) * crate::timeouts::SEC);
+                }
                 let mut rest = payload;
                 while !rest.is_empty() {
                     let (msg, used) = match sip::parse(rest) {
@@ -333,6 +342,45 @@ impl Conntrack {
                     };
                     if matches!(msg.request, Some(Method::Bye | Method::Cancel)) {
                         end_call = true;
+                    } else if msg.request.is_none()
+                        && (200..300).contains(&msg.status)
+                        && msg.cseq_method == Method::Register
+                    {
+                        // A registration: the UA (this answer's receiver) may
+                        // be called by the registrar at its Contact.
+                        if let Some(c) = msg.contact {
+                            let (fam, addr) = ip_to_addr(c.addr);
+                            let expires = c.expires.or(msg.expires).unwrap_or(3600);
+                            if fam != sender.family || addr != sender.dst {
+                                // Third-party registrations are not followed.
+                                refused += 1;
+                            } else {
+                                let tuple = Tuple {
+                                    src: sender.src,
+                                    dst: addr,
+                                    src_port: 0,
+                                    dst_port: c.port,
+                                    proto: sender.proto,
+                                    family: fam,
+                                };
+                                if expires == 0 {
+                                    unregister = Some(tuple);
+                                } else {
+                                    push(ExpectSpec {
+                                        tuple,
+                                        mask: Mask {
+                                            src_addr: false,
+                                            src_port: true,
+                                            src_prefix: 0,
+                                        },
+                                        helper: kind,
+                                        child_helper: Some(HelperKind::Sip),
+                                        permanent: true,
+                                        timeout: Some(expires),
+                                    });
+                                }
+                            }
+                        }
                     } else if msg.carries_offer_or_answer() {
                         for m in msg.media() {
                             let (fam, addr) = ip_to_addr(m.addr);
@@ -360,6 +408,7 @@ impl Conntrack {
                                     helper: kind,
                                     child_helper: None,
                                     permanent: false,
+                                    timeout: None,
                                 });
                             }
                         }
@@ -396,6 +445,7 @@ impl Conntrack {
                     helper: kind,
                     child_helper: None,
                     permanent: true,
+                    timeout: None,
                 });
                 // The query's own entry lives as long as its expectation.
                 let tmo = u64::from(self.cfg.expect_policy[ks].timeout) * crate::timeouts::SEC;
@@ -408,6 +458,12 @@ impl Conntrack {
             let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
             if head != NONE {
                 self.expects.remove_all(head);
+            }
+        }
+        if let Some(t) = unregister {
+            // Expires 0: the binding (and its expectation) goes.
+            if let Some(slot) = self.expects.find(&t, now) {
+                self.unlink_expectation(slot, true);
             }
         }
         self.help_stats.parse_errors[ks] += errors;
@@ -560,6 +616,7 @@ fn expected_tcp(src: Addr, dst: Addr, port: u16, family: Family, any_src: bool) 
         helper: HelperKind::Ftp,
         child_helper: None,
         permanent: false,
+        timeout: None,
     }
 }
 

@@ -401,6 +401,7 @@ mod expectations {
             helper: HelperKind::Tftp,
             child_helper: None,
             permanent: false,
+            timeout: None,
         }
     }
 

@@ -155,3 +155,96 @@ fn malformed_sip_is_counted() {
         1
     );
 }
+
+fn register(contact: &str, expires_hdr: Option<u32>) -> Vec<u8> {
+    let exp = expires_hdr.map_or(String::new(), |e| format!("Expires: {e}\r\n"));
+    format!(
+        "REGISTER sip:{PROXY_S} SIP/2.0\r\nVia: SIP/2.0/UDP x\r\nCall-ID: reg-1@x\r\nCSeq: 1 REGISTER\r\n\
+Contact: {contact}\r\n{exp}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn register_ok(contact: &str, expires_hdr: Option<u32>) -> Vec<u8> {
+    let exp = expires_hdr.map_or(String::new(), |e| format!("Expires: {e}\r\n"));
+    format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP x\r\nCall-ID: reg-1@x\r\nCSeq: 1 REGISTER\r\n\
+Contact: {contact}\r\n{exp}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+const PROXY_S: &str = "203.0.113.5";
+
+/// An INVITE from the registrar to the phone's registered port.
+fn incoming(p: &mut Pipeline, sport: u16, dport: u16, now: u64) -> conntrack::PacketResult {
+    let b = Pkt::udp4(PROXY, sport, PHONE, dport)
+        .payload(
+            b"INVITE sip:phone@192.168.1.2 SIP/2.0\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .build();
+    p.process(Side::Outside, &b, now)
+}
+
+#[test]
+fn register_opens_incoming_signalling_for_expires() {
+    const S: u64 = 1_000_000_000;
+    let mut p = pipeline();
+    let c = "<sip:phone@192.168.1.2:5062;transport=udp>";
+    // Before the registrar answers, nothing is expected.
+    sip(&mut p, true, &register(c, Some(600)), S);
+    assert_eq!(incoming(&mut p, 5070, 5062, S).verdict, Action::Drop);
+    sip(
+        &mut p,
+        false,
+        &register_ok(&format!("{c};expires=600"), None),
+        2 * S,
+    );
+    // The registrar may now call the phone at its Contact, from any port, more
+    // than once (a registration is not used up), with the SIP helper.
+    for sport in [5070, 5071] {
+        let r = incoming(&mut p, sport, 5062, 3 * S);
+        assert_eq!(
+            (r.state, r.verdict),
+            (CtState::Related, Action::Accept),
+            "from port {sport}"
+        );
+    }
+    // Not another port of the phone, not from another host.
+    assert_eq!(incoming(&mut p, 5070, 5063, 3 * S).verdict, Action::Drop);
+    let b = Pkt::udp4([198, 51, 100, 9], 5060, PHONE, 5062)
+        .payload(b"x")
+        .build();
+    assert_eq!(p.process(Side::Outside, &b, 3 * S).verdict, Action::Drop);
+    // It lasts as long as the binding: 600 s.
+    assert_eq!(
+        incoming(&mut p, 5072, 5062, 590 * S).state,
+        CtState::Related
+    );
+    assert_eq!(incoming(&mut p, 5073, 5062, 610 * S).verdict, Action::Drop);
+}
+
+#[test]
+fn unregister_and_third_party_bindings() {
+    const S: u64 = 1_000_000_000;
+    let mut p = pipeline();
+    let c = "<sip:phone@192.168.1.2:5062>";
+    sip(&mut p, true, &register(c, None), S);
+    sip(&mut p, false, &register_ok(c, Some(3600)), S);
+    assert_eq!(incoming(&mut p, 5070, 5062, 2 * S).state, CtState::Related);
+    // Expires 0 takes the binding away.
+    sip(&mut p, true, &register(c, Some(0)), 3 * S);
+    sip(
+        &mut p,
+        false,
+        &register_ok(&format!("{c};expires=0"), None),
+        3 * S,
+    );
+    assert_eq!(incoming(&mut p, 5071, 5062, 4 * S).verdict, Action::Drop);
+    // A binding for another host than the phone is not followed.
+    let other = "<sip:phone@192.168.1.99:5062>";
+    sip(&mut p, true, &register(other, None), 5 * S);
+    sip(&mut p, false, &register_ok(other, Some(3600)), 5 * S);
+    assert_eq!(p.conntrack().expectations(5 * S).count(), 0);
+    assert!(p.conntrack().helper_stats().refused[HelperKind::Sip as usize] >= 1);
+}

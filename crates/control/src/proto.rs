@@ -315,6 +315,7 @@ impl ExpectAddSpec {
                 helper,
                 child_helper: None,
                 permanent: false,
+                timeout: None,
             },
         ))
     }

@@ -9,6 +9,14 @@
 //! `a=rtcp:`) are expected from the other signalling party, any source port.
 //! BYE and CANCEL end the call's expectations. A stream with port 0 is
 //! disabled and announces nothing.
+//!
+//! Registrations (`sip_direct_signalling=1`): a 2xx answer to a REGISTER
+//! whose Contact binds the registering UA's own address makes the UA
+//! reachable for incoming signalling from the registrar, to the Contact's
+//! port, any source port, for as long as the binding's `expires` (Contact
+//! parameter, else the Expires header, else 3600 s); `expires=0` binds
+//! nothing. The kernel creates the expectation inactive on the request and
+//! activates it on the 2xx; expecting on the 2xx is the same to every packet.
 
 use std::net::IpAddr;
 
@@ -77,6 +85,18 @@ pub struct Media {
     pub rtcp_port: u16,
 }
 
+/// The first Contact of a message: a numeric host, its port, and the
+/// binding's `expires` parameter if given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contact {
+    /// Host (only numeric addresses are usable).
+    pub addr: IpAddr,
+    /// Port (5060 when absent).
+    pub port: u16,
+    /// `;expires=` of the binding.
+    pub expires: Option<u32>,
+}
+
 /// A parsed SIP message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SipMsg<'a> {
@@ -88,6 +108,10 @@ pub struct SipMsg<'a> {
     pub cseq_method: Method,
     /// The Call-ID header value.
     pub call_id: &'a [u8],
+    /// The first Contact with a numeric host.
+    pub contact: Option<Contact>,
+    /// The Expires header.
+    pub expires: Option<u32>,
     media: [Option<Media>; MAX_MEDIA],
 }
 
@@ -166,6 +190,8 @@ pub fn parse(buf: &[u8]) -> Result<(SipMsg<'_>, usize), ParseErr> {
     let mut cseq_method = Method::Other;
     let mut call_id: &[u8] = &[];
     let mut content_len = None;
+    let mut contact = None;
+    let mut expires = None;
     let mut sdp = false;
     let mut headers = 0;
     loop {
@@ -199,6 +225,12 @@ pub fn parse(buf: &[u8]) -> Result<(SipMsg<'_>, usize), ParseErr> {
                 .split(|&b| b == b';')
                 .next()
                 .is_some_and(|t| trim(t).eq_ignore_ascii_case(b"application/sdp"));
+        } else if is(b"Contact", b"m") {
+            if contact.is_none() {
+                contact = parse_contact(value);
+            }
+        } else if name.eq_ignore_ascii_case(b"Expires") {
+            expires = number(value);
         } else if name.eq_ignore_ascii_case(b"CSeq") {
             let mut it = value.split(|&b| b == b' ').filter(|p| !p.is_empty());
             number(it.next().ok_or(ParseErr::Truncated)?).ok_or(ParseErr::BadNumber)?;
@@ -215,12 +247,74 @@ pub fn parse(buf: &[u8]) -> Result<(SipMsg<'_>, usize), ParseErr> {
         status,
         cseq_method,
         call_id,
+        contact,
+        expires,
         media: [None; MAX_MEDIA],
     };
     if sdp {
         parse_sdp(body, &mut msg.media)?;
     }
     Ok((msg, head_len + body.len()))
+}
+
+/// Reads a Contact header value: `"Name" <sip:user@192.0.2.1:5062;transport=udp>;expires=60`
+/// or `sip:user@[2001:db8::1]:5060`; `*` and non-numeric hosts give `None`.
+fn parse_contact(v: &[u8]) -> Option<Contact> {
+    // The first of several comma-separated contacts (no commas in a numeric URI).
+    let v = v.split(|&b| b == b',').next()?;
+    let (uri, params) = match v.iter().position(|&b| b == b'<') {
+        Some(lt) => {
+            let rest = &v[lt + 1..];
+            let gt = rest.iter().position(|&b| b == b'>')?;
+            (&rest[..gt], &rest[gt + 1..])
+        }
+        None => {
+            let semi = v.iter().position(|&b| b == b';').unwrap_or(v.len());
+            (&v[..semi], &v[semi..])
+        }
+    };
+    let uri = trim(uri);
+    let uri = uri
+        .strip_prefix(b"sip:")
+        .or_else(|| uri.strip_prefix(b"sips:"))?;
+    // Host part: after the user, before URI parameters or headers.
+    let hostport = match uri.iter().position(|&b| b == b'@') {
+        Some(at) => &uri[at + 1..],
+        None => uri,
+    };
+    let end = hostport
+        .iter()
+        .position(|&b| b == b';' || b == b'?')
+        .unwrap_or(hostport.len());
+    let hostport = &hostport[..end];
+    let (host, port) = if let Some(h6) = hostport.strip_prefix(b"[") {
+        let close = h6.iter().position(|&b| b == b']')?;
+        let port = h6[close + 1..].strip_prefix(b":");
+        (&h6[..close], port)
+    } else {
+        match hostport.iter().position(|&b| b == b':') {
+            Some(c) => (&hostport[..c], Some(&hostport[c + 1..])),
+            None => (hostport, None),
+        }
+    };
+    let addr: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    if matches!(addr, IpAddr::V6(_)) != hostport.starts_with(b"[") {
+        return None;
+    }
+    let port = match port {
+        Some(p) => u16::try_from(number(p)?).ok().filter(|&p| p != 0)?,
+        None => 5060,
+    };
+    let expires = params.split(|&b| b == b';').map(trim).find_map(|p| {
+        let (k, val) = p.split_at(p.iter().position(|&b| b == b'=')?);
+        k.eq_ignore_ascii_case(b"expires")
+            .then(|| number(trim(&val[1..])))?
+    });
+    Some(Contact {
+        addr,
+        port,
+        expires,
+    })
 }
 
 fn sdp_addr(v: &[u8]) -> Option<IpAddr> {
@@ -366,6 +460,50 @@ Content-Length: {}\r\n\r\n{body}",
             parse(&invite[..invite.len() - 10]).err(),
             Some(ParseErr::Truncated)
         );
+    }
+
+    #[test]
+    fn contacts() {
+        let c = |v: &[u8]| parse_contact(v);
+        assert_eq!(
+            c(b"\"Alice\" <sip:alice@10.0.0.1:5062;transport=udp>;expires=60"),
+            Some(Contact {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 5062,
+                expires: Some(60)
+            })
+        );
+        assert_eq!(
+            c(b"sip:bob@[2001:db8::1]"),
+            Some(Contact {
+                addr: "2001:db8::1".parse().unwrap(),
+                port: 5060,
+                expires: None
+            })
+        );
+        assert_eq!(
+            c(b"<sip:192.0.2.7:6000>;q=0.5;Expires=0").map(|k| k.expires),
+            Some(Some(0))
+        );
+        for bad in [
+            &b"*"[..],
+            b"<sip:alice@example.com>",
+            b"<sip:alice@10.0.0.1:0>",
+            b"<sip:alice@10.0.0.1:99999>",
+            b"<sip:alice@2001:db8::1>",
+            b"<sip:alice@[10.0.0.1]>",
+            b"<sip:alice@10.0.0.1",
+            b"<tel:+123>",
+        ] {
+            assert_eq!(c(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        let (m, _) = parse(
+            b"SIP/2.0 200 OK\r\nCSeq: 2 REGISTER\r\nContact: <sip:a@10.0.0.1:5060>;expires=1800\r\nExpires: 3600\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(m.cseq_method, Method::Register);
+        assert_eq!(m.contact.map(|c| c.expires), Some(Some(1800)));
+        assert_eq!(m.expires, Some(3600));
     }
 
     #[test]
