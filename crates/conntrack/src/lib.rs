@@ -124,6 +124,24 @@ impl HelperKind {
         }
     }
 
+    /// The helper the kernel registers on the well-known port of a
+    /// connection's destination (for automatic assignment).
+    pub fn for_port(t: &Tuple) -> Option<HelperKind> {
+        use crate::tuple::ipproto::{TCP, UDP};
+        Some(match (t.proto, t.dst_port) {
+            (TCP, 21) => HelperKind::Ftp,
+            (UDP, 69) => HelperKind::Tftp,
+            (TCP, 6667) => HelperKind::Irc,
+            (TCP | UDP, 5060) => HelperKind::Sip,
+            (UDP, 10080) => HelperKind::Amanda,
+            (TCP, 6566) => HelperKind::Sane,
+            (TCP, 1723) => HelperKind::Pptp,
+            (UDP, 137) => HelperKind::NetbiosNs,
+            (UDP, 161) => HelperKind::Snmp,
+            _ => return None,
+        })
+    }
+
     /// From a kernel name.
     pub fn from_name(s: &str) -> Option<HelperKind> {
         HelperKind::ALL.iter().copied().find(|h| h.name() == s)

@@ -144,7 +144,12 @@ impl Pipeline {
         });
         let accepted = d.action == Action::Accept;
         if accepted {
-            self.ct.confirm(&track, d.assign_helper, now);
+            let helper = d.assign_helper.or_else(|| {
+                (self.ct.config().auto_helpers && track.state == CtState::New && !track.reply)
+                    .then(|| crate::HelperKind::for_port(&pkt.tuple))
+                    .flatten()
+            });
+            self.ct.confirm(&track, helper, now);
             self.ct.help(&track, &pkt, now);
         } else {
             self.ct.abort(&track, now);

@@ -55,6 +55,10 @@ pub struct Config {
     /// `ct count over N` per `ip saddr`); 0: no limit. A new connection
     /// beyond it is dropped with reason `source_limit`.
     pub max_per_source: u32,
+    /// Assign helpers by well-known port to new connections no rule gave one
+    /// (the kernel's old `nf_conntrack_helper=1`); off by default: helpers
+    /// are assigned by policy rules.
+    pub auto_helpers: bool,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             helper_slots: 4096,
             ftp_loose: false,
             max_per_source: 0,
+            auto_helpers: false,
             expect_policy: core::array::from_fn(|i| {
                 expect::default_policy(HelperKind::ALL.get(i).copied().unwrap_or(HelperKind::Ftp))
             }),

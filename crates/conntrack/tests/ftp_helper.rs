@@ -49,8 +49,12 @@ struct Ctl {
 
 impl Ctl {
     fn new(helper: bool, v6: bool) -> Ctl {
+        Ctl::with_pipeline(pipeline(helper), v6)
+    }
+
+    fn with_pipeline(p: Pipeline, v6: bool) -> Ctl {
         let mut c = Ctl {
-            p: pipeline(helper),
+            p,
             v6,
             cseq: 100,
             sseq: 900,
@@ -212,4 +216,40 @@ fn malformed_commands_are_counted_not_fatal() {
         2
     );
     assert_eq!(c.p.conntrack().expectations(c.now).count(), 0);
+}
+
+#[test]
+fn helpers_by_port_when_asked() {
+    // No rule assigns a helper; automatic assignment (off by default) does,
+    // by the well-known port.
+    for (auto, want) in [(false, CtState::New), (true, CtState::Related)] {
+        let mut est = Rule::any(Action::Accept);
+        est.states = StateSet::default()
+            .with(CtState::Established)
+            .with(CtState::Related);
+        let mut ftp = Rule::any(Action::Accept);
+        ftp.from = Some(Side::Inside);
+        ftp.states = StateSet::default().with(CtState::New);
+        ftp.proto = ProtoMatch::Proto(ipproto::TCP);
+        ftp.dport = vec![PortRange { lo: 21, hi: 21 }];
+        let p = Pipeline::new(
+            Config {
+                auto_helpers: auto,
+                ..Config::default()
+            },
+            Policy {
+                rules: vec![est, ftp],
+                default: Action::Drop,
+            },
+        );
+        let mut c = Ctl::with_pipeline(p, false);
+        c.line(false, "220 ready\r\n");
+        c.line(true, "PASV\r\n");
+        c.line(false, "227 Entering Passive Mode (192,0,2,21,195,80).\r\n");
+        assert_eq!(
+            c.data(&C, 50000, &S, 50000, Side::Inside),
+            want,
+            "auto_helpers = {auto}"
+        );
+    }
 }

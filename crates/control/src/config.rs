@@ -168,6 +168,7 @@ conntrack_keys! {
     frag_slots: i64,
     ftp_loose: bool,
     max_per_source: i64,
+    auto_helpers: bool,
 }
 
 #[derive(Deserialize)]
@@ -459,6 +460,7 @@ fn parse_conntrack(
             dc.frag_slots,
         ),
         ftp_loose: flag(&c.ftp_loose, dc.ftp_loose),
+        auto_helpers: flag(&c.auto_helpers, dc.auto_helpers),
         max_per_source: count(
             l,
             errs,

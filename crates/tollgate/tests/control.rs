@@ -9,18 +9,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataplane::lab::Lab;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+mod common;
+use common::*;
 
 /// A config for the lab: pings and TCP to port 5201 may be opened from the
 /// inside (`tcp_new = false` leaves TCP to what is established).
@@ -62,26 +58,6 @@ action = "accept"
 {tcp}"#,
         sock.display()
     )
-}
-
-/// Kills what the test started, passing or failing.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SIGTERM first: Tollgate removes its socket and detaches.
-            // SAFETY: kill has no memory preconditions.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Runs the CLI; returns (success, stdout, stderr).
@@ -180,13 +156,11 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn control_plane_end_to_end() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces, XDP)");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
+    if !ready(&[
+        ["prometheus", "--version"],
+        ["iperf3", "--version"],
+        ["curl", "--version"],
+    ]) {
         return;
     }
     Lab::clean_stale();

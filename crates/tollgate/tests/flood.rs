@@ -7,7 +7,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,30 +17,8 @@ use dataplane::gen::Generator;
 use dataplane::lab::Lab;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SAFETY: kill has no memory preconditions.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+mod common;
+use common::*;
 
 fn stats(sock: &Path) -> Value {
     let out = Command::new(BIN)
@@ -57,25 +35,13 @@ fn stats(sock: &Path) -> Value {
     serde_json::from_str::<Value>(&line).expect("json")["stats"].clone()
 }
 
-fn spawn(lab: &Lab, ns: &str, args: &[&str]) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{args:?} in {ns} ({}): {e}", lab.boxns))
-}
-
 #[test]
 fn syn_flood_spares_established_and_new_connections() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
+    if !ready(&[
+        ["iperf3", "--version"],
+        ["curl", "--version"],
+        ["python3", "--version"],
+    ]) {
         return;
     }
     Lab::clean_stale();
@@ -122,15 +88,13 @@ action = "accept"
     )
     .expect("config");
     let mut procs = Procs(Vec::new());
-    procs.0.push(spawn(
-        &lab,
+    procs.0.push(spawn_in(
         &lab.boxns,
         &[BIN, "run", "--config", &cfg.display().to_string()],
     ));
-    procs.0.push(spawn(&lab, &lab.server, &["iperf3", "-s"]));
+    procs.0.push(spawn_in(&lab.server, &["iperf3", "-s"]));
     let www = dir.join("www").display().to_string();
-    procs.0.push(spawn(
-        &lab,
+    procs.0.push(spawn_in(
         &lab.server,
         &[
             "python3",
@@ -161,7 +125,21 @@ action = "accept"
     std::thread::sleep(Duration::from_millis(700));
 
     // An established, assured transfer before the flood starts.
-    let iperf = spawn(&lab, &lab.client, &["iperf3", "-c", "10.77.0.2", "-t", "6"]);
+    let iperf = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client,
+            "iperf3",
+            "-c",
+            "10.77.0.2",
+            "-t",
+            "6",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("iperf3 -c");
     std::thread::sleep(Duration::from_millis(1500));
 
     // The flood: valid SYNs from 10.77.128.0/17, many source ports.

@@ -11,56 +11,14 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataplane::lab::Lab;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-/// Labs are named after the process: one at a time.
-static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SAFETY: kill has no memory preconditions.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn stats(sock: &Path) -> Vec<Value> {
-    let out = Command::new(BIN)
-        .args(["ct", "stats", "--json", "--socket"])
-        .arg(sock)
-        .output()
-        .expect("ct stats");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json")["stats"].clone())
-        .collect()
-}
-
-fn total(st: &[Value], key: &str) -> u64 {
-    st.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum()
-}
+mod common;
+use common::*;
 
 /// Runs `tollgate run` with two workers on the lab, 12 FTP transfers
 /// (passive and active, byte-compared), an iperf3 run and a refused
@@ -119,18 +77,7 @@ action = "accept"
         .collect();
     std::fs::write(dir.join("ftp/file.bin"), &payload).expect("file");
     let conf = dir.join("vsftpd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "background=NO\nlisten=YES\nlisten_ipv6=NO\nlisten_address=10.77.0.2\n\
-anonymous_enable=YES\nno_anon_password=YES\nanon_root={}\nlocal_enable=NO\nwrite_enable=NO\n\
-seccomp_sandbox=NO\npasv_enable=YES\npasv_min_port=40000\npasv_max_port=40100\n\
-port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=/var/run/vsftpd/empty\n",
-            dir.join("ftp").display()
-        ),
-    )
-    .expect("vsftpd.conf");
-    std::fs::create_dir_all("/var/run/vsftpd/empty").expect("vsftpd empty dir");
+    std::fs::write(&conf, vsftpd_conf(&dir.join("ftp"))).expect("vsftpd.conf");
     let mut procs = Procs(Vec::new());
     procs.0.push(
         Command::new("ip")
@@ -230,27 +177,11 @@ fn two_workers_with_asymmetric_queues() {
     let _one = LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
-        return;
-    }
-    if Command::new("vsftpd")
-        .arg("-v")
-        .stdin(Stdio::null())
-        .output()
-        .is_err()
-    {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must install vsftpd"
-        );
-        eprintln!("SKIPPED: vsftpd is not installed");
+    if !ready(&[
+        ["vsftpd", "-v"],
+        ["iperf3", "--version"],
+        ["curl", "--version"],
+    ]) {
         return;
     }
     Lab::clean_stale();
@@ -284,27 +215,11 @@ fn steered_symmetric_and_asymmetric() {
     let _one = LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
-        return;
-    }
-    if Command::new("vsftpd")
-        .arg("-v")
-        .stdin(Stdio::null())
-        .output()
-        .is_err()
-    {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must install vsftpd"
-        );
-        eprintln!("SKIPPED: vsftpd is not installed");
+    if !ready(&[
+        ["vsftpd", "-v"],
+        ["iperf3", "--version"],
+        ["curl", "--version"],
+    ]) {
         return;
     }
     Lab::clean_stale();

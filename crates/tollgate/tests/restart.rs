@@ -12,12 +12,8 @@ use std::time::{Duration, Instant};
 
 use dataplane::lab::Lab;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+mod common;
+use common::*;
 
 fn start(lab: &Lab, cfg: &Path) -> Child {
     Command::new("ip")
@@ -27,14 +23,6 @@ fn start(lab: &Lab, cfg: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("tollgate run")
-}
-
-fn wait_socket(sock: &Path) {
-    let t = Instant::now();
-    while UnixStream::connect(sock).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(15), "no control socket");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn xdp_attached(lab: &Lab) -> bool {
@@ -52,13 +40,7 @@ fn ping(lab: &Lab) -> bool {
 
 #[test]
 fn crash_and_restart_leave_nothing_behind() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
+    if !ready(&[]) {
         return;
     }
     Lab::clean_stale();

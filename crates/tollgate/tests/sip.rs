@@ -6,37 +6,15 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataplane::lab::Lab;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+mod common;
+use common::*;
 const PCAPS: &str = "/usr/share/sip-tester";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SAFETY: kill has no memory preconditions.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn cli(sock: &Path, args: &[&str]) -> Vec<Value> {
     let out = Command::new(BIN)
@@ -158,24 +136,7 @@ fn call(helper: bool) -> (bool, Option<(u64, u64)>, u64, u64) {
 
 #[test]
 fn sip_call_with_rtp_needs_the_helper() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
-        return;
-    }
-    if Command::new("sipp").arg("-v").output().is_err()
-        || !Path::new(PCAPS).join("g711a.pcap").exists()
-    {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must install sip-tester"
-        );
-        eprintln!("SKIPPED: sipp (Debian sip-tester) is not installed");
+    if !ready(&[["sipp", "-v"]]) {
         return;
     }
     Lab::clean_stale();

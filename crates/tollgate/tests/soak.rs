@@ -6,39 +6,14 @@
 //! length (20 s by default; run 600 by hand).
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane::lab::Lab;
-use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SAFETY: kill has no memory preconditions.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+mod common;
+use common::*;
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -51,45 +26,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn stats(sock: &Path) -> Vec<Value> {
-    let out = Command::new(BIN)
-        .args(["ct", "stats", "--json", "--socket"])
-        .arg(sock)
-        .output()
-        .expect("ct stats");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json")["stats"].clone())
-        .collect()
-}
-
-fn total(st: &[Value], key: &str) -> u64 {
-    st.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum()
-}
-
 #[test]
 fn soak_mixed_traffic() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run as root"
-        );
-        return;
-    }
-    if Command::new("vsftpd")
-        .arg("-v")
-        .stdin(Stdio::null())
-        .output()
-        .is_err()
-    {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must install vsftpd"
-        );
-        eprintln!("SKIPPED: vsftpd is not installed");
+    if !ready(&[
+        ["vsftpd", "-v"],
+        ["iperf3", "--version"],
+        ["curl", "--version"],
+        ["python3", "--version"],
+    ]) {
         return;
     }
     let secs: u64 = std::env::var("TOLLGATE_SOAK_SECS")
@@ -159,41 +103,21 @@ action = "accept"
     let page: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     std::fs::write(dir.join("www/page.txt"), &page).expect("page");
     let conf = dir.join("vsftpd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "background=NO\nlisten=YES\nlisten_ipv6=NO\nlisten_address=10.77.0.2\n\
-anonymous_enable=YES\nno_anon_password=YES\nanon_root={}\nlocal_enable=NO\nwrite_enable=NO\n\
-seccomp_sandbox=NO\npasv_enable=YES\npasv_min_port=40000\npasv_max_port=40100\n\
-port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nmax_clients=50\n\
-secure_chroot_dir=/var/run/vsftpd/empty\n",
-            dir.join("ftp").display()
-        ),
-    )
-    .expect("vsftpd.conf");
-    std::fs::create_dir_all("/var/run/vsftpd/empty").expect("vsftpd empty dir");
-    let ns = |n: &str, args: &[&str]| -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", n])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn")
-    };
+    std::fs::write(&conf, vsftpd_conf(&dir.join("ftp"))).expect("vsftpd.conf");
     let mut procs = Procs(Vec::new());
-    let tg = ns(
+    let tg = spawn_in(
         &lab.boxns,
         &[BIN, "run", "--config", &cfg.display().to_string()],
     );
     let tg_pid = tg.id();
     procs.0.push(tg);
-    procs
-        .0
-        .push(ns(&lab.server, &["vsftpd", &conf.display().to_string()]));
-    procs.0.push(ns(&lab.server, &["iperf3", "-s"]));
+    procs.0.push(spawn_in(
+        &lab.server,
+        &["vsftpd", &conf.display().to_string()],
+    ));
+    procs.0.push(spawn_in(&lab.server, &["iperf3", "-s"]));
     let www = dir.join("www").display().to_string();
-    procs.0.push(ns(
+    procs.0.push(spawn_in(
         &lab.server,
         &[
             "python3",

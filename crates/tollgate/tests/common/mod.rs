@@ -1,0 +1,124 @@
+//! What the lab tests share: the binary, root and tool checks, child
+//! processes that are stopped whatever happens, the control socket.
+
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// Labs are named after the process: tests of one binary take turns.
+pub static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether the test can run: root, and every command of `tools` present
+/// (`[command, version flag]`). Outside CI a missing one skips the test; in
+/// CI it fails it.
+pub fn ready(tools: &[[&str; 2]]) -> bool {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(!ci, "CI must run the lab tests as root");
+        eprintln!("SKIPPED: needs root (network namespaces, XDP)");
+        return false;
+    }
+    for [cmd, flag] in tools {
+        let found = Command::new(cmd)
+            .arg(flag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(!ci, "CI must install {cmd} (./x deps)");
+            eprintln!("SKIPPED: {cmd} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: kill has no memory preconditions.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `args` in namespace `ns`, output discarded.
+pub fn spawn_in(ns: &str, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"))
+}
+
+/// Waits until a daemon serves the control socket `sock`.
+pub fn wait_socket(sock: &Path) {
+    let t = Instant::now();
+    while UnixStream::connect(sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "tollgate did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `tollgate ct stats --json`: one object per worker.
+pub fn stats(sock: &Path) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args(["ct", "stats", "--json", "--socket"])
+        .arg(sock)
+        .output()
+        .expect("ct stats");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json")["stats"].clone())
+        .collect()
+}
+
+/// Sum of a counter over the workers.
+pub fn total(st: &[Value], key: &str) -> u64 {
+    st.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum()
+}
+
+/// A vsftpd configuration serving `root` anonymously on 10.77.0.2 (the lab's
+/// server), passive ports 40000-40100, active from port 20.
+pub fn vsftpd_conf(root: &Path) -> String {
+    std::fs::create_dir_all("/var/run/vsftpd/empty").expect("vsftpd empty dir");
+    format!(
+        "background=NO\nlisten=YES\nlisten_ipv6=NO\nlisten_address=10.77.0.2\n\
+anonymous_enable=YES\nno_anon_password=YES\nanon_root={}\nlocal_enable=NO\nwrite_enable=NO\n\
+seccomp_sandbox=NO\npasv_enable=YES\npasv_min_port=40000\npasv_max_port=40100\n\
+port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nmax_clients=50\n\
+secure_chroot_dir=/var/run/vsftpd/empty\n",
+        root.display()
+    )
+}
