@@ -21,43 +21,12 @@ use common::*;
 /// A config for the lab: pings and TCP to port 5201 may be opened from the
 /// inside (`tcp_new = false` leaves TCP to what is established).
 fn config(sock: &Path, metrics: u16, tcp_new: bool) -> String {
-    let tcp = if tcp_new {
-        "[[rule]]\nfrom = \"inside\"\nstate = [\"new\"]\nproto = \"tcp\"\ndport = 5201\naction = \"accept\"\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"
-[interfaces]
-inside = "tgin"
-outside = "tgout"
-
-[control]
-socket = "{}"
-
-[metrics]
-listen = "127.0.0.1:{metrics}"
-
-[policy]
-default = "drop"
-
-[[rule]]
-state = ["invalid"]
-action = "drop"
-
-[[rule]]
-state = ["established", "related", "untracked"]
-action = "accept"
-
-[[rule]]
-from = "inside"
-state = ["new"]
-proto = "icmp"
-action = "accept"
-
-{tcp}"#,
-        sock.display()
-    )
+    let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
+    let mut rules = vec!["proto = \"icmp\""];
+    if tcp_new {
+        rules.push("proto = \"tcp\"\ndport = 5201");
+    }
+    lab_config(sock, 1, &metrics, &rules)
 }
 
 /// Runs the CLI; returns (success, stdout, stderr).

@@ -54,37 +54,7 @@ fn syn_flood_spares_established_and_new_connections() {
     let cfg = dir.join("tollgate.toml");
     std::fs::write(
         &cfg,
-        format!(
-            r#"
-[interfaces]
-inside = "tgin"
-outside = "tgout"
-queues = 1
-
-[conntrack]
-max_entries = 4096
-
-[control]
-socket = "{}"
-
-[policy]
-default = "drop"
-
-[[rule]]
-state = ["invalid"]
-action = "drop"
-
-[[rule]]
-state = ["established", "related", "untracked"]
-action = "accept"
-
-[[rule]]
-from = "inside"
-state = ["new"]
-action = "accept"
-"#,
-            sock.display()
-        ),
+        lab_config(&sock, 1, "[conntrack]\nmax_entries = 4096\n", &[""]),
     )
     .expect("config");
     let mut procs = Procs(Vec::new());

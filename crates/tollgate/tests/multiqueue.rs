@@ -32,43 +32,14 @@ fn run_ftp_and_iperf(lab: &Lab, tag: &str) -> (Vec<Value>, u64) {
     let cfg = dir.join("tollgate.toml");
     std::fs::write(
         &cfg,
-        format!(
-            r#"
-[interfaces]
-inside = "tgin"
-outside = "tgout"
-queues = 2
-
-[control]
-socket = "{}"
-
-[policy]
-default = "drop"
-
-[[rule]]
-state = ["invalid"]
-action = "drop"
-
-[[rule]]
-state = ["established", "related", "untracked"]
-action = "accept"
-
-[[rule]]
-from = "inside"
-state = ["new"]
-proto = "tcp"
-dport = 21
-helper = "ftp"
-action = "accept"
-
-[[rule]]
-from = "inside"
-state = ["new"]
-proto = "tcp"
-dport = 5201
-action = "accept"
-"#,
-            sock.display()
+        lab_config(
+            &sock,
+            2,
+            "",
+            &[
+                "proto = \"tcp\"\ndport = 21\nhelper = \"ftp\"",
+                "proto = \"tcp\"\ndport = 5201",
+            ],
         ),
     )
     .expect("config");

@@ -50,17 +50,7 @@ fn crash_and_restart_leave_nothing_behind() {
     std::fs::create_dir_all(&dir).expect("dir");
     let sock = dir.join("control.sock");
     let cfg = dir.join("tollgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[interfaces]\ninside = \"tgin\"\noutside = \"tgout\"\nqueues = 1\n\
-             [control]\nsocket = \"{}\"\n[policy]\ndefault = \"drop\"\n\
-             [[rule]]\nstate = [\"established\", \"related\", \"untracked\"]\naction = \"accept\"\n\
-             [[rule]]\nfrom = \"inside\"\nstate = [\"new\"]\naction = \"accept\"\n",
-            sock.display()
-        ),
-    )
-    .expect("config");
+    std::fs::write(&cfg, lab_config(&sock, 1, "", &[""])).expect("config");
     assert!(
         !lab.exec(&lab.client, &["ping", "-c", "1", "-W", "1", "10.77.0.2"])
             .0,

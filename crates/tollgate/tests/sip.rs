@@ -46,18 +46,8 @@ fn call(helper: bool) -> (bool, Option<(u64, u64)>, u64, u64) {
     let sock = dir.join("control.sock");
     let cfg = dir.join("tollgate.toml");
     let helper_line = if helper { "helper = \"sip\"\n" } else { "" };
-    std::fs::write(
-        &cfg,
-        format!(
-            "[interfaces]\ninside = \"tgin\"\noutside = \"tgout\"\nqueues = 1\n\
-             [control]\nsocket = \"{}\"\n[policy]\ndefault = \"drop\"\n\
-             [[rule]]\nstate = [\"invalid\"]\naction = \"drop\"\n\
-             [[rule]]\nstate = [\"established\", \"related\", \"untracked\"]\naction = \"accept\"\n\
-             [[rule]]\nfrom = \"inside\"\nstate = [\"new\"]\nproto = \"udp\"\ndport = 5060\n{helper_line}action = \"accept\"\n",
-            sock.display()
-        ),
-    )
-    .expect("config");
+    let rule = format!("proto = \"udp\"\ndport = 5060\n{helper_line}");
+    std::fs::write(&cfg, lab_config(&sock, 1, "", &[&rule])).expect("config");
     let mut procs = Procs(Vec::new());
     procs.0.push(
         Command::new("ip")

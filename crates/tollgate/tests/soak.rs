@@ -50,49 +50,15 @@ fn soak_mixed_traffic() {
     let cfg = dir.join("tollgate.toml");
     std::fs::write(
         &cfg,
-        format!(
-            r#"
-[interfaces]
-inside = "tgin"
-outside = "tgout"
-queues = 2
-
-[control]
-socket = "{}"
-
-[policy]
-default = "drop"
-
-[[rule]]
-state = ["invalid"]
-action = "drop"
-
-[[rule]]
-state = ["established", "related", "untracked"]
-action = "accept"
-
-[[rule]]
-from = "inside"
-state = ["new"]
-proto = "tcp"
-dport = 21
-helper = "ftp"
-action = "accept"
-
-[[rule]]
-from = "inside"
-state = ["new"]
-proto = "tcp"
-dport = [5201, 8080]
-action = "accept"
-
-[[rule]]
-from = "inside"
-state = ["new"]
-proto = "icmp"
-action = "accept"
-"#,
-            sock.display()
+        lab_config(
+            &sock,
+            2,
+            "",
+            &[
+                "proto = \"tcp\"\ndport = 21\nhelper = \"ftp\"",
+                "proto = \"tcp\"\ndport = [5201, 8080]",
+                "proto = \"icmp\"",
+            ],
         ),
     )
     .expect("config");

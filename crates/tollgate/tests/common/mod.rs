@@ -122,3 +122,26 @@ secure_chroot_dir=/var/run/vsftpd/empty\n",
         root.display()
     )
 }
+
+/// A config for `tollgate run` on the lab's interfaces with `queues` queues,
+/// the control socket `sock`, extra `sections` (TOML text), and the strict
+/// policy: invalid dropped, established/related/untracked accepted, and new
+/// connections from the inside accepted when one of `rules` matches (each the
+/// body of a rule: match keys such as `proto = "tcp"\ndport = 21`, optionally
+/// a helper); everything else dropped.
+pub fn lab_config(sock: &Path, queues: u32, sections: &str, rules: &[&str]) -> String {
+    let mut s = format!(
+        "[interfaces]\ninside = \"tgin\"\noutside = \"tgout\"\nqueues = {queues}\n\n\
+         [control]\nsocket = \"{}\"\n\n{sections}\n\
+         [policy]\ndefault = \"drop\"\n\n\
+         [[rule]]\nstate = [\"invalid\"]\naction = \"drop\"\n\n\
+         [[rule]]\nstate = [\"established\", \"related\", \"untracked\"]\naction = \"accept\"\n",
+        sock.display()
+    );
+    for body in rules {
+        s.push_str(&format!(
+            "\n[[rule]]\nfrom = \"inside\"\nstate = [\"new\"]\n{body}\naction = \"accept\"\n"
+        ));
+    }
+    s
+}
