@@ -66,6 +66,20 @@ pub struct Interfaces {
     pub queues: Queues,
     /// Cores for the workers, in queue order.
     pub cores: Vec<usize>,
+    /// `xdp_mode`: how the AF_XDP sockets move frames.
+    pub xdp_mode: XdpMode,
+}
+
+/// `[interfaces] xdp_mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Zero-copy where the driver offers it, else copy (the default).
+    #[default]
+    Auto,
+    /// Always copy.
+    Copy,
+    /// Zero-copy or refuse to start.
+    ZeroCopy,
 }
 
 /// A validated configuration.
@@ -120,6 +134,7 @@ struct RawInterfaces {
     outside: Spanned<String>,
     queues: Option<Spanned<OneOrWord>>,
     cores: Option<Spanned<Vec<i64>>>,
+    xdp_mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -756,11 +771,29 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                     }
                 }
             }
+            let xdp_mode = match i.xdp_mode.as_ref() {
+                None => XdpMode::Auto,
+                Some(m) => {
+                    match m.get_ref().as_str() {
+                        "auto" => XdpMode::Auto,
+                        "copy" => XdpMode::Copy,
+                        "zerocopy" => XdpMode::ZeroCopy,
+                        other => {
+                            errs.push(l.at(
+                            m.span(),
+                            format!("interfaces.xdp_mode: \"{other}\" is not auto, copy or zerocopy"),
+                        ));
+                            XdpMode::Auto
+                        }
+                    }
+                }
+            };
             Some(Interfaces {
                 inside: i.inside.into_inner(),
                 outside: i.outside.into_inner(),
                 queues,
                 cores,
+                xdp_mode,
             })
         }
     };
@@ -807,6 +840,17 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn xdp_mode() {
+        let c = parse("[interfaces]\ninside = \"a\"\noutside = \"b\"\nxdp_mode = \"copy\"\n")
+            .expect("valid");
+        assert_eq!(c.interfaces.map(|i| i.xdp_mode), Some(XdpMode::Copy));
+        let e = parse("[interfaces]\ninside = \"a\"\noutside = \"b\"\nxdp_mode = \"fast\"\n")
+            .expect_err("refused");
+        assert_eq!(e[0].line, 4);
+        assert!(e[0].msg.contains("auto, copy or zerocopy"), "{}", e[0].msg);
+    }
 
     #[test]
     fn control_and_metrics_sections() {

@@ -48,6 +48,8 @@ pub struct WorkerConfig {
     pub non_ip: Action,
     /// Forward everything without looking (the bench's "pure forwarding").
     pub bypass: bool,
+    /// Copy or zero-copy sockets.
+    pub mode: crate::xsk::XdpMode,
 }
 
 /// A fixed-bucket histogram written by one thread, read by any.
@@ -491,8 +493,8 @@ pub fn open_workers(
     let mut outside_prog = XdpProgram::load()?;
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&q, mut p), c)) in queues.iter().zip(pipelines).zip(counters).enumerate() {
-        let inside = Port::open(&cfg.inside, q)?;
-        let outside = Port::open(&cfg.outside, q)?;
+        let inside = Port::open_mode(&cfg.inside, q, cfg.mode)?;
+        let outside = Port::open_mode(&cfg.outside, q, cfg.mode)?;
         inside_prog.set_socket(q, inside.fd())?;
         outside_prog.set_socket(q, outside.fd())?;
         if fabric.as_ref().is_some_and(|f| f.workers() > 1) {
@@ -529,8 +531,8 @@ impl Worker {
         pipeline: Pipeline,
         counters: Arc<Counters>,
     ) -> Result<Worker, WorkerError> {
-        let inside = Port::open(&cfg.inside, cfg.queue)?;
-        let outside = Port::open(&cfg.outside, cfg.queue)?;
+        let inside = Port::open_mode(&cfg.inside, cfg.queue, cfg.mode)?;
+        let outside = Port::open_mode(&cfg.outside, cfg.queue, cfg.mode)?;
         // An XSKMAP slot is a queue index, and a frame may only be redirected
         // to a socket bound to its own interface: one program (and map) per
         // interface.
@@ -647,6 +649,11 @@ impl Worker {
         }
         let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.publish(now);
+    }
+
+    /// True if both sockets run in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.inside.zero_copy() && self.outside.zero_copy()
     }
 
     fn publish(&self, now: u64) {

@@ -34,6 +34,18 @@ pub enum PortError {
     },
 }
 
+/// How a socket moves frames between the NIC and the UMEM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Zero-copy where the driver offers it, else copy.
+    #[default]
+    Auto,
+    /// Always copy (works on every driver with XDP).
+    Copy,
+    /// Zero-copy or fail (the driver must support it).
+    ZeroCopy,
+}
+
 /// One AF_XDP socket bound to an interface queue.
 pub struct Port {
     umem: Umem,
@@ -47,18 +59,46 @@ pub struct Port {
     scratch: Vec<FrameDesc>,
     /// Frames handed to TX and not yet completed.
     in_flight: u32,
+    /// The socket runs in zero-copy mode.
+    zero_copy: bool,
 }
 
 impl Port {
     /// Opens a socket on `iface`, queue `queue`. Tollgate's own XDP program
     /// (see [`crate::bpf`]) steers frames to it: libxdp loads nothing.
     pub fn open(iface: &str, queue: u32) -> Result<Port, PortError> {
+        Port::open_mode(iface, queue, XdpMode::Copy)
+    }
+
+    /// [`Port::open`] in the given mode; `Auto` tries zero-copy first.
+    pub fn open_mode(iface: &str, queue: u32, mode: XdpMode) -> Result<Port, PortError> {
+        match mode {
+            XdpMode::Copy => Port::open_with(iface, queue, false),
+            XdpMode::ZeroCopy => Port::open_with(iface, queue, true),
+            XdpMode::Auto => Port::open_with(iface, queue, true)
+                .or_else(|_| Port::open_with(iface, queue, false)),
+        }
+    }
+
+    /// True if the socket runs in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    fn open_with(iface: &str, queue: u32, zero_copy: bool) -> Result<Port, PortError> {
         let name = std::ffi::CString::new(iface).map_err(|_| PortError::BadName(iface.into()))?;
         let count = NonZeroU32::new(FRAMES).ok_or_else(|| PortError::Umem("zero frames".into()))?;
         let (umem, mut descs) = Umem::new(UmemConfig::default(), count, false)
             .map_err(|e| PortError::Umem(e.to_string()))?;
         let cfg = SocketConfig::builder()
-            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+            .bind_flags(
+                BindFlags::XDP_USE_NEED_WAKEUP
+                    | if zero_copy {
+                        BindFlags::XDP_ZEROCOPY
+                    } else {
+                        BindFlags::XDP_COPY
+                    },
+            )
             .xdp_flags(XdpFlags::XDP_FLAGS_DRV_MODE)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .build();
@@ -68,7 +108,11 @@ impl Port {
             .map_err(|e| PortError::Socket {
                 iface: iface.into(),
                 queue,
-                err: e.to_string(),
+                err: if zero_copy {
+                    format!("{e} (zero-copy mode: does the driver support it? xdp_mode = \"auto\" falls back to copy)")
+                } else {
+                    e.to_string()
+                },
             })?;
         let (mut fq, cq) = rings.ok_or_else(|| PortError::Socket {
             iface: iface.into(),
@@ -91,6 +135,7 @@ impl Port {
             free,
             scratch,
             in_flight: 0,
+            zero_copy,
         })
     }
 

@@ -72,6 +72,7 @@ fn traffic_through_the_lab() {
             queue: 0,
             non_ip: Action::Accept,
             bypass: false,
+            mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w =
             Worker::open(&cfg, Pipeline::new(Config::default(), strict()), c).expect("worker");

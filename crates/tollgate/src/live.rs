@@ -125,6 +125,11 @@ impl Instance {
                 Action::Drop
             },
             bypass: false,
+            mode: match cfg.interfaces.as_ref().map(|i| i.xdp_mode) {
+                Some(control::config::XdpMode::Copy) => dataplane::xsk::XdpMode::Copy,
+                Some(control::config::XdpMode::ZeroCopy) => dataplane::xsk::XdpMode::ZeroCopy,
+                _ => dataplane::xsk::XdpMode::Auto,
+            },
         };
         let pipelines: Vec<Pipeline> = (0..n)
             .map(|_| Pipeline::new(conntrack.clone(), cfg.policy.clone()))
@@ -147,7 +152,17 @@ impl Instance {
                     open_workers(&wc, &queue_ids, pipelines, cs, fabric).map_err(|e| e.to_string())
                 });
                 let (workers, programs) = match opened {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        tracing::info!(
+                            "AF_XDP sockets in {} mode",
+                            if x.0.iter().all(dataplane::Worker::zero_copy) {
+                                "zero-copy"
+                            } else {
+                                "copy"
+                            }
+                        );
+                        x
+                    }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.clone()));
                         return Err(e);

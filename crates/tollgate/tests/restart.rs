@@ -51,6 +51,20 @@ fn crash_and_restart_leave_nothing_behind() {
     let sock = dir.join("control.sock");
     let cfg = dir.join("tollgate.toml");
     std::fs::write(&cfg, lab_config(&sock, 1, "", &[""])).expect("config");
+    // veth has no zero-copy AF_XDP: asking for it is refused clearly, and
+    // leaves nothing behind; the default (auto) falls back to copy mode.
+    let zc = dir.join("zerocopy.toml");
+    std::fs::write(
+        &zc,
+        lab_config(&sock, 1, "", &[""])
+            .replace("queues = 1\n", "queues = 1\nxdp_mode = \"zerocopy\"\n"),
+    )
+    .expect("config");
+    let out = start(&lab, &zc).wait_with_output().expect("zerocopy run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zero-copy mode"), "{err}");
+    assert!(!xdp_attached(&lab) && !sock.exists());
     assert!(
         !lab.exec(&lab.client, &["ping", "-c", "1", "-W", "1", "10.77.0.2"])
             .0,

@@ -170,6 +170,7 @@ fn tollgate_up(
             queue: 0,
             non_ip: Action::Accept,
             bypass,
+            mode: dataplane::xsk::XdpMode::Auto,
         };
         // The previous measurement's sockets are released by the kernel a
         // little after they are closed: retry for a while.
@@ -201,6 +202,7 @@ fn two_up(lab: &Arc<Lab>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Res
             queue: 0,
             non_ip: Action::Accept,
             bypass: false,
+            mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut boxes = Vec::new();
         for i in 0..2 {
