@@ -92,17 +92,44 @@ fn traffic_through_the_lab() {
     assert!(ok, "ping6 inside -> outside: {out}");
     let (ok, _) = lab.exec(&lab.server, &["ping", "-c", "2", "-W", "1", "10.77.0.1"]);
     assert!(!ok, "ping outside -> inside must be blocked");
-    // A TCP transfer from inside: a one-shot iperf3 server outside.
+    // iperf3 from inside: TCP and UDP, each way (-R: the server sends). The
+    // server outside serves one test after another.
     let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.server, "iperf3", "-s", "-1"])
+        .args(["netns", "exec", &lab.server, "iperf3", "-s"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, out) = lab.exec(&lab.client, &["iperf3", "-c", "10.77.0.2", "-t", "2"]);
+    let mut runs = Vec::new();
+    for args in [
+        &["-t", "2"][..],
+        &["-t", "2", "-R"],
+        &["-u", "-b", "100M", "-t", "2"],
+        &["-u", "-b", "100M", "-t", "2", "-R"],
+    ] {
+        let mut cmd = vec!["iperf3", "-c", "10.77.0.2", "--connect-timeout", "3000"];
+        cmd.extend_from_slice(args);
+        runs.push((args.join(" "), lab.exec(&lab.client, &cmd)));
+    }
+    let _ = server.kill();
     let _ = server.wait();
     drop(running);
-    assert!(ok, "iperf3 inside -> outside: {out}");
+    for (args, (ok, out)) in &runs {
+        assert!(ok, "iperf3 {args}: {out}");
+        if args.contains("-u") {
+            // UDP: the receiver's report; less than 1 % lost.
+            let lost = out
+                .lines()
+                .filter(|l| l.contains("receiver"))
+                .find_map(|l| {
+                    let open = l.rfind('(')?;
+                    l[open + 1..].split('%').next()?.trim().parse::<f64>().ok()
+                })
+                .unwrap_or(100.0);
+            assert!(lost < 1.0, "iperf3 {args}: {lost} % lost\n{out}");
+        }
+    }
+    let out = &runs[0].1 .1;
     let fwd = counters.forwarded[0].load(Ordering::Relaxed);
     let dropped = counters.dropped[1].load(Ordering::Relaxed);
     eprintln!("forwarded inside->outside {fwd}, dropped from outside {dropped}\n{out}");
