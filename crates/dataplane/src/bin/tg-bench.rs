@@ -70,6 +70,8 @@ enum Forwarder {
     /// `rps`: forwarding steered to CPU 1 (else it runs on CPU 0, inline with
     /// the generator's transmissions).
     Kernel { rps: bool },
+    /// The plain Linux bridge: no conntrack, no policy (on CPU 0).
+    Bridge,
     /// Tollgate's full pipeline.
     Tollgate,
     /// Tollgate's worker forwarding without looking.
@@ -98,6 +100,11 @@ fn server_count(lab: &Lab) -> Result<u64, String> {
 /// The kernel peer in the box namespace: a bridge with conntrack (br_netfilter)
 /// and the same policy as nftables rules. Removed by `kernel_down`.
 fn kernel_up(lab: &Lab) -> Result<(), String> {
+    kernel_bridge_up(lab, true)
+}
+
+/// The bridge, with br_netfilter conntrack and the policy when `conntrack`.
+fn kernel_bridge_up(lab: &Lab, conntrack: bool) -> Result<(), String> {
     let b = &lab.boxns;
     let cmds: Vec<Vec<&str>> = vec![
         vec!["ip", "link", "add", "tgbr", "type", "bridge"],
@@ -108,6 +115,8 @@ fn kernel_up(lab: &Lab) -> Result<(), String> {
         // NAPI, which takes an XDP program (Tollgate's) or GRO.
         vec!["ethtool", "-K", &lab.inside, "gro", "on"],
         vec!["ethtool", "-K", &lab.outside, "gro", "on"],
+    ];
+    let ct_cmds: Vec<Vec<&str>> = vec![
         vec!["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
         vec![
             "nft",
@@ -121,7 +130,18 @@ fn kernel_up(lab: &Lab) -> Result<(), String> {
     let _ = std::process::Command::new("modprobe")
         .args(["-q", "br_netfilter"])
         .status();
-    for c in cmds {
+    let all = if conntrack {
+        cmds.into_iter().chain(ct_cmds).collect::<Vec<_>>()
+    } else {
+        let mut c = cmds;
+        c.push(vec![
+            "sysctl",
+            "-qw",
+            "net.bridge.bridge-nf-call-iptables=0",
+        ]);
+        c
+    };
+    for c in all {
         let (ok, out) = lab.exec(b, &c);
         if !ok {
             return Err(format!("{}: {out}", c.join(" ")));
@@ -254,6 +274,14 @@ fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f
             }
             None
         }
+        Forwarder::Bridge => {
+            set_rps(lab, "0");
+            if let Err(e) = kernel_bridge_up(lab, false) {
+                kernel_down(lab);
+                return Err(e);
+            }
+            None
+        }
         Forwarder::Two => {
             set_rps(lab, "0");
             Some(two_up(lab, &stop))
@@ -290,7 +318,7 @@ fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f
     if let Some(w) = worker {
         w.join().map_err(|_| "worker panicked".to_string())??;
     }
-    if matches!(fwd, Forwarder::Kernel { .. }) {
+    if matches!(fwd, Forwarder::Kernel { .. } | Forwarder::Bridge) {
         kernel_down(lab);
     }
     pps?
@@ -323,19 +351,22 @@ fn main() {
         &["nft", "add table netdev tgb; add chain netdev tgb in { type filter hook ingress device eth0 priority 0; }; add rule netdev tgb in udp sport 5000-5010 drop"],
     );
     println!("64-byte UDP, {packets} packets per run, Mpps forwarded. Kernel: Linux bridge + br_netfilter + nftables conntrack,");
-    println!("forwarding inline on the generator's CPU 0 or steered by RPS to CPU 1; Tollgate's worker on CPU 1; two workers:");
-    println!("CPU 1 and CPU 0 (beside the generator), all frames on queue 0, those of worker 1's flows handed over.");
-    println!("| flows | kernel, CPU 0 | kernel, RPS to CPU 1 | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate / best kernel | Tollgate / bare |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("forwarding inline on the generator's CPU 0 or steered by RPS to CPU 1; plain bridge: no conntrack, CPU 0;");
+    println!("Tollgate's worker on CPU 1; two workers: CPU 1 and CPU 0 (beside the generator), all frames on queue 0,");
+    println!("those of worker 1's flows handed over.");
+    println!("| flows | bridge, no conntrack | kernel, CPU 0 | kernel, RPS to CPU 1 | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate / best kernel | Tollgate / bare |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for flows in [1_024u32, 100_000] {
+        let br = measure(&lab, Forwarder::Bridge, flows, packets);
         let k0 = measure(&lab, Forwarder::Kernel { rps: false }, flows, packets);
         let k1 = measure(&lab, Forwarder::Kernel { rps: true }, flows, packets);
         let t = measure(&lab, Forwarder::Tollgate, flows, packets);
         let b = measure(&lab, Forwarder::Bare, flows, packets);
         let two = measure(&lab, Forwarder::Two, flows, packets);
-        match (k0, k1, t, b, two) {
-            (Ok(k0), Ok(k1), Ok(t), Ok(b), Ok(two)) => println!(
-                "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+        match (br, k0, k1, t, b, two) {
+            (Ok(br), Ok(k0), Ok(k1), Ok(t), Ok(b), Ok(two)) => println!(
+                "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+                br / 1e6,
                 k0 / 1e6,
                 k1 / 1e6,
                 t / 1e6,
@@ -344,8 +375,8 @@ fn main() {
                 t / k0.max(k1),
                 t / b
             ),
-            (k0, k1, t, b, two) => {
-                println!("| {flows} | {k0:?} | {k1:?} | {t:?} | {b:?} | {two:?} | - | - |")
+            (br, k0, k1, t, b, two) => {
+                println!("| {flows} | {br:?} | {k0:?} | {k1:?} | {t:?} | {b:?} | {two:?} | - | - |")
             }
         }
     }
