@@ -400,6 +400,33 @@ pub struct Handoff {
     data: [u8; HANDOFF_MAX],
 }
 
+impl Handoff {
+    /// A copy of `frame`, received on `side`; `None` if it is larger than
+    /// [`HANDOFF_MAX`].
+    pub fn new(side: Side, frame: &[u8]) -> Option<Handoff> {
+        let len = u16::try_from(frame.len())
+            .ok()
+            .filter(|&l| usize::from(l) <= HANDOFF_MAX)?;
+        let mut h = Handoff {
+            side,
+            len,
+            data: [0; HANDOFF_MAX],
+        };
+        h.data[..frame.len()].copy_from_slice(frame);
+        Some(h)
+    }
+
+    /// The frame.
+    pub fn frame(&self) -> &[u8] {
+        &self.data[..usize::from(self.len)]
+    }
+}
+
+/// One worker's handoff queue (bounded, lock-free), as the fabric makes it.
+pub fn handoff_queue() -> (Sender<Handoff>, Receiver<Handoff>) {
+    bounded(HANDOFF_QUEUE)
+}
+
 fn wake(fd: &OwnedFd) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a live buffer to an eventfd we hold; a
@@ -426,7 +453,7 @@ impl Fabric {
         let n = wakes.len();
         let (mut htx, mut hrx, mut mtx, mut mrx) = (vec![], vec![], vec![], vec![]);
         for _ in 0..n {
-            let (t, r) = bounded(HANDOFF_QUEUE);
+            let (t, r) = handoff_queue();
             htx.push(t);
             hrx.push(r);
             let (t, r) = bounded(MSG_QUEUE);
@@ -753,7 +780,7 @@ impl Worker {
             let mut at = [usize::MAX; BATCH];
             let mut n = 0;
             for (i, h) in self.handed.iter().enumerate() {
-                let frame = &h.data[..usize::from(h.len)];
+                let frame = h.frame();
                 if let Ok(e) = ether::parse(frame) {
                     ips[n] = (h.side, frame.get(e.l3_offset..).unwrap_or(&[]));
                     at[i] = n;
@@ -771,7 +798,7 @@ impl Worker {
                 };
                 match r {
                     Some(r) if r.verdict == Action::Accept => {
-                        if tx.send(&h.data[..usize::from(h.len)]) {
+                        if tx.send(h.frame()) {
                             c.forwarded[s].fetch_add(1, Ordering::Relaxed);
                         } else {
                             c.tx_full.fetch_add(1, Ordering::Relaxed);
@@ -835,20 +862,8 @@ impl Worker {
                     let owner = fab.sharding.owner(l3).unwrap_or(id);
                     if owner != id {
                         disp[i] = HANDED;
-                        let mut ho = Handoff {
-                            side,
-                            len: 0,
-                            data: [0; HANDOFF_MAX],
-                        };
-                        let sent = f.len() <= HANDOFF_MAX && {
-                            ho.data[..f.len()].copy_from_slice(f);
-                            // f.len() <= HANDOFF_MAX fits 16 bits.
-                            #[allow(clippy::cast_possible_truncation)]
-                            {
-                                ho.len = f.len() as u16;
-                            }
-                            fab.handoff_tx[owner].try_send(ho).is_ok()
-                        };
+                        let sent = Handoff::new(side, f)
+                            .is_some_and(|ho| fab.handoff_tx[owner].try_send(ho).is_ok());
                         if sent {
                             c.handoffs.fetch_add(1, Ordering::Relaxed);
                             woken |= 1 << (owner % 64);
