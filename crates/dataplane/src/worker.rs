@@ -929,28 +929,8 @@ impl Worker {
             c.rx[s].fetch_add(got as u64, Ordering::Relaxed);
             // Announce new expectations before the frames that caused them
             // leave, so the connection they expect finds them on any worker.
+            self.post_msgs();
             if let Some(f) = &self.fabric {
-                self.pipeline
-                    .conntrack_mut()
-                    .drain_expect_msgs(&mut self.msgs);
-                let (mut sent, mut lost) = (0, 0);
-                if !self.msgs.is_empty() {
-                    for (i, q) in f.msg_tx.iter().enumerate() {
-                        if i == self.id {
-                            continue;
-                        }
-                        for m in &self.msgs {
-                            if q.try_send(*m).is_ok() {
-                                sent += 1;
-                            } else {
-                                lost += 1;
-                            }
-                        }
-                    }
-                    self.msgs.clear();
-                    c.expect_msgs[0].fetch_add(sent, Ordering::Relaxed);
-                    c.expect_msgs_dropped.fetch_add(lost, Ordering::Relaxed);
-                }
                 for (i, fd) in f.wake.iter().enumerate() {
                     if woken & (1 << (i % 64)) != 0 {
                         wake(fd);
@@ -962,6 +942,7 @@ impl Worker {
                 Side::Outside => &mut self.inside,
             };
             tx.flush();
+            let c = &self.counters;
             c.batch_size.observe(got as u64);
             c.batch_ns
                 .observe(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
