@@ -143,9 +143,9 @@ fn run_ftp_and_iperf(lab: &Lab, tag: &str) -> (Vec<Value>, u64) {
     (st, 12)
 }
 
-#[test]
-fn two_workers_with_asymmetric_queues() {
-    let _one = LAB
+/// Takes the lab lock and checks root and the tools; `None`: skip.
+fn begin() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let one = LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !ready(&[
@@ -153,9 +153,15 @@ fn two_workers_with_asymmetric_queues() {
         ["iperf3", "--version"],
         ["curl", "--version"],
     ]) {
-        return;
+        return None;
     }
     Lab::clean_stale();
+    Some(one)
+}
+
+#[test]
+fn two_workers_with_asymmetric_queues() {
+    let Some(_one) = begin() else { return };
     let lab = Lab::build_with(2).expect("lab");
     let (st, ftp) = run_ftp_and_iperf(&lab, "random");
     let handoffs = total(&st, "handoffs");
@@ -183,17 +189,7 @@ fn two_workers_with_asymmetric_queues() {
 #[test]
 fn steered_symmetric_and_asymmetric() {
     use dataplane::steer::{SteerMode, Steering};
-    let _one = LAB
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !ready(&[
-        ["vsftpd", "-v"],
-        ["iperf3", "--version"],
-        ["curl", "--version"],
-    ]) {
-        return;
-    }
-    Lab::clean_stale();
+    let Some(_one) = begin() else { return };
     for symmetric in [true, false] {
         let lab = std::sync::Arc::new(Lab::build_with(2).expect("lab"));
         // The steering programs live in the endpoints' namespaces: attach them
