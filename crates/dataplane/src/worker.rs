@@ -22,7 +22,7 @@ use conntrack::{DropReason, Event, HelperKind, PacketResult, Pipeline};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::bpf::{BpfError, XdpProgram};
-use crate::xsk::{Port, PortError, RingStats};
+use crate::xsk::{Pair, PortError, RingStats};
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +174,9 @@ pub struct Counters {
     pub handoff_dropped: AtomicU64,
     /// Frames waiting in this worker's handoff queue (last published).
     pub handoff_depth: AtomicU64,
+    /// UMEM frames free in the worker's pool (neither in a fill, RX, TX or
+    /// completion ring): near zero means the rings are starved.
+    pub umem_free: AtomicU64,
     /// Expectation messages sent to / received from other workers.
     pub expect_msgs: [AtomicU64; 2],
     /// Expectation messages lost to a full queue.
@@ -215,6 +218,7 @@ impl Default for Counters {
             handoffs_in: AtomicU64::new(0),
             handoff_dropped: AtomicU64::new(0),
             handoff_depth: AtomicU64::new(0),
+            umem_free: AtomicU64::new(0),
             expect_msgs: Default::default(),
             expect_msgs_dropped: AtomicU64::new(0),
             batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
@@ -483,8 +487,8 @@ const PUBLISH_NS: u64 = 200_000_000;
 pub struct Worker {
     /// Detached (links dropped) when the worker goes.
     _programs: Vec<XdpProgram>,
-    inside: Port,
-    outside: Port,
+    /// The inside (0) and outside (1) sockets of the queue, one UMEM.
+    pair: Pair,
     pipeline: Pipeline,
     non_ip: Action,
     bypass: bool,
@@ -520,16 +524,15 @@ pub fn open_workers(
     let mut outside_prog = XdpProgram::load()?;
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&q, mut p), c)) in queues.iter().zip(pipelines).zip(counters).enumerate() {
-        let inside = Port::open_mode(&cfg.inside, q, cfg.mode)?;
-        let outside = Port::open_mode(&cfg.outside, q, cfg.mode)?;
-        inside_prog.set_socket(q, inside.fd())?;
-        outside_prog.set_socket(q, outside.fd())?;
+        let pair = Pair::open(&cfg.inside, &cfg.outside, q, cfg.mode)?;
+        inside_prog.set_socket(q, pair.fd(0))?;
+        outside_prog.set_socket(q, pair.fd(1))?;
         if fabric.as_ref().is_some_and(|f| f.workers() > 1) {
             // At most 65 536 workers: origins are 16 bits.
             #[allow(clippy::cast_possible_truncation)]
             p.conntrack_mut().set_shard(i as u16);
         }
-        let mut w = Worker::from_ports(cfg, inside, outside, p, c);
+        let mut w = Worker::from_pair(cfg, pair, p, c);
         w.id = i;
         w.fabric.clone_from(&fabric);
         workers.push(w);
@@ -558,35 +561,32 @@ impl Worker {
         pipeline: Pipeline,
         counters: Arc<Counters>,
     ) -> Result<Worker, WorkerError> {
-        let inside = Port::open_mode(&cfg.inside, cfg.queue, cfg.mode)?;
-        let outside = Port::open_mode(&cfg.outside, cfg.queue, cfg.mode)?;
+        let pair = Pair::open(&cfg.inside, &cfg.outside, cfg.queue, cfg.mode)?;
         // An XSKMAP slot is a queue index, and a frame may only be redirected
         // to a socket bound to its own interface: one program (and map) per
         // interface.
         let mut programs = Vec::with_capacity(2);
-        for (iface, port) in [(&cfg.inside, &inside), (&cfg.outside, &outside)] {
+        for (side, iface) in [&cfg.inside, &cfg.outside].into_iter().enumerate() {
             let mut p = XdpProgram::load()?;
-            p.set_socket(cfg.queue, port.fd())?;
+            p.set_socket(cfg.queue, pair.fd(side))?;
             p.set_redirect(true)?;
             p.attach(iface)?;
             programs.push(p);
         }
-        let mut w = Worker::from_ports(cfg, inside, outside, pipeline, counters);
+        let mut w = Worker::from_pair(cfg, pair, pipeline, counters);
         w._programs = programs;
         Ok(w)
     }
 
-    fn from_ports(
+    fn from_pair(
         cfg: &WorkerConfig,
-        inside: Port,
-        outside: Port,
+        pair: Pair,
         pipeline: Pipeline,
         counters: Arc<Counters>,
     ) -> Worker {
         Worker {
             _programs: Vec::new(),
-            inside,
-            outside,
+            pair,
             pipeline,
             non_ip: cfg.non_ip,
             bypass: cfg.bypass,
@@ -626,12 +626,12 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             let mut fds = [
                 libc::pollfd {
-                    fd: self.inside.fd(),
+                    fd: self.pair.fd(0),
                     events: libc::POLLIN,
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: self.outside.fd(),
+                    fd: self.pair.fd(1),
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -678,9 +678,16 @@ impl Worker {
         self.publish(now);
     }
 
+    /// UMEM frames the worker can account for (free, in its fill and RX
+    /// rings, in its TX and completion rings): always [`crate::xsk::FRAMES`]
+    /// unless a frame was lost.
+    pub fn frames_accounted(&self) -> u32 {
+        self.pair.frames_accounted()
+    }
+
     /// True if both sockets run in zero-copy mode.
     pub fn zero_copy(&self) -> bool {
-        self.inside.zero_copy() && self.outside.zero_copy()
+        self.pair.zero_copy()
     }
 
     fn publish(&self, now: u64) {
@@ -690,8 +697,11 @@ impl Worker {
                 .handoff_depth
                 .store(f.handoff_rx[self.id].len() as u64, Ordering::Relaxed);
         }
-        self.counters.publish_rings(0, self.inside.stats());
-        self.counters.publish_rings(1, self.outside.stats());
+        self.counters
+            .umem_free
+            .store(self.pair.pool_len() as u64, Ordering::Relaxed);
+        self.counters.publish_rings(0, self.pair.stats(0));
+        self.counters.publish_rings(1, self.pair.stats(1));
     }
 
     fn forward_events(&mut self, inbox: &Inbox) {
@@ -771,8 +781,7 @@ impl Worker {
             if self.handed.is_empty() {
                 return;
             }
-            self.inside.reclaim();
-            self.outside.reclaim();
+            self.pair.reclaim();
             let c = &self.counters;
             c.handoffs_in
                 .fetch_add(self.handed.len() as u64, Ordering::Relaxed);
@@ -792,13 +801,9 @@ impl Worker {
             for (i, h) in self.handed.iter().enumerate() {
                 let s = h.side as usize;
                 let r = (at[i] != usize::MAX).then(|| self.results[at[i]]);
-                let tx = match h.side {
-                    Side::Inside => &mut self.outside,
-                    Side::Outside => &mut self.inside,
-                };
                 match r {
                     Some(r) if r.verdict == Action::Accept => {
-                        if tx.send(h.frame()) {
+                        if self.pair.send(s ^ 1, h.frame()) {
                             c.forwarded[s].fetch_add(1, Ordering::Relaxed);
                         } else {
                             c.tx_full.fetch_add(1, Ordering::Relaxed);
@@ -815,18 +820,14 @@ impl Worker {
             }
             self.handed.clear();
             self.post_msgs();
-            self.inside.flush();
-            self.outside.flush();
+            self.pair.flush(0);
+            self.pair.flush(1);
         }
     }
 
     /// Moves one batch from `side` to the other side.
     fn step(&mut self, side: Side, now: u64) {
-        let (rx, tx) = match side {
-            Side::Inside => (&mut self.inside, &mut self.outside),
-            Side::Outside => (&mut self.outside, &mut self.inside),
-        };
-        tx.reclaim();
+        self.pair.reclaim();
         let s = side as usize;
         let (pipeline, non_ip, c, bypass, results, id) = (
             &mut self.pipeline,
@@ -839,7 +840,8 @@ impl Worker {
         let fabric = self.fabric.as_deref().filter(|f| f.workers() > 1);
         let mut woken = 0u64;
         let t0 = Instant::now();
-        let got = rx.receive(|frames| {
+        let mut dropped = 0u64;
+        let rcv = self.pair.receive(s, |frames, marks| {
             let mut bytes = 0u64;
             // IP packets of the batch go through the pipeline together.
             let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
@@ -884,7 +886,6 @@ impl Worker {
             if n_ip > 0 {
                 pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
             }
-            let (mut fwd, mut drop) = (0u64, 0u64);
             for (i, f) in frames.iter().enumerate() {
                 let (verdict, reason) = if bypass {
                     (Action::Accept, None)
@@ -906,26 +907,27 @@ impl Worker {
                     }
                 };
                 if verdict == Action::Accept {
-                    if tx.send(f) {
-                        fwd += 1;
-                    } else {
-                        c.tx_full.fetch_add(1, Ordering::Relaxed);
-                    }
+                    marks[i] = true;
                 } else {
-                    drop += 1;
+                    dropped += 1;
                     let r = reason.unwrap_or(DropReason::PolicyDefault);
                     c.drop_reasons[r.index()].fetch_add(1, Ordering::Relaxed);
                 }
             }
             c.rx_bytes[s].fetch_add(bytes, Ordering::Relaxed);
-            if fwd > 0 {
-                c.forwarded[s].fetch_add(fwd, Ordering::Relaxed);
-            }
-            if drop > 0 {
-                c.dropped[s].fetch_add(drop, Ordering::Relaxed);
-            }
         });
+        let got = rcv.got;
         if got > 0 {
+            let c = &self.counters;
+            if rcv.forwarded > 0 {
+                c.forwarded[s].fetch_add(rcv.forwarded as u64, Ordering::Relaxed);
+            }
+            if rcv.tx_full > 0 {
+                c.tx_full.fetch_add(rcv.tx_full as u64, Ordering::Relaxed);
+            }
+            if dropped > 0 {
+                c.dropped[s].fetch_add(dropped, Ordering::Relaxed);
+            }
             c.rx[s].fetch_add(got as u64, Ordering::Relaxed);
             // Announce new expectations before the frames that caused them
             // leave, so the connection they expect finds them on any worker.
@@ -937,11 +939,7 @@ impl Worker {
                     }
                 }
             }
-            let tx = match side {
-                Side::Inside => &mut self.outside,
-                Side::Outside => &mut self.inside,
-            };
-            tx.flush();
+            self.pair.flush(s ^ 1);
             let c = &self.counters;
             c.batch_size.observe(got as u64);
             c.batch_ns

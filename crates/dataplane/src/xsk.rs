@@ -1,6 +1,10 @@
-//! One AF_XDP socket with its own UMEM (copy mode on veth, where zero-copy is
-//! not offered): half the frames feed the fill ring, half are free for
-//! transmission.
+//! The two AF_XDP sockets of a queue pair (the same queue on the inside and
+//! the outside interface) over one shared UMEM: a received frame that is
+//! accepted leaves through the other socket's TX ring as it is, without a
+//! copy, and comes back to the shared pool through that socket's completion
+//! ring. Each socket has its own fill and completion rings (the kernel's
+//! `XDP_SHARED_UMEM` across devices); frames are copied only when they come
+//! from elsewhere (another worker's handoff).
 
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
@@ -8,8 +12,11 @@ use std::os::fd::AsRawFd;
 use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig, XdpFlags};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-/// Frames per port: half for receiving, half for transmitting.
-pub const FRAMES: u32 = 4096;
+/// Frames of a queue pair's UMEM: both fill rings full (2 x 2 048) and both
+/// TX rings full (2 x 2 048) at once.
+pub const FRAMES: u32 = 8192;
+/// Frames kept in each fill ring (its size).
+const FILL: u32 = 2048;
 /// Frames handled per ring operation.
 pub const BATCH: usize = 64;
 
@@ -46,50 +53,89 @@ pub enum XdpMode {
     ZeroCopy,
 }
 
-/// One AF_XDP socket bound to an interface queue.
-pub struct Port {
-    umem: Umem,
+/// One socket of a pair: its rings and what it holds.
+struct Sock {
     fq: FillQueue,
     cq: CompQueue,
     tx: TxQueue,
     rx: RxQueue,
-    /// Frames free for transmission.
-    free: Vec<FrameDesc>,
-    /// Scratch descriptors for receive and completion batches.
-    scratch: Vec<FrameDesc>,
+    /// Frames in the fill ring (or received and not yet given back).
+    in_fill: u32,
     /// Frames handed to TX and not yet completed.
     in_flight: u32,
-    /// The socket runs in zero-copy mode.
+}
+
+/// What happened to a received batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Frames received.
+    pub got: usize,
+    /// Frames the caller marked and that went into the other side's TX ring.
+    pub forwarded: usize,
+    /// Frames the caller marked that found the other TX ring full.
+    pub tx_full: usize,
+}
+
+/// The inside (0) and outside (1) sockets of one queue, over one UMEM.
+pub struct Pair {
+    umem: Umem,
+    socks: [Sock; 2],
+    /// Frames owned by user space and free for any use.
+    pool: Vec<FrameDesc>,
+    /// Scratch descriptors for receive and completion batches.
+    scratch: Vec<FrameDesc>,
+    /// The sockets run in zero-copy mode.
     zero_copy: bool,
 }
 
-impl Port {
-    /// Opens a socket on `iface`, queue `queue`. Tollgate's own XDP program
-    /// (see [`crate::bpf`]) steers frames to it: libxdp loads nothing.
-    pub fn open(iface: &str, queue: u32) -> Result<Port, PortError> {
-        Port::open_mode(iface, queue, XdpMode::Copy)
-    }
-
-    /// [`Port::open`] in the given mode; `Auto` tries zero-copy first.
-    pub fn open_mode(iface: &str, queue: u32, mode: XdpMode) -> Result<Port, PortError> {
+impl Pair {
+    /// Opens queue `queue` of `inside` and of `outside`. Tollgate's own XDP
+    /// program (see [`crate::bpf`]) steers frames to the sockets: libxdp
+    /// loads nothing. `Auto` tries zero-copy first, then copy.
+    pub fn open(inside: &str, outside: &str, queue: u32, mode: XdpMode) -> Result<Pair, PortError> {
         match mode {
-            XdpMode::Copy => Port::open_with(iface, queue, false),
-            XdpMode::ZeroCopy => Port::open_with(iface, queue, true),
-            XdpMode::Auto => Port::open_with(iface, queue, true)
-                .or_else(|_| Port::open_with(iface, queue, false)),
+            XdpMode::Copy => Pair::open_with(inside, outside, queue, false),
+            XdpMode::ZeroCopy => Pair::open_with(inside, outside, queue, true),
+            XdpMode::Auto => Pair::open_with(inside, outside, queue, true)
+                .or_else(|_| Pair::open_with(inside, outside, queue, false)),
         }
     }
 
-    /// True if the socket runs in zero-copy mode.
+    /// True if the sockets run in zero-copy mode.
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
     }
 
-    fn open_with(iface: &str, queue: u32, zero_copy: bool) -> Result<Port, PortError> {
-        let name = std::ffi::CString::new(iface).map_err(|_| PortError::BadName(iface.into()))?;
+    fn open_with(
+        inside: &str,
+        outside: &str,
+        queue: u32,
+        zero_copy: bool,
+    ) -> Result<Pair, PortError> {
+        if inside == outside {
+            return Err(PortError::BadName(format!(
+                "{inside}: the inside and outside interfaces must differ"
+            )));
+        }
         let count = NonZeroU32::new(FRAMES).ok_or_else(|| PortError::Umem("zero frames".into()))?;
-        let (umem, mut descs) = Umem::new(UmemConfig::default(), count, false)
+        let (umem, pool) = Umem::new(UmemConfig::default(), count, false)
             .map_err(|e| PortError::Umem(e.to_string()))?;
+        let a = Pair::socket(&umem, inside, queue, zero_copy)?;
+        let b = Pair::socket(&umem, outside, queue, zero_copy)?;
+        let mut pair = Pair {
+            umem,
+            socks: [a, b],
+            pool,
+            scratch: vec![FrameDesc::default(); BATCH],
+            zero_copy,
+        };
+        pair.refill(0);
+        pair.refill(1);
+        Ok(pair)
+    }
+
+    fn socket(umem: &Umem, iface: &str, queue: u32, zero_copy: bool) -> Result<Sock, PortError> {
+        let name = std::ffi::CString::new(iface).map_err(|_| PortError::BadName(iface.into()))?;
         let cfg = SocketConfig::builder()
             .bind_flags(
                 BindFlags::XDP_USE_NEED_WAKEUP
@@ -102,126 +148,201 @@ impl Port {
             .xdp_flags(XdpFlags::XDP_FLAGS_DRV_MODE)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .build();
-        // SAFETY: the UMEM is not shared with another socket on this
-        // (interface, queue) pair, the condition xsk-rs documents for `new`.
-        let (tx, rx, rings) = unsafe { Socket::new(cfg, &umem, &Interface::new(name), queue) }
-            .map_err(|e| PortError::Socket {
-                iface: iface.into(),
-                queue,
-                err: if zero_copy {
+        let err = |err: String| PortError::Socket {
+            iface: iface.into(),
+            queue,
+            err,
+        };
+        // SAFETY: program loading is inhibited (the condition xsk-rs documents
+        // for sharing a UMEM), and each (interface, queue) pair is bound once
+        // from this UMEM: the two interfaces differ (checked by the caller).
+        let (tx, rx, rings) = unsafe { Socket::new(cfg, umem, &Interface::new(name), queue) }
+            .map_err(|e| {
+                err(if zero_copy {
                     format!("{e} (zero-copy mode: does the driver support it? xdp_mode = \"auto\" falls back to copy)")
                 } else {
                     e.to_string()
-                },
+                })
             })?;
-        let (mut fq, cq) = rings.ok_or_else(|| PortError::Socket {
-            iface: iface.into(),
-            queue,
-            err: "no fill/completion rings".into(),
-        })?;
-        let free = descs.split_off(descs.len() / 2);
-        // SAFETY: these frames belong to this UMEM and are handed to the kernel
-        // once; they come back through the RX ring before being reused.
-        unsafe {
-            fq.produce(&descs);
-        }
-        let scratch = descs;
-        Ok(Port {
-            umem,
+        let (fq, cq) = rings.ok_or_else(|| err("no fill/completion rings".into()))?;
+        Ok(Sock {
             fq,
             cq,
             tx,
             rx,
-            free,
-            scratch,
+            in_fill: 0,
             in_flight: 0,
-            zero_copy,
         })
     }
 
-    /// The socket's file descriptor (for `poll`).
-    pub fn fd(&self) -> i32 {
-        self.rx.fd().as_raw_fd()
+    /// The file descriptor of side `side`'s socket (for `poll`).
+    pub fn fd(&self, side: usize) -> i32 {
+        self.socks[side & 1].rx.fd().as_raw_fd()
     }
 
-    /// Returns completed transmissions to the free pool.
-    pub fn reclaim(&mut self) {
-        if self.in_flight == 0 {
+    /// Tops side `side`'s fill ring up from the pool.
+    fn refill(&mut self, side: usize) {
+        let s = &mut self.socks[side & 1];
+        let want = (FILL.saturating_sub(s.in_fill) as usize).min(self.pool.len());
+        if want == 0 {
             return;
         }
-        let n = BATCH.min(self.scratch.len());
-        // SAFETY: completed descriptors come from this UMEM's TX frames.
-        let got = unsafe { self.cq.consume(&mut self.scratch[..n]) };
-        self.free.extend_from_slice(&self.scratch[..got]);
-        self.in_flight = self
-            .in_flight
-            .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
+        let from = self.pool.len() - want;
+        // SAFETY: pool frames belong to this UMEM and are owned by user space;
+        // those produced are truncated from the pool, so each frame is handed
+        // to the kernel once and comes back through an RX ring.
+        let n = unsafe { s.fq.produce(&self.pool[from..]) };
+        if n > 0 {
+            self.pool.truncate(from + (want - n));
+            s.in_fill += u32::try_from(n).unwrap_or(u32::MAX);
+            if s.fq.needs_wakeup() {
+                let _ = s.fq.wakeup(s.rx.fd_mut(), 0);
+            }
+        }
     }
 
-    /// Receives up to [`BATCH`] frames and calls `f` once with all of them;
-    /// then gives the frames back to the fill ring. Returns how many were
-    /// received.
-    pub fn receive(&mut self, f: impl FnOnce(&[&[u8]])) -> usize {
-        let n = BATCH.min(self.scratch.len());
+    /// Returns both sockets' completed transmissions to the pool and tops the
+    /// fill rings up with them.
+    pub fn reclaim(&mut self) {
+        for side in 0..2 {
+            let s = &mut self.socks[side];
+            while s.in_flight > 0 {
+                // SAFETY: completed descriptors are TX frames of this UMEM,
+                // owned by user space again.
+                let got = unsafe { s.cq.consume(&mut self.scratch[..]) };
+                if got == 0 {
+                    break;
+                }
+                self.pool.extend_from_slice(&self.scratch[..got]);
+                s.in_flight = s
+                    .in_flight
+                    .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
+            }
+        }
+        for side in 0..2 {
+            if self.socks[side].in_fill < FILL {
+                self.refill(side);
+            }
+        }
+    }
+
+    /// Receives up to [`BATCH`] frames on side `side` and calls `f` once with
+    /// all of them and a mark per frame, all false; the frames `f` marks are
+    /// transmitted on the other side as they are, the others go back to the
+    /// pool.
+    pub fn receive(&mut self, side: usize, f: impl FnOnce(&[&[u8]], &mut [bool])) -> Received {
+        let side = side & 1;
+        let mut descs = [FrameDesc::default(); BATCH];
         // SAFETY: the descriptors are written by the kernel for this UMEM.
-        let got = unsafe { self.rx.consume(&mut self.scratch[..n]) };
+        let got = unsafe { self.socks[side].rx.consume(&mut descs) };
         if got == 0 {
-            return 0;
+            return Received::default();
         }
-        let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-        for (slot, d) in frames.iter_mut().zip(&self.scratch[..got]) {
-            // SAFETY: a received frame is ours until it is put back in the fill
-            // ring below; nothing else reads or writes it meanwhile, and the
-            // slices do not outlive this call.
-            *slot = unsafe { self.umem.data(d) }.contents();
+        let s = &mut self.socks[side];
+        s.in_fill = s
+            .in_fill
+            .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
+        let mut marks = [false; BATCH];
+        {
+            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+            for (slot, d) in frames.iter_mut().zip(&descs[..got]) {
+                // SAFETY: a received frame is ours until it is produced to a
+                // TX or fill ring below, after the last use of these slices
+                // (they do not leave this block).
+                *slot = unsafe { self.umem.data(d) }.contents();
+            }
+            f(&frames[..got], &mut marks[..got]);
         }
-        f(&frames[..got]);
-        // SAFETY: the frames were consumed from RX and are handed back once,
-        // after the last use of their slices above.
-        unsafe {
-            self.fq.produce(&self.scratch[..got]);
+        // Marked frames first, in order, then the rest to the pool.
+        let mut out = [FrameDesc::default(); BATCH];
+        let mut n = 0;
+        for (d, &m) in descs[..got].iter().zip(&marks[..got]) {
+            if m {
+                out[n] = *d;
+                n += 1;
+            } else {
+                self.pool.push(*d);
+            }
         }
-        if self.fq.needs_wakeup() {
-            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        let other = &mut self.socks[side ^ 1];
+        // SAFETY: the marked frames were received above and are no longer
+        // read; each is handed to the kernel once and comes back through the
+        // other socket's completion ring.
+        // (A ring reservation is all or nothing: ask for what fits.)
+        let room = if n > 0 {
+            (other.tx.nb_free(u32::try_from(n).unwrap_or(u32::MAX)) as usize).min(n)
+        } else {
+            0
+        };
+        let sent = if room > 0 {
+            unsafe { other.tx.produce(&out[..room]) }
+        } else {
+            0
+        };
+        other.in_flight += u32::try_from(sent).unwrap_or(u32::MAX);
+        // What the full TX ring did not take goes back to the pool.
+        self.pool.extend_from_slice(&out[sent..n]);
+        self.refill(side);
+        Received {
+            got,
+            forwarded: sent,
+            tx_full: n - sent,
         }
-        got
     }
 
-    /// Queues a copy of `frame` for transmission. False (counted by the caller)
-    /// when no TX frame is free or the frame does not fit.
-    pub fn send(&mut self, frame: &[u8]) -> bool {
-        let Some(mut d) = self.free.pop() else {
+    /// Queues a copy of `frame` for transmission on side `side`. False
+    /// (counted by the caller) when no frame is free, the frame does not fit
+    /// or the TX ring is full.
+    pub fn send(&mut self, side: usize, frame: &[u8]) -> bool {
+        let Some(mut d) = self.pool.pop() else {
             return false;
         };
-        // SAFETY: `d` is a free TX frame of this UMEM, owned by us until it is
+        // SAFETY: `d` is a pool frame of this UMEM, owned by us until it is
         // produced to the TX ring.
         let mut data = unsafe { self.umem.data_mut(&mut d) };
         let mut cur = data.cursor();
         if std::io::Write::write_all(&mut cur, frame).is_err() {
-            self.free.push(d);
+            self.pool.push(d);
             return false;
         }
+        let s = &mut self.socks[side & 1];
         // SAFETY: the frame holds the packet and is handed to the kernel once;
         // it comes back through the completion ring.
-        let ok = unsafe { self.tx.produce(std::slice::from_ref(&d)) } == 1;
+        let ok = unsafe { s.tx.produce(std::slice::from_ref(&d)) } == 1;
         if ok {
-            self.in_flight += 1;
+            s.in_flight += 1;
         } else {
-            self.free.push(d);
+            self.pool.push(d);
         }
         ok
     }
 
-    /// Kicks the kernel to transmit what is queued, if it needs it.
-    pub fn flush(&mut self) {
-        if self.in_flight > 0 && self.tx.needs_wakeup() {
-            let _ = self.tx.wakeup();
+    /// Kicks the kernel to transmit what side `side` has queued, if needed.
+    pub fn flush(&mut self, side: usize) {
+        let s = &mut self.socks[side & 1];
+        if s.in_flight > 0 && s.tx.needs_wakeup() {
+            let _ = s.tx.wakeup();
         }
     }
 
-    /// The kernel's ring statistics for this socket (zeros if it cannot say).
-    pub fn stats(&self) -> RingStats {
-        self.rx
+    /// Frames user space can account for: free, in a fill or RX ring, in a
+    /// TX or completion ring. [`FRAMES`] unless one was lost.
+    pub fn frames_accounted(&self) -> u32 {
+        let pool = u32::try_from(self.pool.len()).unwrap_or(u32::MAX);
+        self.socks.iter().fold(pool, |n, s| {
+            n.saturating_add(s.in_fill).saturating_add(s.in_flight)
+        })
+    }
+
+    /// Frames free in the pool (for tests and metrics).
+    pub fn pool_len(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// The kernel's ring statistics for side `side` (zeros if it cannot say).
+    pub fn stats(&self, side: usize) -> RingStats {
+        self.socks[side & 1]
+            .rx
             .fd()
             .xdp_statistics()
             .map(|s| RingStats {

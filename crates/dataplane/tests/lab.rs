@@ -63,7 +63,14 @@ fn traffic_through_the_lab() {
     let lab = Arc::new(Lab::build().expect("lab"));
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
-    let (l, s, c) = (lab.clone(), stop.clone(), counters.clone());
+    // UMEM frames the worker accounts for once it has stopped.
+    let accounted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (l, s, c, acc) = (
+        lab.clone(),
+        stop.clone(),
+        counters.clone(),
+        accounted.clone(),
+    );
     let thread = std::thread::spawn(move || {
         l.enter_box().expect("enter box");
         let cfg = WorkerConfig {
@@ -77,6 +84,7 @@ fn traffic_through_the_lab() {
         let mut w =
             Worker::open(&cfg, Pipeline::new(Config::default(), strict()), c).expect("worker");
         w.run(&s);
+        acc.store(w.frames_accounted(), Ordering::Relaxed);
     });
     let running = Running {
         stop: stop.clone(),
@@ -130,6 +138,18 @@ fn traffic_through_the_lab() {
             assert!(lost < 5.0, "iperf3 {args}: {lost} % lost\n{out}");
         }
     }
+    // Frames went both ways without a copy through one UMEM (and some were
+    // dropped): none was lost on the way.
+    assert_eq!(
+        accounted.load(Ordering::Relaxed),
+        dataplane::xsk::FRAMES,
+        "UMEM frames lost"
+    );
+    let free = counters.umem_free.load(Ordering::Relaxed);
+    assert!(
+        free > 0 && free <= u64::from(dataplane::xsk::FRAMES),
+        "{free} frames free"
+    );
     let out = &runs[0].1 .1;
     let fwd = counters.forwarded[0].load(Ordering::Relaxed);
     let dropped = counters.dropped[1].load(Ordering::Relaxed);

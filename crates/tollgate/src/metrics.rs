@@ -185,6 +185,13 @@ pub fn render(d: &Daemon, started: Instant) -> Vec<u8> {
             &[("worker", w)],
             l(&c.handoff_depth) as f64,
         );
+        #[allow(clippy::cast_precision_loss)]
+        f.gauge(
+            "tollgate_umem_frames_free",
+            "UMEM frames free in the worker's pool (none in a ring): near zero, the rings starve.",
+            &[("worker", w)],
+            l(&c.umem_free) as f64,
+        );
         for (i, dir) in ["out", "in"].iter().enumerate() {
             f.counter(
                 "tollgate_expect_messages_total",
