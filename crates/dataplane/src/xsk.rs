@@ -265,16 +265,16 @@ impl Pair {
             }
         }
         let other = &mut self.socks[side ^ 1];
-        // SAFETY: the marked frames were received above and are no longer
-        // read; each is handed to the kernel once and comes back through the
-        // other socket's completion ring.
-        // (A ring reservation is all or nothing: ask for what fits.)
+        // A ring reservation is all or nothing: ask for what fits.
         let room = if n > 0 {
             (other.tx.nb_free(u32::try_from(n).unwrap_or(u32::MAX)) as usize).min(n)
         } else {
             0
         };
         let sent = if room > 0 {
+            // SAFETY: the marked frames were received above and are no longer
+            // read; each is handed to the kernel once and comes back through
+            // the other socket's completion ring.
             unsafe { other.tx.produce(&out[..room]) }
         } else {
             0
