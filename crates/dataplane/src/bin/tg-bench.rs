@@ -79,6 +79,154 @@ enum Forwarder {
     /// Two Tollgate workers (CPU 1 and CPU 0, beside the generator); every
     /// frame arrives on queue 0, the flows worker 1 owns are handed over.
     Two,
+    /// Open vSwitch's userspace datapath with AF_XDP ports and `ct()` flows
+    /// like the policy, its PMD thread on CPU 1.
+    Ovs,
+}
+
+/// Open vSwitch run from a private directory inside the box namespace;
+/// stopped (ports removed, XDP programs detached) when dropped.
+struct Ovs {
+    dir: String,
+    boxns: String,
+}
+
+impl Ovs {
+    /// Starts ovsdb-server and ovs-vswitchd, a netdev bridge over the lab's
+    /// two interfaces as AF_XDP ports (native mode; copy on veth) and the
+    /// flows: invalid dropped, established and related both ways, new only
+    /// from the inside, committed.
+    fn up(lab: &Lab) -> Result<Ovs, String> {
+        let dir = format!("/tmp/tg-bench-ovs-{}", std::process::id());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{dir}: {e}"))?;
+        let ovs = Ovs {
+            dir: dir.clone(),
+            boxns: lab.boxns.clone(),
+        };
+        let env = [
+            format!("OVS_RUNDIR={dir}"),
+            format!("OVS_DBDIR={dir}"),
+            format!("OVS_LOGDIR={dir}"),
+        ];
+        let db = format!("{dir}/conf.db");
+        let sock = format!("unix:{dir}/db.sock");
+        let mgmt = format!("unix:{dir}/tgovs.mgmt");
+        let (i, o) = (&lab.inside, &lab.outside);
+        let flows = format!(
+            "table=0,priority=100,arp,actions=NORMAL\n\
+             table=0,priority=50,ip,ct_state=-trk,actions=ct(table=1)\n\
+             table=0,priority=50,ipv6,ct_state=-trk,actions=ct(table=1)\n\
+             table=0,priority=0,actions=drop\n\
+             table=1,priority=100,ct_state=+trk+inv,actions=drop\n\
+             table=1,priority=90,in_port={i},ct_state=+trk+est,actions=output:{o}\n\
+             table=1,priority=90,in_port={o},ct_state=+trk+est,actions=output:{i}\n\
+             table=1,priority=90,in_port={i},ct_state=+trk+rel,actions=output:{o}\n\
+             table=1,priority=90,in_port={o},ct_state=+trk+rel,actions=output:{i}\n\
+             table=1,priority=80,ip,in_port={i},ct_state=+trk+new,actions=ct(commit),output:{o}\n\
+             table=1,priority=80,ipv6,in_port={i},ct_state=+trk+new,actions=ct(commit),output:{o}\n\
+             table=1,priority=0,actions=drop\n"
+        );
+        let flows_file = format!("{dir}/flows.txt");
+        std::fs::write(&flows_file, flows).map_err(|e| format!("{flows_file}: {e}"))?;
+        let vsctl = |args: &[&str]| -> Vec<String> {
+            let mut v = vec!["ovs-vsctl".to_string(), format!("--db={sock}")];
+            v.extend(args.iter().map(|a| (*a).to_string()));
+            v
+        };
+        let port = |p: &str| {
+            vsctl(&[
+                "add-port",
+                "tgovs",
+                p,
+                "--",
+                "set",
+                "interface",
+                p,
+                "type=afxdp",
+                "options:xdp-mode=native",
+            ])
+        };
+        let cmds: Vec<Vec<String>> = vec![
+            vec![
+                "ovsdb-tool".into(),
+                "create".into(),
+                db.clone(),
+                "/usr/share/openvswitch/vswitch.ovsschema".into(),
+            ],
+            vec![
+                "ovsdb-server".into(),
+                format!("--remote=punix:{dir}/db.sock"),
+                format!("--pidfile={dir}/ovsdb-server.pid"),
+                "--detach".into(),
+                format!("--log-file={dir}/ovsdb-server.log"),
+                db,
+            ],
+            vsctl(&["--no-wait", "init"]),
+            vsctl(&[
+                "--no-wait",
+                "set",
+                "Open_vSwitch",
+                ".",
+                "other_config:pmd-cpu-mask=0x2",
+            ]),
+            vec![
+                "ovs-vswitchd".into(),
+                sock.clone(),
+                format!("--pidfile={dir}/ovs-vswitchd.pid"),
+                "--detach".into(),
+                format!("--log-file={dir}/ovs-vswitchd.log"),
+            ],
+            vsctl(&[
+                "add-br",
+                "tgovs",
+                "--",
+                "set",
+                "bridge",
+                "tgovs",
+                "datapath_type=netdev",
+            ]),
+            port(i),
+            port(o),
+            vec!["ovs-ofctl".into(), "del-flows".into(), mgmt.clone()],
+            vec!["ovs-ofctl".into(), "add-flows".into(), mgmt, flows_file],
+        ];
+        for c in cmds {
+            let mut args: Vec<&str> = vec!["env"];
+            args.extend(env.iter().map(String::as_str));
+            args.extend(c.iter().map(String::as_str));
+            let (ok, out) = lab.exec(&lab.boxns, &args);
+            if !ok {
+                return Err(format!("{}: {out}", c.join(" ")));
+            }
+        }
+        Ok(ovs)
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        let rundir = format!("OVS_RUNDIR={}", self.dir);
+        for (target, extra) in [("ovs-vswitchd", "--cleanup"), ("ovsdb-server", "")] {
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                &self.boxns,
+                "env",
+                &rundir,
+                "ovs-appctl",
+                "-t",
+                target,
+                "exit",
+            ]);
+            if !extra.is_empty() {
+                cmd.arg(extra);
+            }
+            let _ = cmd.output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Frames the server's ingress counter has dropped so far.
@@ -265,6 +413,7 @@ fn two_up(lab: &Arc<Lab>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Res
 
 fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f64, String> {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut ovs = None;
     let worker = match fwd {
         Forwarder::Kernel { rps } => {
             set_rps(lab, if rps { "2" } else { "0" });
@@ -285,6 +434,11 @@ fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f
         Forwarder::Two => {
             set_rps(lab, "0");
             Some(two_up(lab, &stop))
+        }
+        Forwarder::Ovs => {
+            set_rps(lab, "0");
+            ovs = Some(Ovs::up(lab)?);
+            None
         }
         Forwarder::Tollgate | Forwarder::Bare => {
             set_rps(lab, "0");
@@ -321,6 +475,7 @@ fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f
     if matches!(fwd, Forwarder::Kernel { .. } | Forwarder::Bridge) {
         kernel_down(lab);
     }
+    drop(ovs);
     pps?
 }
 
@@ -353,9 +508,9 @@ fn main() {
     println!("64-byte UDP, {packets} packets per run, Mpps forwarded. Kernel: Linux bridge + br_netfilter + nftables conntrack,");
     println!("forwarding inline on the generator's CPU 0 or steered by RPS to CPU 1; plain bridge: no conntrack, CPU 0;");
     println!("Tollgate's worker on CPU 1; two workers: CPU 1 and CPU 0 (beside the generator), all frames on queue 0,");
-    println!("those of worker 1's flows handed over.");
-    println!("| flows | bridge, no conntrack | kernel, CPU 0 | kernel, RPS to CPU 1 | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate / best kernel | Tollgate / bare |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("those of worker 1's flows handed over. Open vSwitch: userspace datapath, AF_XDP ports, ct() flows, PMD on CPU 1.");
+    println!("| flows | bridge, no conntrack | kernel, CPU 0 | kernel, RPS to CPU 1 | Open vSwitch | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate / best kernel | Tollgate / OVS | Tollgate / bare |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for flows in [1_024u32, 100_000] {
         let br = measure(&lab, Forwarder::Bridge, flows, packets);
         let k0 = measure(&lab, Forwarder::Kernel { rps: false }, flows, packets);
@@ -363,21 +518,32 @@ fn main() {
         let t = measure(&lab, Forwarder::Tollgate, flows, packets);
         let b = measure(&lab, Forwarder::Bare, flows, packets);
         let two = measure(&lab, Forwarder::Two, flows, packets);
-        match (br, k0, k1, t, b, two) {
-            (Ok(br), Ok(k0), Ok(k1), Ok(t), Ok(b), Ok(two)) => println!(
-                "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
-                br / 1e6,
-                k0 / 1e6,
-                k1 / 1e6,
-                t / 1e6,
-                b / 1e6,
-                two / 1e6,
-                t / k0.max(k1),
-                t / b
-            ),
-            (br, k0, k1, t, b, two) => {
-                println!("| {flows} | {br:?} | {k0:?} | {k1:?} | {t:?} | {b:?} | {two:?} | - | - |")
-            }
-        }
+        let ovs = measure(&lab, Forwarder::Ovs, flows, packets);
+        let cell = |r: &Result<f64, String>| match r {
+            Ok(v) => format!("{:.3}", v / 1e6),
+            Err(e) => format!("error: {e}"),
+        };
+        let ratio = |a: &Result<f64, String>, b: Option<f64>| match (a, b) {
+            (Ok(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        let best_kernel = match (&k0, &k1) {
+            (Ok(a), Ok(b)) => Some(a.max(*b)),
+            (Ok(a), _) | (_, Ok(a)) => Some(*a),
+            _ => None,
+        };
+        println!(
+            "| {flows} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(&br),
+            cell(&k0),
+            cell(&k1),
+            cell(&ovs),
+            cell(&t),
+            cell(&b),
+            cell(&two),
+            ratio(&t, best_kernel),
+            ratio(&t, ovs.as_ref().ok().copied()),
+            ratio(&t, b.as_ref().ok().copied()),
+        );
     }
 }
