@@ -1,9 +1,11 @@
 /* Map layouts shared by Tollgate's XDP program and user space
- * (crates/dataplane/src/bpf.rs mirrors them; a test checks the sizes). */
+ * (crates/dataplane/src/bpf.rs and offload.rs mirror them; tests check the
+ * sizes and offsets). */
 #ifndef TOLLGATE_H
 #define TOLLGATE_H
 
-/* Queues per interface the XSKMAP can hold. */
+/* Queues per interface the XSKMAP can hold; its slot for queue q of side s
+ * (0 inside, 1 outside) is s * TG_MAX_QUEUES + q. */
 #define TG_MAX_QUEUES 64
 
 /* Key 0 of the `config` array map. */
@@ -12,6 +14,124 @@ struct tg_config {
 	 * socket of the receiving queue (frames of a queue without a socket
 	 * are passed). */
 	__u32 redirect;
+	/* 1: forward the plain packets of offloaded flows (the fast path). */
+	__u32 offload;
+	/* Interface index of each side (0 inside, 1 outside). */
+	__u32 ifindex[2];
+	/* 1: verify L4 checksums before forwarding, as the core does. */
+	__u32 checksum;
+	__u32 pad;
+};
+
+/* ---- the fast path (flow offload) ----
+ *
+ * `flows` (hash) maps the tuple a packet carries, with the side it enters
+ * on, to (slot << 1 | direction); `flow_state` (an mmap-able array) holds one
+ * struct tg_flow per slot. Only the connection's owning worker writes a
+ * slot's keys; the XDP program and the worker share the slot under `ctl`. */
+
+/* Offload slots (all workers together). */
+#define TG_OFFLOAD_SLOTS 65536
+
+/* `ctl`: the state in its top four bits; while pending, how many packets the
+ * program sent to the slow path in each direction (bits 0-29, 30-59). */
+#define TG_CTL_SHIFT 60
+#define TG_CTL_QBITS 30
+#define TG_CTL_QMASK ((1ULL << TG_CTL_QBITS) - 1)
+enum tg_flow_state {
+	/* No connection. */
+	TG_FREE = 0,
+	/* Installed; packets still go to the slow path (counted) until the
+	 * worker has forwarded every one of them: then it makes it ACTIVE. */
+	TG_PENDING = 1,
+	/* The program forwards plain packets itself. */
+	TG_ACTIVE = 2,
+	/* The program is updating the slot (a lock, never held long). */
+	TG_BUSY = 3,
+	/* Given back: every packet goes to the slow path, which owns the state
+	 * again (set by the program when a packet needs the slow path, or by
+	 * the worker). */
+	TG_WITHDRAWN = 4,
+};
+
+/* A direction's tuple as its packets carry it, and the side they enter on. */
+struct tg_key {
+	/* IPv4: the first four bytes, the rest zero. */
+	__u8 src[16];
+	__u8 dst[16];
+	/* Network byte order. */
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 side;
+	__u16 pad;
+};
+
+/* TCP window state of one direction (the core's TcpDir). */
+struct tg_tcp_dir {
+	__u32 end;
+	__u32 maxend;
+	__u32 maxwin;
+	__u32 maxack;
+	__u8 scale;
+	__u8 flags;
+	__u16 pad;
+};
+
+/* Window-state flag bits (the core's tcp::flag). */
+#define TG_TCP_DATA_UNACK 0x10
+#define TG_TCP_MAXACK_SET 0x20
+#define TG_TCP_SACK_PERM 0x02
+
+struct tg_flow {
+	__u64 ctl;
+	/* bpf_ktime_get_ns() of the last packet forwarded here. */
+	__u64 last_seen;
+	/* Forwarded here since the flow became active (only this program
+	 * writes them while it is). */
+	__u64 packets[2];
+	__u64 bytes[2];
+	/* TCP only: window tracking, as the core's in-window check leaves it. */
+	struct tg_tcp_dir tcp[2];
+	__u32 last_seq;
+	__u32 last_ack;
+	__u32 last_end;
+	__u16 last_win;
+	__u8 last_dir;
+	__u8 retrans;
+	__u8 proto;
+	/* 1: the last packet was a TCP ACK-only segment (last_* are valid). */
+	__u8 last_ack_valid;
+	__u16 pad;
+	/* Worker only: packets of each direction it took from the pending
+	 * slow path. */
+	__u32 done[2];
+	__u32 pad2;
+	/* Worker only: the counters it already handed to the core. */
+	__u64 reported_packets[2];
+	__u64 reported_bytes[2];
+	__u64 pad3[5];
+};
+_Static_assert(sizeof(struct tg_flow) == 192, "struct tg_flow is 192 bytes");
+_Static_assert(sizeof(struct tg_key) == 40, "struct tg_key is 40 bytes");
+
+/* Written by the program in front of every frame it gives an AF_XDP socket
+ * while offload is on (XDP metadata). */
+struct tg_meta {
+	__u16 magic;
+	__u8 kind;
+	__u8 dir;
+	__u32 slot;
+};
+#define TG_META_MAGIC 0x7467
+enum tg_meta_kind {
+	/* Not a packet of an installed flow. */
+	TG_META_NONE = 0,
+	/* Sent to the slow path while its flow was pending (counted in ctl). */
+	TG_META_PENDING = 1,
+	/* Its flow was active and this packet needs the slow path: the program
+	 * withdrew the flow; the worker takes the state back first. */
+	TG_META_WITHDRAWN = 2,
 };
 
 #endif

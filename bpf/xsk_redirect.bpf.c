@@ -1,13 +1,25 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* Tollgate's XDP program: hands each frame to the AF_XDP socket of the queue
- * it arrived on, when user space says so; everything else goes to the stack. */
+/* Tollgate's XDP program, attached to both sides of the bridge.
+ *
+ * Every frame goes to the AF_XDP socket of the queue it arrived on (the
+ * workers: the slow path, owner of every connection), except, with offload
+ * on, the plain packets of connections a worker installed in `flows`: those
+ * are forwarded to the other side here, after the same checks the worker's
+ * conntrack core would make (checksums, TCP flags and options, the TCP
+ * in-window check and its state update). Whatever this program is not sure
+ * of goes to the worker; a packet of an active flow that needs the worker
+ * withdraws the flow first, so the worker gets the state and every later
+ * packet of it, in order. */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "tollgate.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, TG_MAX_QUEUES);
+	__uint(max_entries, 2 * TG_MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
@@ -19,6 +31,502 @@ struct {
 	__type(value, struct tg_config);
 } config SEC(".maps");
 
+/* The two sides as egress ports (slot = side). */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * TG_OFFLOAD_SLOTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tg_key);
+	__type(value, __u32);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TG_OFFLOAD_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct tg_flow);
+} flow_state SEC(".maps");
+
+/* Why packets of installed flows went to the slow path (user space reads
+ * the sums over CPUs). */
+enum tg_punt {
+	TG_PUNT_PENDING = 0,
+	TG_PUNT_NOT_PLAIN = 1,
+	TG_PUNT_WINDOW = 2,
+	TG_PUNT_INACTIVE = 3,
+	TG_PUNT_BUSY = 4,
+	TG_PUNT_REASONS = 5,
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TG_PUNT_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} punts SEC(".maps");
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+#define TCP_URG 0x20
+
+static __always_inline void count_punt(__u32 why)
+{
+	__u64 *n = bpf_map_lookup_elem(&punts, &why);
+
+	if (n)
+		*n += 1;
+}
+
+/* What the parser found out about a packet. */
+struct pkt {
+	struct tg_key key;
+	/* The packet can go through the fast path as far as its own headers
+	 * tell (no fragment, options, odd flags, bad checksum...). */
+	int plain;
+	/* TCP: */
+	__u32 seq, ack, end;
+	__u16 win;
+	/* IP length (the core's byte count). */
+	__u32 ip_len;
+};
+
+static __always_inline __u16 fold(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+/* Sums `len` bytes at `p` (one's complement, 32-bit partial) into `sum`;
+ * false if they are not all inside the packet. `len` at most 1536 + 3. */
+static __always_inline int csum_bytes(void *p, __u32 len, void *data_end, __u64 *sum)
+{
+	__u64 s = *sum;
+	__u32 off = 0;
+
+#pragma unroll
+	for (int i = 0; i < 6; i++) {
+		if (len - off < 256)
+			break;
+		if (p + off + 256 > data_end)
+			return 0;
+		s += (__u32)bpf_csum_diff(0, 0, (__be32 *)(p + off), 256, 0);
+		off += 256;
+	}
+	if (len - off >= 256)
+		return 0;
+#define CHUNK(n)                                                              \
+	if (len - off >= n) {                                                 \
+		if (off > 1536 || p + off + n > data_end)                     \
+			return 0;                                             \
+		s += (__u32)bpf_csum_diff(0, 0, (__be32 *)(p + off), n, 0);   \
+		off += n;                                                     \
+	}
+	CHUNK(128)
+	CHUNK(64)
+	CHUNK(32)
+	CHUNK(16)
+	CHUNK(8)
+	CHUNK(4)
+#undef CHUNK
+	if (off > 1792)
+		return 0;
+	__u32 rest = len - off;
+	__u8 *b = p + off;
+	if (rest >= 1) {
+		if ((void *)(b + 1) > data_end)
+			return 0;
+		/* Big-endian words read as little-endian: the low byte first. */
+		s += b[0];
+	}
+	if (rest >= 2) {
+		if ((void *)(b + 2) > data_end)
+			return 0;
+		s += (__u32)b[1] << 8;
+	}
+	if (rest >= 3) {
+		if ((void *)(b + 3) > data_end)
+			return 0;
+		s += (__u32)b[2] << 16;
+	}
+	*sum = s;
+	return 1;
+}
+
+/* Parses an untagged IPv4 or IPv6 TCP/UDP frame. 0: not for the fast path
+ * at all (no lookup); 1: looked up, `p->plain` says whether it may be
+ * forwarded here. */
+static __always_inline int parse(struct xdp_md *ctx, struct tg_config *c, __u32 side,
+				 struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u64 sum = 0;
+	void *l4;
+	__u32 l4_len;
+	__u8 proto;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	p->key.side = side;
+	p->plain = 1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		__u8 *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 20) > end)
+			return 0;
+		if ((ip[0] >> 4) != 4)
+			return 0;
+		__u32 ihl = (ip[0] & 0x0f) * 4;
+		__u32 tot = ((__u32)ip[2] << 8) | ip[3];
+		if (ihl != 20) {
+			/* Options: the worker's. Ports still looked up below
+			 * only for plain headers: an offloaded flow's packet
+			 * with options is rare; it goes to the worker, which
+			 * (the flow being withdrawn by the next plain miss or
+			 * never) keeps the verdicts: options do not change
+			 * conntrack's answer, only ours cannot vouch for it. */
+			return 0;
+		}
+		if (tot < 20 || (void *)ip + tot > end)
+			return 0;
+		/* Header checksum (always checked by the core). */
+		__u64 hs = 0;
+		if (!csum_bytes(ip, 20, end, &hs) || fold(hs) != 0xffff)
+			return 0;
+		/* Fragments: their ports are not all there. */
+		if ((ip[6] & 0x3f) || ip[7])
+			return 0;
+		proto = ip[9];
+		__builtin_memcpy(p->key.src, ip + 12, 4);
+		__builtin_memcpy(p->key.dst, ip + 16, 4);
+		p->ip_len = tot;
+		l4 = ip + 20;
+		l4_len = tot - 20;
+		if (c->checksum) {
+			/* Pseudo header: addresses, zero, protocol, length. */
+			sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)(ip + 12), 8, 0);
+			sum += bpf_htons((__u16)proto) + bpf_htons((__u16)l4_len);
+		}
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		__u8 *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 40) > end)
+			return 0;
+		if ((ip[0] >> 4) != 6)
+			return 0;
+		__u32 plen = ((__u32)ip[4] << 8) | ip[5];
+		proto = ip[6];
+		if ((void *)ip + 40 + plen > end)
+			return 0;
+		__builtin_memcpy(p->key.src, ip + 8, 16);
+		__builtin_memcpy(p->key.dst, ip + 24, 16);
+		p->ip_len = 40 + plen;
+		l4 = ip + 40;
+		l4_len = plen;
+		if (c->checksum) {
+			sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)(ip + 8), 32, 0);
+			sum += bpf_htonl(plen) >> 16;
+			sum += bpf_htonl(plen) & 0xffff;
+			sum += bpf_htons((__u16)proto);
+		}
+	} else {
+		return 0;
+	}
+	p->key.proto = proto;
+	if (l4_len > 1600)
+		return 0;
+	if (proto == IPPROTO_UDP) {
+		__u8 *u = l4;
+
+		if ((void *)(u + 8) > end || l4_len < 8)
+			return 0;
+		__builtin_memcpy(&p->key.sport, u, 2);
+		__builtin_memcpy(&p->key.dport, u + 2, 2);
+		__u32 ulen = ((__u32)u[4] << 8) | u[5];
+		if (ulen < 8 || ulen > l4_len) {
+			p->plain = 0;
+			return 1;
+		}
+		if (c->checksum && (u[6] | u[7])) {
+			/* The pseudo header's length is the IP payload's for
+			 * IPv4 above; UDP's own length counts: redo it. */
+			if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+				sum -= bpf_htons((__u16)l4_len);
+				sum += bpf_htons((__u16)ulen);
+			} else {
+				sum -= bpf_htonl(l4_len) >> 16;
+				sum -= bpf_htonl(l4_len) & 0xffff;
+				sum += bpf_htonl(ulen) >> 16;
+				sum += bpf_htonl(ulen) & 0xffff;
+			}
+			if (!csum_bytes(u, ulen, end, &sum) || fold(sum) != 0xffff)
+				p->plain = 0;
+		}
+		return 1;
+	}
+	if (proto != IPPROTO_TCP)
+		return 0;
+	__u8 *t = l4;
+	if ((void *)(t + 20) > end || l4_len < 20)
+		return 0;
+	__builtin_memcpy(&p->key.sport, t, 2);
+	__builtin_memcpy(&p->key.dport, t + 2, 2);
+	__u32 doff = (t[12] >> 4) * 4;
+	__u8 flags = t[13];
+	if (doff < 20 || doff > l4_len) {
+		p->plain = 0;
+		return 1;
+	}
+	/* Only ACK segments without SYN, FIN, RST or URG (PSH, ECE, CWR
+	 * allowed): the established state's own column. */
+	if ((flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK | TCP_URG)) != TCP_ACK) {
+		p->plain = 0;
+		return 1;
+	}
+	/* Options: only NOP, EOL and timestamps (no SACK blocks). */
+	__u32 i = 20;
+#pragma unroll
+	for (int k = 0; k < 12; k++) {
+		if (i >= doff)
+			break;
+		if (i > 60 || (void *)(t + i + 1) > end) {
+			p->plain = 0;
+			return 1;
+		}
+		__u8 kind = t[i];
+		if (kind == 0)
+			break;
+		if (kind == 1) {
+			i += 1;
+			continue;
+		}
+		if ((void *)(t + i + 2) > end) {
+			p->plain = 0;
+			return 1;
+		}
+		if (kind != 8 || t[i + 1] != 10) {
+			p->plain = 0;
+			return 1;
+		}
+		i += 10;
+	}
+	if (i < doff && i <= 60 && (void *)(t + i + 1) <= end && t[i] != 0) {
+		/* More options than walked. */
+		p->plain = 0;
+		return 1;
+	}
+	if (c->checksum) {
+		if (!csum_bytes(t, l4_len, end, &sum) || fold(sum) != 0xffff) {
+			p->plain = 0;
+			return 1;
+		}
+	}
+	p->seq = ((__u32)t[4] << 24) | ((__u32)t[5] << 16) | ((__u32)t[6] << 8) | t[7];
+	p->ack = ((__u32)t[8] << 24) | ((__u32)t[9] << 16) | ((__u32)t[10] << 8) | t[11];
+	p->win = ((__u16)t[14] << 8) | t[15];
+	p->end = p->seq + (l4_len - doff);
+	return 1;
+}
+
+static __always_inline int before(__u32 a, __u32 b)
+{
+	return (__s32)(a - b) < 0;
+}
+
+static __always_inline int after(__u32 a, __u32 b)
+{
+	return (__s32)(b - a) < 0;
+}
+
+/* The core's in_window() for an ACK segment of an established connection
+ * whose two directions both have a window, without SACK blocks: 1 and the
+ * state updated exactly as the core would, or 0 (the core would not simply
+ * accept it: the worker decides) and nothing changed. */
+static __always_inline int tcp_in_window(struct tg_flow *f, __u32 dir, struct pkt *p)
+{
+	struct tg_tcp_dir *s = dir ? &f->tcp[1] : &f->tcp[0];
+	struct tg_tcp_dir *r = dir ? &f->tcp[0] : &f->tcp[1];
+	__u32 seq = p->seq, ack = p->ack, end = p->end, sack = ack;
+	__u32 win = p->win;
+
+	if (s->maxwin == 0 || r->maxwin == 0)
+		return 0;
+	__u32 maxackwin = s->maxwin > 66000 ? s->maxwin : 66000;
+	if (!before(seq, s->maxend + 1))
+		return 0;
+	if (!before(sack, r->end + 1))
+		return 0;
+	if (!after(end, s->end - r->maxwin - 1))
+		return 0;
+	if (!after(sack, r->end - maxackwin - 1))
+		return 0;
+	if (s->scale > 14)
+		return 0;
+	win <<= s->scale;
+	__u32 swin = win + (sack - ack);
+	if (s->maxwin < swin)
+		s->maxwin = swin;
+	if (after(end, s->end)) {
+		s->end = end;
+		s->flags |= TG_TCP_DATA_UNACK;
+	}
+	if (!(s->flags & TG_TCP_MAXACK_SET)) {
+		s->maxack = ack;
+		s->flags |= TG_TCP_MAXACK_SET;
+	} else if (after(ack, s->maxack)) {
+		s->maxack = ack;
+	}
+	__u32 s_maxend = s->maxend;
+	if (r->maxwin != 0 && after(end, s_maxend))
+		r->maxwin += end - s_maxend;
+	if (after(sack + win, r->maxend - 1)) {
+		r->maxend = sack + win;
+		if (win == 0)
+			r->maxend += 1;
+	}
+	if (ack == r->end)
+		r->flags &= ~TG_TCP_DATA_UNACK;
+	/* Retransmissions of the same ACK segment (index ACK). */
+	if (f->last_dir == dir && f->last_seq == seq && f->last_ack == ack &&
+	    f->last_end == end && f->last_win == p->win) {
+		if (f->retrans < 255)
+			f->retrans++;
+	} else {
+		f->last_dir = dir;
+		f->last_seq = seq;
+		f->last_ack = ack;
+		f->last_end = end;
+		f->last_win = p->win;
+		f->retrans = 0;
+	}
+	f->last_ack_valid = 1;
+	return 1;
+}
+
+/* Writes the metadata the worker reads in front of the frame. */
+static __always_inline void set_meta(struct xdp_md *ctx, __u8 kind, __u8 dir, __u32 slot)
+{
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct tg_meta)))
+		return;
+	struct tg_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return;
+	m->magic = TG_META_MAGIC;
+	m->kind = kind;
+	m->dir = dir;
+	m->slot = slot;
+}
+
+/* Gives the flow back to the worker: from ACTIVE (or after our own BUSY). */
+static __always_inline int withdraw(struct tg_flow *f, __u64 from)
+{
+	return __sync_val_compare_and_swap(&f->ctl, from,
+					   (__u64)TG_WITHDRAWN << TG_CTL_SHIFT) == from;
+}
+
+/* The fast path: XDP_REDIRECT to the other side, or -1 (with the metadata
+ * set) for the slow path. */
+static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 side)
+{
+	struct pkt p = {};
+
+	if (!parse(ctx, c, side, &p))
+		return -1;
+	__u32 *v = bpf_map_lookup_elem(&flows, &p.key);
+	if (!v)
+		return -1;
+	__u32 slot = *v >> 1, dir = *v & 1;
+	struct tg_flow *f = bpf_map_lookup_elem(&flow_state, &slot);
+	if (!f)
+		return -1;
+	const __u64 active = (__u64)TG_ACTIVE << TG_CTL_SHIFT;
+	const __u64 busy = (__u64)TG_BUSY << TG_CTL_SHIFT;
+	__u64 ctl = f->ctl;
+
+#pragma unroll
+	for (int tries = 0; tries < 4; tries++) {
+		__u64 state = ctl >> TG_CTL_SHIFT;
+
+		if (state == TG_PENDING) {
+			__u64 inc = dir ? (1ULL << TG_CTL_QBITS) : 1;
+			__u64 seen = __sync_val_compare_and_swap(&f->ctl, ctl, ctl + inc);
+			if (seen == ctl) {
+				count_punt(TG_PUNT_PENDING);
+				set_meta(ctx, TG_META_PENDING, dir, slot);
+				return -1;
+			}
+			ctl = seen;
+			continue;
+		}
+		if (state == TG_ACTIVE) {
+			if (!p.plain) {
+				if (withdraw(f, active)) {
+					count_punt(TG_PUNT_NOT_PLAIN);
+					set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
+					return -1;
+				}
+				ctl = f->ctl;
+				continue;
+			}
+			if (__sync_val_compare_and_swap(&f->ctl, active, busy) != active) {
+				ctl = f->ctl;
+				continue;
+			}
+			/* Ours until released below. */
+			if (f->proto == IPPROTO_TCP && !tcp_in_window(f, dir, &p)) {
+				withdraw(f, busy);
+				count_punt(TG_PUNT_WINDOW);
+				set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
+				return -1;
+			}
+			f->last_seen = bpf_ktime_get_ns();
+			f->packets[dir & 1] += 1;
+			f->bytes[dir & 1] += p.ip_len;
+			__sync_lock_test_and_set(&f->ctl, active);
+			return bpf_redirect_map(&ports, side ^ 1, 0);
+		}
+		if (state == TG_BUSY) {
+			ctl = f->ctl;
+			continue;
+		}
+		count_punt(TG_PUNT_INACTIVE);
+		set_meta(ctx, TG_META_NONE, 0, 0);
+		return -1;
+	}
+	/* Still busy (another CPU on the other direction): the slow path,
+	 * withdrawing the flow so the order holds; the next try succeeds. */
+	__u64 now = f->ctl;
+#pragma unroll
+	for (int tries = 0; tries < 4; tries++) {
+		if (now >> TG_CTL_SHIFT != TG_BUSY && now >> TG_CTL_SHIFT != TG_ACTIVE)
+			break;
+		if (now == active && withdraw(f, active)) {
+			count_punt(TG_PUNT_BUSY);
+			set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
+			return -1;
+		}
+		now = f->ctl;
+	}
+	count_punt(TG_PUNT_BUSY);
+	set_meta(ctx, TG_META_NONE, 0, 0);
+	return -1;
+}
+
 SEC("xdp")
 int tg_redirect(struct xdp_md *ctx)
 {
@@ -27,8 +535,23 @@ int tg_redirect(struct xdp_md *ctx)
 
 	if (!c || !c->redirect)
 		return XDP_PASS;
+	__u32 side = ctx->ingress_ifindex == c->ifindex[1] ? 1 : 0;
+	__u32 q = ctx->rx_queue_index;
+	if (q >= TG_MAX_QUEUES)
+		return XDP_PASS;
+	if (c->offload) {
+		void *meta = (void *)(long)ctx->data_meta;
+		int r = fast(ctx, c, side);
+
+		if (r >= 0)
+			return r;
+		/* Every frame handed over carries metadata, so the worker never
+		 * reads a stale one (the frame's previous use). */
+		if ((void *)(long)ctx->data_meta == meta)
+			set_meta(ctx, TG_META_NONE, 0, 0);
+	}
 	/* No socket on this queue: XDP_PASS rather than a drop. */
-	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	return bpf_redirect_map(&xsks, side * TG_MAX_QUEUES + q, XDP_PASS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -28,6 +28,18 @@ pub struct Pipeline {
     ct: Conntrack,
     policy: Policy,
     parse: ParseOptions,
+    /// Entry of each packet of the last batch (`u32::MAX`: none).
+    conns: [u32; BATCH],
+}
+
+/// A connection the fast path may take, with the sides its two directions
+/// enter on (see [`Pipeline::offload_plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffloadPlan {
+    /// The connection's tuples and helper.
+    pub candidate: crate::table::Candidate,
+    /// Side the original direction enters on (the reply's is the other).
+    pub orig_side: Side,
 }
 
 impl Pipeline {
@@ -40,6 +52,7 @@ impl Pipeline {
             ct: Conntrack::new(cfg),
             policy,
             parse,
+            conns: [u32::MAX; BATCH],
         }
     }
 
@@ -48,7 +61,48 @@ impl Pipeline {
     pub fn process(&mut self, side: Side, l3: &[u8], now: u64) -> PacketResult {
         self.ct.expire(now);
         let parsed = packet::parse(l3, self.parse);
-        self.process_parsed(side, parsed, None, now)
+        self.process_parsed(side, parsed, None, now).0
+    }
+
+    /// The entry of each packet of the last [`Self::process_batch`] (of its
+    /// last [`BATCH`] packets), `u32::MAX` where none.
+    pub fn batch_conns(&self) -> &[u32; BATCH] {
+        &self.conns
+    }
+
+    /// Whether connection `conn`, whose packet just entered on `side` in the
+    /// `reply` direction and was accepted, may go to the fast path: the core
+    /// says it is ready (see [`Conntrack::offload_candidate`]) and policy
+    /// accepts the established packets of both directions (no notrack rule
+    /// takes them). A connection policy refuses is not asked again until the
+    /// policy changes.
+    pub fn offload_plan(&mut self, conn: u32, side: Side, reply: bool) -> Option<OffloadPlan> {
+        let c = self.ct.offload_candidate(conn)?;
+        let orig_side = if reply { side.other() } else { side };
+        let ok = [(orig_side, &c.orig), (orig_side.other(), &c.reply)]
+            .iter()
+            .all(|&(s, t)| {
+                !(self.policy.has_notrack() && self.policy.notrack(s, t))
+                    && self
+                        .policy
+                        .evaluate(&PacketMeta {
+                            side: s,
+                            state: CtState::Established,
+                            tuple: t,
+                            helper: c.helper,
+                        })
+                        .action
+                        == Action::Accept
+            });
+        if ok {
+            Some(OffloadPlan {
+                candidate: c,
+                orig_side,
+            })
+        } else {
+            self.ct.offload_refuse(conn);
+            None
+        }
     }
 
     /// Processes a batch (at most [`BATCH`] packets; more are processed in
@@ -84,8 +138,11 @@ impl Pipeline {
                 if let Some(Some(h)) = hashes.get(i + AHEAD) {
                     self.ct.prefetch_entry(*h);
                 }
+                self.conns[i] = u32::MAX;
                 if let Some(p) = parsed[i].take() {
-                    *slot = self.process_parsed(*side, p, hashes[i], now);
+                    let (r, conn) = self.process_parsed(*side, p, hashes[i], now);
+                    *slot = r;
+                    self.conns[i] = conn;
                 }
             }
         }
@@ -97,31 +154,42 @@ impl Pipeline {
         parsed: Result<Packet<'_>, ParseError>,
         hash: Option<u64>,
         now: u64,
-    ) -> PacketResult {
+    ) -> (PacketResult, u32) {
         let pkt = match parsed {
             Ok(p) => p,
             Err(ParseError::Malformed(reason)) => {
                 // The kernel's IP input drops these before any hook runs.
-                return PacketResult {
-                    verdict: Action::Drop,
-                    state: CtState::Invalid,
-                    reply: false,
-                    reason: Some(reason),
-                };
+                return (
+                    PacketResult {
+                        verdict: Action::Drop,
+                        state: CtState::Invalid,
+                        reply: false,
+                        reason: Some(reason),
+                    },
+                    u32::MAX,
+                );
             }
             Err(ParseError::Invalid { reason, tuple, .. }) => {
                 self.ct.count_invalid();
                 if self.policy.has_notrack() && self.policy.notrack(side, &tuple) {
-                    return self.filter(side, CtState::Untracked, &tuple, None, None);
+                    return (
+                        self.filter(side, CtState::Untracked, &tuple, None, None),
+                        u32::MAX,
+                    );
                 }
-                return self.filter(side, CtState::Invalid, &tuple, None, Some(reason));
+                return (
+                    self.filter(side, CtState::Invalid, &tuple, None, Some(reason)),
+                    u32::MAX,
+                );
             }
         };
-        if self.policy.has_notrack() && self.policy.notrack(side, &pkt.tuple) {
-            return self.filter(side, CtState::Untracked, &pkt.tuple, None, None);
-        }
-        if matches!(pkt.l4, L4::Icmp(Icmp::Untracked)) {
-            return self.filter(side, CtState::Untracked, &pkt.tuple, None, None);
+        if (self.policy.has_notrack() && self.policy.notrack(side, &pkt.tuple))
+            || matches!(pkt.l4, L4::Icmp(Icmp::Untracked))
+        {
+            return (
+                self.filter(side, CtState::Untracked, &pkt.tuple, None, None),
+                u32::MAX,
+            );
         }
         let track = match hash {
             Some(h) => self.ct.track_hashed(&pkt, h, now),
@@ -129,12 +197,15 @@ impl Pipeline {
         };
         if track.must_drop {
             self.ct.abort(&track, now);
-            return PacketResult {
-                verdict: Action::Drop,
-                state: track.state,
-                reply: track.reply,
-                reason: track.reason,
-            };
+            return (
+                PacketResult {
+                    verdict: Action::Drop,
+                    state: track.state,
+                    reply: track.reply,
+                    reason: track.reason,
+                },
+                u32::MAX,
+            );
         }
         let d = self.policy.evaluate(&PacketMeta {
             side,
@@ -154,16 +225,19 @@ impl Pipeline {
         } else {
             self.ct.abort(&track, now);
         }
-        PacketResult {
-            verdict: if accepted {
-                Action::Accept
-            } else {
-                Action::Drop
+        (
+            PacketResult {
+                verdict: if accepted {
+                    Action::Accept
+                } else {
+                    Action::Drop
+                },
+                state: track.state,
+                reply: track.reply,
+                reason: drop_reason(accepted, d.rule.is_some(), track.reason),
             },
-            state: track.state,
-            reply: track.reply,
-            reason: drop_reason(accepted, d.rule.is_some(), track.reason),
-        }
+            if accepted { track.conn } else { u32::MAX },
+        )
     }
 
     fn filter(
@@ -211,6 +285,8 @@ impl Pipeline {
     /// Replaces the policy; existing connections keep their state.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+        // What the fast path forwards was decided under the old policy.
+        self.ct.offload_reset();
     }
 }
 

@@ -107,6 +107,10 @@ pub struct Stats {
     pub frag_followed: u64,
     /// New connections refused because their source had `max_per_source`.
     pub source_limit: u64,
+    /// Connections handed to the fast path.
+    pub offloaded: u64,
+    /// Connections taken back from the fast path with its state.
+    pub offload_returned: u64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -123,6 +127,10 @@ mod status {
     pub const ASSURED: u8 = 8;
     /// Created from an expectation (`IPS_EXPECTED`).
     pub const EXPECTED: u8 = 16;
+    /// Installed in the fast path (`IPS_OFFLOAD`).
+    pub const OFFLOADED: u8 = 32;
+    /// Not to be offloaded (policy said no) until the policy changes.
+    pub const NO_OFFLOAD: u8 = 64;
 }
 
 /// A tuple stored without `u128`'s 16-byte alignment, to keep entries small.
@@ -217,7 +225,10 @@ use expect::helper_of;
 
 #[path = "help.rs"]
 mod help;
+#[path = "offload.rs"]
+pub mod offload;
 pub use help::HelperStats;
+pub use offload::{Candidate, FastPath, FastState, Reclaim};
 
 /// What [`Conntrack::track`] decided for a packet; pass it to [`Conntrack::confirm`]
 /// or [`Conntrack::abort`] once policy has spoken.
@@ -293,6 +304,8 @@ pub struct ConnInfo {
     pub packets: [u64; 2],
     /// Bytes per direction.
     pub bytes: [u64; 2],
+    /// In the fast path (`[OFFLOAD]` in listings).
+    pub offloaded: bool,
 }
 
 // ---- the fragment table: verdicts of first fragments, followed by the rest ----
@@ -356,6 +369,11 @@ pub struct Conntrack {
     events: Events,
     /// Latest `now` seen (for event timestamps and expiry in events).
     now: u64,
+    /// The fast path offloaded connections are taken back from.
+    fast: Option<Box<dyn FastPath>>,
+    /// Offloaded connections that left the core, for the owner to remove
+    /// from the fast path.
+    offload_gone: Vec<u32>,
 }
 
 /// What happened to a connection (`conntrack -E`).
@@ -449,6 +467,8 @@ impl Conntrack {
             sources: (cfg_max_per_source > 0).then(|| crate::limit::SourceCounts::new(cap, secret)),
             events: Events::default(),
             now: 0,
+            fast: None,
+            offload_gone: Vec::with_capacity(64),
         }
     }
 
@@ -679,7 +699,12 @@ impl Conntrack {
             let mut cur = core::mem::replace(&mut self.wheel[b], NONE);
             while cur != NONE {
                 let next = self.entries[cur as usize].tnext;
-                let deadline = self.entries[cur as usize].deadline;
+                let mut deadline = self.entries[cur as usize].deadline;
+                if deadline <= now && self.entries[cur as usize].status & status::OFFLOADED != 0 {
+                    // The fast path may have kept it alive: ask it first.
+                    self.offload_expired(cur, now);
+                    deadline = self.entries[cur as usize].deadline;
+                }
                 if deadline <= now {
                     self.destroy_unlinked(cur);
                     self.stats.expired += 1;
@@ -749,6 +774,7 @@ impl Conntrack {
     }
 
     fn destroy_unlinked(&mut self, idx: u32) {
+        self.offload_destroyed(idx);
         if self.entries[idx as usize].status & status::CONFIRMED != 0 {
             if self.events.on {
                 self.emit(EventKind::Destroy, idx);
@@ -850,6 +876,11 @@ impl Conntrack {
             let Some((idx, dir)) = self.lookup(t, hash) else {
                 return self.new_conn(pkt, hash, now);
             };
+            if self.entries[idx as usize].status & status::OFFLOADED != 0 {
+                // The fast path had it: take its state back before this
+                // packet (which it did not want) is tracked.
+                self.offload_take_back(idx);
+            }
             if self.entries[idx as usize].deadline <= now {
                 // Expired but not yet reaped: gone, as the kernel sees it.
                 self.destroy(idx);
@@ -1474,6 +1505,7 @@ fn info_of(e: &Entry, now: u64) -> ConnInfo {
         helper: helper_of(e.helper),
         packets: e.packets,
         bytes: e.bytes,
+        offloaded: e.status & status::OFFLOADED != 0,
     }
 }
 

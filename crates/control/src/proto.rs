@@ -387,6 +387,9 @@ pub struct ConnJson {
     /// Helper, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helper: Option<String>,
+    /// In the XDP fast path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offloaded: bool,
 }
 
 fn ip(t: &Tuple, a: Addr) -> String {
@@ -419,6 +422,7 @@ impl ConnJson {
             seen_reply: c.seen_reply,
             assured: c.assured,
             helper: c.helper.map(|h| h.name().to_string()),
+            offloaded: c.offloaded,
         }
     }
 
@@ -455,6 +459,10 @@ impl ConnJson {
             s.push_str("[UNREPLIED] ");
         }
         dir(&mut s, &self.reply);
+        if self.offloaded {
+            // The kernel's mark for flowtable-offloaded entries.
+            s.push_str("[OFFLOAD] ");
+        }
         if self.assured {
             s.push_str("[ASSURED] ");
         }
@@ -567,6 +575,7 @@ mod tests {
             helper: None,
             packets: [3, 2],
             bytes: [180, 120],
+            offloaded: false,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Loading bpf/xsk_redirect.bpf.c (compiled at build time) and attaching it
-//! to interfaces with links: a link is removed when the process ends, however
-//! it ends, so no stale XDP program outlives Tollgate.
+//! to both interfaces with links: a link is removed when the process ends,
+//! however it ends, so no stale XDP program outlives Tollgate. One program
+//! serves both sides (it tells them apart by the ingress interface), so the
+//! two share its maps: the sockets, the egress ports and the offload tables.
 
 use std::mem::MaybeUninit;
 
@@ -32,12 +34,31 @@ pub enum BpfError {
     /// A frame given to the generator is too large.
     #[error("frame too large for the generator")]
     Frame,
+    /// A queue beyond the XSKMAP.
+    #[error("queue {0}: at most {MAX_QUEUES} queues per interface")]
+    Queue(u32),
+    /// The offload maps could not be mapped.
+    #[error("offload maps: {0}")]
+    Offload(String),
+}
+
+/// Queues per interface (`TG_MAX_QUEUES`).
+pub const MAX_QUEUES: u32 = 64;
+
+/// `struct tg_config`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Config {
+    redirect: u32,
+    offload: u32,
+    ifindex: [u32; 2],
+    checksum: u32,
 }
 
 /// The loaded program, its maps and the links attaching it.
 pub struct XdpProgram {
     skel: XskRedirectSkel<'static>,
     links: Vec<Link>,
+    config: Config,
 }
 
 fn lib(what: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
@@ -69,12 +90,16 @@ impl XdpProgram {
         Ok(XdpProgram {
             skel,
             links: Vec::new(),
+            config: Config::default(),
         })
     }
 
-    /// Attaches the program to an interface (native mode) with a link.
-    pub fn attach(&mut self, iface: &str) -> Result<(), BpfError> {
+    /// Attaches the program to the interface of `side` (0 inside, 1 outside;
+    /// native mode) with a link, and makes `side` that interface in the
+    /// config and in the egress port map.
+    pub fn attach(&mut self, side: usize, iface: &str) -> Result<(), BpfError> {
         let idx = ifindex(iface)?;
+        self.set_side(side, idx)?;
         let link = self
             .skel
             .progs
@@ -85,23 +110,98 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Puts an AF_XDP socket in the queue's XSKMAP slot.
-    pub fn set_socket(&self, queue: u32, fd: i32) -> Result<(), BpfError> {
+    /// Makes interface `ifindex` side `side` (config and egress port map)
+    /// without attaching (tests).
+    pub fn set_side(&mut self, side: usize, ifindex: i32) -> Result<(), BpfError> {
+        let side = side & 1;
+        let idx = u32::try_from(ifindex).map_err(|_| BpfError::NoInterface(ifindex.to_string()))?;
+        self.config.ifindex[side] = idx;
+        self.write_config()?;
+        // side < 2.
+        #[allow(clippy::cast_possible_truncation)]
+        let key = (side as u32).to_ne_bytes();
+        self.skel
+            .maps
+            .ports
+            .update(&key, &idx.to_ne_bytes(), MapFlags::ANY)
+            .map_err(lib("adding a port to the devmap"))
+    }
+
+    /// Puts an AF_XDP socket in the XSKMAP slot of `queue` on `side`.
+    pub fn set_socket(&self, side: usize, queue: u32, fd: i32) -> Result<(), BpfError> {
+        if queue >= MAX_QUEUES {
+            return Err(BpfError::Queue(queue));
+        }
+        // side < 2.
+        #[allow(clippy::cast_possible_truncation)]
+        let slot = (side as u32 & 1) * MAX_QUEUES + queue;
         self.skel
             .maps
             .xsks
-            .update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
             .map_err(lib("adding a socket to the XSKMAP"))
     }
 
     /// Turns redirection to the sockets on or off.
-    pub fn set_redirect(&self, on: bool) -> Result<(), BpfError> {
-        let v = u32::from(on).to_ne_bytes();
+    pub fn set_redirect(&mut self, on: bool) -> Result<(), BpfError> {
+        self.config.redirect = u32::from(on);
+        self.write_config()
+    }
+
+    /// Turns the fast path on or off; `checksum`: verify L4 checksums as
+    /// the core does (its `checksum` option).
+    pub fn set_offload(&mut self, on: bool, checksum: bool) -> Result<(), BpfError> {
+        self.config.offload = u32::from(on);
+        self.config.checksum = u32::from(checksum);
+        self.write_config()
+    }
+
+    fn write_config(&self) -> Result<(), BpfError> {
+        let c = &self.config;
+        let mut v = [0u8; 24];
+        for (i, w) in [
+            c.redirect,
+            c.offload,
+            c.ifindex[0],
+            c.ifindex[1],
+            c.checksum,
+            0,
+        ]
+        .iter()
+        .enumerate()
+        {
+            v[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
         self.skel
             .maps
             .config
             .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
             .map_err(lib("writing the config map"))
+    }
+
+    /// The offload maps, for the workers' [`crate::offload`] tables.
+    pub fn offload_maps(&self) -> Result<crate::offload::Maps, BpfError> {
+        crate::offload::Maps::new(&self.skel.maps.flows, &self.skel.maps.flow_state)
+            .map_err(|e| BpfError::Offload(e.to_string()))
+    }
+
+    /// Packets of installed flows the program sent to the slow path, per
+    /// reason: pending, not plain, window, inactive, busy.
+    pub fn punts(&self) -> [u64; 5] {
+        let mut out = [0u64; 5];
+        for (i, o) in out.iter_mut().enumerate() {
+            // i < 5.
+            #[allow(clippy::cast_possible_truncation)]
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(vals)) = self.skel.maps.punts.lookup_percpu(&key, MapFlags::ANY) {
+                *o = vals
+                    .iter()
+                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                    .map(u64::from_ne_bytes)
+                    .sum();
+            }
+        }
+        out
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`; returns the
@@ -118,6 +218,37 @@ impl XdpProgram {
             .test_run(input)
             .map_err(lib("running the XDP program"))?;
         Ok(out.return_value)
+    }
+
+    /// [`Self::test_run`] that also returns the metadata the program put in
+    /// front of the frame (`struct tg_meta`), if any.
+    pub fn test_run_meta(&self, frame: &[u8]) -> Result<(u32, Option<[u8; 8]>), BpfError> {
+        let mut data_out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let mut ctx_out = [0u8; 24];
+        let mut ctx_in = [0u8; 24];
+        let len = u32::try_from(frame.len()).map_err(|_| BpfError::Frame)?;
+        ctx_in[4..8].copy_from_slice(&len.to_ne_bytes());
+        let input = libbpf_rs::ProgramInput {
+            context_in: Some(&mut ctx_in),
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            context_out: Some(&mut ctx_out),
+            ..Default::default()
+        };
+        let out = self
+            .skel
+            .progs
+            .tg_redirect
+            .test_run(input)
+            .map_err(lib("running the XDP program"))?;
+        let rv = out.return_value;
+        let meta_len = u32::from_ne_bytes([ctx_out[0], ctx_out[1], ctx_out[2], ctx_out[3]]);
+        let meta = (meta_len == 8)
+            .then(|| data_out.get(..8).and_then(|m| m.try_into().ok()))
+            .flatten();
+        Ok((rv, meta))
     }
 }
 

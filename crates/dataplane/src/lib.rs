@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod gen;
 pub mod lab;
+pub mod offload;
 pub mod steer;
 pub mod worker;
 pub mod xsk;

@@ -22,6 +22,7 @@ use conntrack::{DropReason, Event, HelperKind, PacketResult, Pipeline};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::bpf::{BpfError, XdpProgram};
+use crate::offload::Offloader;
 use crate::xsk::{Pair, PortError, RingStats};
 
 /// Why a worker could not start.
@@ -50,6 +51,8 @@ pub struct WorkerConfig {
     pub bypass: bool,
     /// Copy or zero-copy sockets.
     pub mode: crate::xsk::XdpMode,
+    /// Established flows forwarded by the XDP program (the fast path).
+    pub offload: bool,
 }
 
 /// A fixed-bucket histogram written by one thread, read by any.
@@ -499,6 +502,8 @@ pub struct Worker {
     fabric: Option<Arc<Fabric>>,
     msgs: Vec<ExpectMsg>,
     handed: Vec<Handoff>,
+    /// The fast path's table, when offload is on.
+    offload: Option<Offloader>,
 }
 
 /// The XDP programs of a set of workers (one per interface); dropping them
@@ -520,13 +525,12 @@ pub fn open_workers(
     counters: Vec<Arc<Counters>>,
     fabric: Option<Arc<Fabric>>,
 ) -> Result<(Vec<Worker>, Programs), WorkerError> {
-    let mut inside_prog = XdpProgram::load()?;
-    let mut outside_prog = XdpProgram::load()?;
+    let mut prog = XdpProgram::load()?;
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&q, mut p), c)) in queues.iter().zip(pipelines).zip(counters).enumerate() {
         let pair = Pair::open(&cfg.inside, &cfg.outside, q, cfg.mode)?;
-        inside_prog.set_socket(q, pair.fd(0))?;
-        outside_prog.set_socket(q, pair.fd(1))?;
+        prog.set_socket(0, q, pair.fd(0))?;
+        prog.set_socket(1, q, pair.fd(1))?;
         if fabric.as_ref().is_some_and(|f| f.workers() > 1) {
             // At most 65 536 workers: origins are 16 bits.
             #[allow(clippy::cast_possible_truncation)]
@@ -537,18 +541,21 @@ pub fn open_workers(
         w.fabric.clone_from(&fabric);
         workers.push(w);
     }
-    // Steer frames only once every queue has its socket.
-    for (prog, iface) in [
-        (&mut inside_prog, &cfg.inside),
-        (&mut outside_prog, &cfg.outside),
-    ] {
-        prog.set_redirect(true)?;
-        prog.attach(iface)?;
+    if cfg.offload {
+        let maps = prog.offload_maps()?;
+        for (i, w) in workers.iter_mut().enumerate() {
+            w.enable_offload(Offloader::new(maps.clone(), i, queues.len()));
+        }
     }
+    // Steer frames only once every queue has its socket.
+    prog.attach(0, &cfg.inside)?;
+    prog.attach(1, &cfg.outside)?;
+    prog.set_offload(cfg.offload, workers.first().is_none_or(|w| w.checksum()))?;
+    prog.set_redirect(true)?;
     Ok((
         workers,
         Programs {
-            _programs: vec![inside_prog, outside_prog],
+            _programs: vec![prog],
         },
     ))
 }
@@ -562,19 +569,27 @@ impl Worker {
         counters: Arc<Counters>,
     ) -> Result<Worker, WorkerError> {
         let pair = Pair::open(&cfg.inside, &cfg.outside, cfg.queue, cfg.mode)?;
-        // An XSKMAP slot is a queue index, and a frame may only be redirected
-        // to a socket bound to its own interface: one program (and map) per
-        // interface.
-        let mut programs = Vec::with_capacity(2);
-        for (side, iface) in [&cfg.inside, &cfg.outside].into_iter().enumerate() {
-            let mut p = XdpProgram::load()?;
-            p.set_socket(cfg.queue, pair.fd(side))?;
-            p.set_redirect(true)?;
-            p.attach(iface)?;
-            programs.push(p);
-        }
+        // One program on both interfaces: it tells the sides apart by the
+        // ingress interface and shares its maps between them.
+        let mut p = XdpProgram::load()?;
+        p.set_socket(0, cfg.queue, pair.fd(0))?;
+        p.set_socket(1, cfg.queue, pair.fd(1))?;
+        p.attach(0, &cfg.inside)?;
+        p.attach(1, &cfg.outside)?;
+        let checksum = pipeline.conntrack().config().checksum;
+        p.set_offload(cfg.offload, checksum)?;
+        let offload = if cfg.offload {
+            Some(Offloader::new(p.offload_maps()?, 0, 1))
+        } else {
+            None
+        };
+        p.set_redirect(true)?;
+        let programs = vec![p];
         let mut w = Worker::from_pair(cfg, pair, pipeline, counters);
         w._programs = programs;
+        if let Some(o) = offload {
+            w.enable_offload(o);
+        }
         Ok(w)
     }
 
@@ -595,6 +610,7 @@ impl Worker {
             fabric: None,
             msgs: Vec::with_capacity(64),
             handed: Vec::with_capacity(BATCH),
+            offload: None,
             results: vec![
                 PacketResult {
                     verdict: Action::Drop,
@@ -623,6 +639,9 @@ impl Worker {
     /// left, but timeouts compare against each worker's clock).
     pub fn run_from(&mut self, stop: &AtomicBool, inbox: Option<&Inbox>, start: Instant) {
         let mut last_publish = 0;
+        if let Some(o) = &self.offload {
+            o.set_clock(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
         while !stop.load(Ordering::Relaxed) {
             let mut fds = [
                 libc::pollfd {
@@ -667,12 +686,26 @@ impl Worker {
                     job(&mut self.pipeline, now);
                     self.counters.jobs.fetch_add(1, Ordering::Relaxed);
                 }
+                if let Some(o) = &mut self.offload {
+                    // A flush or a reload may have taken flows back.
+                    o.collect_gone(&mut self.pipeline);
+                }
                 self.forward_events(inbox);
             }
             if now.saturating_sub(last_publish) >= PUBLISH_NS {
                 last_publish = now;
+                if let Some(o) = &mut self.offload {
+                    // Live counters and timeouts for offloaded flows; timers
+                    // may have taken some back.
+                    o.refresh(&mut self.pipeline);
+                    o.collect_gone(&mut self.pipeline);
+                    o.activate(&self.pipeline);
+                }
                 self.publish(now);
             }
+        }
+        if let Some(o) = &mut self.offload {
+            o.clear(&mut self.pipeline);
         }
         let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.publish(now);
@@ -683,6 +716,24 @@ impl Worker {
     /// unless a frame was lost.
     pub fn frames_accounted(&self) -> u32 {
         self.pair.frames_accounted()
+    }
+
+    /// Hands established flows to the XDP fast path through `o`.
+    pub fn enable_offload(&mut self, o: Offloader) {
+        self.pipeline
+            .conntrack_mut()
+            .set_fast_path(Some(o.reclaimer()));
+        self.offload = Some(o);
+    }
+
+    /// The fast path's counters, when offload is on.
+    pub fn offload_counters(&self) -> Option<Arc<crate::offload::OffloadCounters>> {
+        self.offload.as_ref().map(|o| o.counters.clone())
+    }
+
+    /// The core verifies L4 checksums (so must the fast path).
+    pub fn checksum(&self) -> bool {
+        self.pipeline.conntrack().config().checksum
     }
 
     /// True if both sockets run in zero-copy mode.
@@ -829,94 +880,124 @@ impl Worker {
     fn step(&mut self, side: Side, now: u64) {
         self.pair.reclaim();
         let s = side as usize;
-        let (pipeline, non_ip, c, bypass, results, id) = (
+        let (pipeline, non_ip, c, bypass, results, id, offload) = (
             &mut self.pipeline,
             self.non_ip,
             &self.counters,
             self.bypass,
             &mut self.results,
             self.id,
+            &mut self.offload,
         );
         let fabric = self.fabric.as_deref().filter(|f| f.workers() > 1);
         let mut woken = 0u64;
         let t0 = Instant::now();
         let mut dropped = 0u64;
-        let rcv = self.pair.receive(s, |frames, marks| {
-            let mut bytes = 0u64;
-            // IP packets of the batch go through the pipeline together.
-            let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
-            // What happens to each frame: its index in `ips`, or one of these.
-            const HANDED: u8 = 254;
-            const NOT_IP: u8 = 255;
-            let mut disp = [NOT_IP; BATCH];
-            let mut n_ip = 0;
-            for (i, f) in frames.iter().enumerate() {
-                bytes += f.len() as u64;
-                if bypass {
-                    continue;
-                }
-                let Ok(h) = ether::parse(f) else { continue };
-                if h.ethertype != ETH_P_IP && h.ethertype != ETH_P_IPV6 {
-                    continue;
-                }
-                let l3 = f.get(h.l3_offset..).unwrap_or(&[]);
-                if let Some(fab) = fabric {
-                    let owner = fab.sharding.owner(l3).unwrap_or(id);
-                    if owner != id {
-                        disp[i] = HANDED;
-                        let sent = Handoff::new(side, f)
-                            .is_some_and(|ho| fab.handoff_tx[owner].try_send(ho).is_ok());
-                        if sent {
-                            c.handoffs.fetch_add(1, Ordering::Relaxed);
-                            woken |= 1 << (owner % 64);
-                        } else {
-                            c.handoff_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
+        let rcv = self
+            .pair
+            .receive(s, offload.is_some(), |frames, metas, marks| {
+                let mut bytes = 0u64;
+                // IP packets of the batch go through the pipeline together.
+                let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
+                // What happens to each frame: its index in `ips`, or one of these.
+                const HANDED: u8 = 254;
+                const NOT_IP: u8 = 255;
+                let mut disp = [NOT_IP; BATCH];
+                let mut n_ip = 0;
+                for (i, f) in frames.iter().enumerate() {
+                    bytes += f.len() as u64;
+                    if bypass {
                         continue;
                     }
-                }
-                ips[n_ip] = (side, l3);
-                // n_ip < BATCH <= 64.
-                #[allow(clippy::cast_possible_truncation)]
-                {
-                    disp[i] = n_ip as u8;
-                }
-                n_ip += 1;
-            }
-            if n_ip > 0 {
-                pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
-            }
-            for (i, f) in frames.iter().enumerate() {
-                let (verdict, reason) = if bypass {
-                    (Action::Accept, None)
-                } else if disp[i] == HANDED {
-                    continue;
-                } else if disp[i] != NOT_IP {
-                    let r = results[usize::from(disp[i])];
-                    (r.verdict, r.reason)
-                } else {
-                    match ether::parse(f) {
-                        Ok(h) if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 => {
-                            (Action::Drop, Some(DropReason::FrameTruncated))
-                        }
-                        Ok(_) => (non_ip, Some(DropReason::NonIp)),
-                        Err(FrameError::VlanTooDeep) => {
-                            (Action::Drop, Some(DropReason::VlanTooDeep))
-                        }
-                        Err(_) => (Action::Drop, Some(DropReason::FrameTruncated)),
+                    let Ok(h) = ether::parse(f) else { continue };
+                    if h.ethertype != ETH_P_IP && h.ethertype != ETH_P_IPV6 {
+                        continue;
                     }
-                };
-                if verdict == Action::Accept {
-                    marks[i] = true;
-                } else {
-                    dropped += 1;
-                    let r = reason.unwrap_or(DropReason::PolicyDefault);
-                    c.drop_reasons[r.index()].fetch_add(1, Ordering::Relaxed);
+                    let l3 = f.get(h.l3_offset..).unwrap_or(&[]);
+                    if let Some(fab) = fabric {
+                        let owner = fab.sharding.owner(l3).unwrap_or(id);
+                        if owner != id {
+                            disp[i] = HANDED;
+                            let sent = Handoff::new(side, f)
+                                .is_some_and(|ho| fab.handoff_tx[owner].try_send(ho).is_ok());
+                            if sent {
+                                c.handoffs.fetch_add(1, Ordering::Relaxed);
+                                woken |= 1 << (owner % 64);
+                            } else {
+                                c.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                    }
+                    ips[n_ip] = (side, l3);
+                    // n_ip < BATCH <= 64.
+                    #[allow(clippy::cast_possible_truncation)]
+                    {
+                        disp[i] = n_ip as u8;
+                    }
+                    n_ip += 1;
                 }
-            }
-            c.rx_bytes[s].fetch_add(bytes, Ordering::Relaxed);
-        });
+                if n_ip > 0 {
+                    pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
+                }
+                if let Some(o) = offload {
+                    for &m in metas {
+                        // struct tg_meta: magic, kind, dir, slot.
+                        if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
+                            #[allow(clippy::cast_possible_truncation)]
+                            o.pending_done((m >> 32) as u32, (m >> 24) as u8);
+                        }
+                    }
+                    if n_ip > 0 {
+                        let mut conns = [u32::MAX; BATCH];
+                        let mut reply = [false; BATCH];
+                        for (i, r) in results[..n_ip].iter().enumerate() {
+                            if r.verdict == Action::Accept
+                                && r.state == conntrack::CtState::Established
+                            {
+                                conns[i] = pipeline.batch_conns()[i];
+                                reply[i] = r.reply;
+                            }
+                        }
+                        o.consider(pipeline, side, &conns[..n_ip], &reply[..n_ip]);
+                    }
+                }
+                for (i, f) in frames.iter().enumerate() {
+                    let (verdict, reason) = if bypass {
+                        (Action::Accept, None)
+                    } else if disp[i] == HANDED {
+                        continue;
+                    } else if disp[i] != NOT_IP {
+                        let r = results[usize::from(disp[i])];
+                        (r.verdict, r.reason)
+                    } else {
+                        match ether::parse(f) {
+                            Ok(h) if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 => {
+                                (Action::Drop, Some(DropReason::FrameTruncated))
+                            }
+                            Ok(_) => (non_ip, Some(DropReason::NonIp)),
+                            Err(FrameError::VlanTooDeep) => {
+                                (Action::Drop, Some(DropReason::VlanTooDeep))
+                            }
+                            Err(_) => (Action::Drop, Some(DropReason::FrameTruncated)),
+                        }
+                    };
+                    if verdict == Action::Accept {
+                        marks[i] = true;
+                    } else {
+                        dropped += 1;
+                        let r = reason.unwrap_or(DropReason::PolicyDefault);
+                        c.drop_reasons[r.index()].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                c.rx_bytes[s].fetch_add(bytes, Ordering::Relaxed);
+            });
         let got = rcv.got;
+        if let Some(o) = &mut self.offload {
+            if got < BATCH {
+                o.drained(s);
+            }
+        }
         if got > 0 {
             let c = &self.counters;
             if rcv.forwarded > 0 {
@@ -940,6 +1021,12 @@ impl Worker {
                 }
             }
             self.pair.flush(s ^ 1);
+            if let Some(o) = &mut self.offload {
+                // The frames the slow path had for pending flows have left:
+                // those flows may go to the fast path now.
+                o.collect_gone(&mut self.pipeline);
+                o.activate(&self.pipeline);
+            }
             let c = &self.counters;
             c.batch_size.observe(got as u64);
             c.batch_ns

@@ -227,10 +227,16 @@ impl Pair {
     }
 
     /// Receives up to [`BATCH`] frames on side `side` and calls `f` once with
-    /// all of them and a mark per frame, all false; the frames `f` marks are
-    /// transmitted on the other side as they are, the others go back to the
-    /// pool.
-    pub fn receive(&mut self, side: usize, f: impl FnOnce(&[&[u8]], &mut [bool])) -> Received {
+    /// all of them, the 8 bytes of XDP metadata in front of each (zeros
+    /// unless `meta`) and a mark per frame, all false; the frames `f` marks
+    /// are transmitted on the other side as they are, the others go back to
+    /// the pool.
+    pub fn receive(
+        &mut self,
+        side: usize,
+        meta: bool,
+        f: impl FnOnce(&[&[u8]], &[u64], &mut [bool]),
+    ) -> Received {
         let side = side & 1;
         let mut descs = [FrameDesc::default(); BATCH];
         // SAFETY: the descriptors are written by the kernel for this UMEM.
@@ -243,15 +249,24 @@ impl Pair {
             .in_fill
             .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
         let mut marks = [false; BATCH];
+        let mut metas = [0u64; BATCH];
         {
             let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-            for (slot, d) in frames.iter_mut().zip(&descs[..got]) {
+            for (i, d) in descs[..got].iter().enumerate() {
                 // SAFETY: a received frame is ours until it is produced to a
                 // TX or fill ring below, after the last use of these slices
                 // (they do not leave this block).
-                *slot = unsafe { self.umem.data(d) }.contents();
+                let data = unsafe { self.umem.data(d) }.contents();
+                frames[i] = data;
+                if meta {
+                    // SAFETY: the kernel puts a frame's data XDP_PACKET_HEADROOM
+                    // (256) bytes into its UMEM chunk, XDP metadata right in
+                    // front of it: these 8 bytes are inside the same chunk,
+                    // ours like the data (read unaligned, copied out).
+                    metas[i] = unsafe { data.as_ptr().sub(8).cast::<u64>().read_unaligned() };
+                }
             }
-            f(&frames[..got], &mut marks[..got]);
+            f(&frames[..got], &metas[..got], &mut marks[..got]);
         }
         // Marked frames first, in order, then the rest to the pool.
         let mut out = [FrameDesc::default(); BATCH];

@@ -18,7 +18,7 @@ fn program_loads_and_passes_what_it_must_not_take() {
         eprintln!("SKIPPED: loading BPF needs root");
         return;
     }
-    let p = XdpProgram::load().expect("verifier accepts the program");
+    let mut p = XdpProgram::load().expect("verifier accepts the program");
     let mut frame = vec![0u8; 64];
     frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     // Redirection off (the initial state): everything goes to the stack.

@@ -79,6 +79,7 @@ fn traffic_through_the_lab() {
             queue: 0,
             non_ip: Action::Accept,
             bypass: false,
+            offload: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w =

@@ -74,6 +74,7 @@ fn fetch(helper: bool) -> bool {
             queue: 0,
             non_ip: Action::Accept,
             bypass: false,
+            offload: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w = Worker::open(

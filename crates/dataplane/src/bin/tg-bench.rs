@@ -338,6 +338,7 @@ fn tollgate_up(
             queue: 0,
             non_ip: Action::Accept,
             bypass,
+            offload: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         // The previous measurement's sockets are released by the kernel a
@@ -370,6 +371,7 @@ fn two_up(lab: &Arc<Lab>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Res
             queue: 0,
             non_ip: Action::Accept,
             bypass: false,
+            offload: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut boxes = Vec::new();

@@ -1,0 +1,467 @@
+//! Flow offload, the core's side: which connections a fast path (Tollgate's
+//! XDP program) may forward, and taking their state back, exactly, before the
+//! slow path touches them again.
+//!
+//! The core stays the owner of every connection. An offloaded entry is marked;
+//! whenever one of its packets reaches the core, or its timer fires, the core
+//! first asks the [`FastPath`] for the connection back and merges what the
+//! fast path did (counters, last-seen time, TCP window state) as if it had
+//! processed those packets itself; the owner then deletes the fast path's
+//! entry (see [`Conntrack::drain_offload_gone`]). While a fast path entry is
+//! still *pending* (installed, but packets still come to the slow path until
+//! the owner has forwarded every one of them, to keep their order), the core
+//! keeps processing normally and the entry stays marked.
+
+use super::{status, Conntrack, L4State, NONE, SEC};
+use crate::proto::tcp::TcpFast;
+use crate::tuple::ipproto;
+use crate::tuple::Tuple;
+use crate::HelperKind;
+
+/// What the fast path did with a connection, handed back to the core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastState {
+    /// When it last forwarded a packet of the connection (the core's clock);
+    /// `None` if it forwarded none.
+    pub last_seen: Option<u64>,
+    /// Packets it forwarded per direction since the last hand-back.
+    pub packets: [u64; 2],
+    /// Their IP bytes.
+    pub bytes: [u64; 2],
+    /// TCP: the window state as it left it.
+    pub tcp: Option<TcpFast>,
+}
+
+/// The answer of [`FastPath::reclaim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Still pending: the fast path forwarded nothing and changed nothing;
+    /// the core's state is current and the entry stays offloaded.
+    Pending,
+    /// Withdrawn from the fast path: its work, to merge.
+    Taken(FastState),
+}
+
+/// A fast path as the core sees it (implemented by the dataplane over the
+/// XDP program's maps; by a model in tests).
+pub trait FastPath: Send {
+    /// Withdraws connection `conn` (an entry index) from the fast path and
+    /// hands back what it did, unless the entry is still pending. After
+    /// `Taken`, the fast path forwards nothing more of it.
+    fn reclaim(&mut self, conn: u32) -> Reclaim;
+}
+
+/// A connection the fast path may take, as [`Conntrack::offload_candidate`]
+/// describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Original-direction tuple.
+    pub orig: Tuple,
+    /// Reply-direction tuple.
+    pub reply: Tuple,
+    /// Helper policy matches on (the master's, for a related connection).
+    pub helper: Option<HelperKind>,
+}
+
+impl Conntrack {
+    /// Lets the core take offloaded connections back through `fast`.
+    pub fn set_fast_path(&mut self, fast: Option<Box<dyn FastPath>>) {
+        self.fast = fast;
+    }
+
+    /// Connection `conn` may be offloaded now: confirmed, replied, assured,
+    /// not offloaded already nor refused, no helper of its own, no
+    /// expectations, TCP established with both windows known or UDP. Policy
+    /// is the caller's to check.
+    pub fn offload_candidate(&self, conn: u32) -> Option<Candidate> {
+        let e = self.entries.get(conn as usize)?;
+        let need = status::CONFIRMED | status::SEEN_REPLY | status::ASSURED;
+        if e.status & need != need
+            || e.status & (status::OFFLOADED | status::NO_OFFLOAD) != 0
+            || e.helper != 0
+            || e.help != NONE
+            || e.exp_head != NONE
+        {
+            return None;
+        }
+        let orig = e.orig.tuple();
+        match (orig.proto, &e.l4) {
+            (ipproto::TCP, L4State::Tcp(c)) if c.offloadable() => {}
+            (ipproto::UDP, L4State::Stream(_)) => {}
+            _ => return None,
+        }
+        let helper = if e.status & status::EXPECTED != 0 {
+            super::helper_of(e.master_helper)
+        } else {
+            None
+        };
+        Some(Candidate {
+            orig,
+            reply: orig.invert(),
+            helper,
+        })
+    }
+
+    /// Marks `conn` offloaded (its fast path entry installed, pending).
+    pub fn offload_begin(&mut self, conn: u32) {
+        if let Some(e) = self.entries.get_mut(conn as usize) {
+            if e.status & status::CONFIRMED != 0 {
+                e.status |= status::OFFLOADED;
+                self.stats.offloaded += 1;
+            }
+        }
+    }
+
+    /// Policy (or the fast path) will not take `conn`: not asked again until
+    /// the policy changes.
+    pub fn offload_refuse(&mut self, conn: u32) {
+        if let Some(e) = self.entries.get_mut(conn as usize) {
+            if e.status & status::CONFIRMED != 0 {
+                e.status |= status::NO_OFFLOAD;
+            }
+        }
+    }
+
+    /// True if `conn` is offloaded (pending or active).
+    pub fn is_offloaded(&self, conn: u32) -> bool {
+        self.entries
+            .get(conn as usize)
+            .is_some_and(|e| e.status & status::OFFLOADED != 0)
+    }
+
+    /// Connection `conn`'s TCP tracking state (tests and diagnostics).
+    pub fn tcp_conn(&self, conn: u32) -> Option<crate::proto::tcp::TcpConn> {
+        match &self.entries.get(conn as usize)?.l4 {
+            L4State::Tcp(c) => Some(*c),
+            L4State::Stream(_) => None,
+        }
+    }
+
+    /// The TCP state a fast path starts from when it activates `conn`.
+    pub fn offload_tcp(&self, conn: u32) -> Option<TcpFast> {
+        match &self.entries.get(conn as usize)?.l4 {
+            L4State::Tcp(c) if self.is_offloaded(conn) => Some(c.fast_view()),
+            _ => None,
+        }
+    }
+
+    /// Merges what the fast path did so far while it keeps the connection
+    /// (counters, last seen, window state): listings and timeouts stay live.
+    /// The fast path must have zeroed the counters it handed over.
+    pub fn offload_refresh(&mut self, conn: u32, fs: &FastState) {
+        if self.is_offloaded(conn) {
+            self.merge_fast(conn, fs, true);
+        }
+    }
+
+    /// Offloaded connections that left the core (taken back, destroyed): the
+    /// owner deletes their fast path entries.
+    pub fn drain_offload_gone(&mut self, out: &mut Vec<u32>) {
+        out.append(&mut self.offload_gone);
+    }
+
+    /// Takes every offloaded connection back (a policy change: what the fast
+    /// path forwards was decided under the old policy) and forgets refusals.
+    pub fn offload_reset(&mut self) {
+        for idx in 0..self.entries.len() {
+            let st = self.entries[idx].status;
+            if st & status::NO_OFFLOAD != 0 {
+                self.entries[idx].status &= !status::NO_OFFLOAD;
+            }
+            if st & status::OFFLOADED != 0 {
+                // idx < entries.len() <= u32::MAX.
+                #[allow(clippy::cast_possible_truncation)]
+                self.offload_withdraw(idx as u32);
+            }
+        }
+    }
+
+    /// Takes `conn` back from the fast path, pending or not (its owner
+    /// stops, or removes it).
+    pub fn offload_release(&mut self, conn: u32) {
+        if self.is_offloaded(conn) {
+            self.offload_withdraw(conn);
+        }
+    }
+
+    /// Takes `conn` back from the fast path if it is offloaded and not
+    /// pending: merges, unmarks, queues its removal. Returns false while it
+    /// is still pending.
+    pub(super) fn offload_take_back(&mut self, idx: u32) -> bool {
+        self.take_back(idx, true)
+    }
+
+    /// [`Self::offload_take_back`]; `linked`: the entry is on the timer
+    /// wheel (not being reaped).
+    fn take_back(&mut self, idx: u32, linked: bool) -> bool {
+        let Some(fast) = self.fast.as_mut() else {
+            self.entries[idx as usize].status &= !status::OFFLOADED;
+            self.offload_gone.push(idx);
+            return true;
+        };
+        match fast.reclaim(idx) {
+            Reclaim::Pending => false,
+            Reclaim::Taken(fs) => {
+                self.merge_fast(idx, &fs, linked);
+                self.entries[idx as usize].status &= !status::OFFLOADED;
+                self.offload_gone.push(idx);
+                self.stats.offload_returned += 1;
+                true
+            }
+        }
+    }
+
+    /// Withdraws `conn` whether pending or not (policy change, removal).
+    fn offload_withdraw(&mut self, idx: u32) {
+        self.withdraw(idx, true);
+    }
+
+    fn withdraw(&mut self, idx: u32, linked: bool) {
+        if !self.take_back(idx, linked) {
+            // Pending: nothing to merge; the owner removes the entry.
+            self.entries[idx as usize].status &= !status::OFFLOADED;
+            self.offload_gone.push(idx);
+        }
+    }
+
+    /// Adds the fast path's work to entry `idx` as if the core had done it.
+    fn merge_fast(&mut self, idx: u32, fs: &FastState, linked: bool) {
+        let tcp_cfg = &self.cfg.tcp;
+        let udp_stream = self.cfg.timeouts.udp_stream;
+        let e = &mut self.entries[idx as usize];
+        for d in 0..2 {
+            e.packets[d] += fs.packets[d];
+            e.bytes[d] += fs.bytes[d];
+        }
+        let timeout = match (&mut e.l4, &fs.tcp) {
+            (L4State::Tcp(c), Some(t)) => {
+                c.adopt_fast(t);
+                c.ack_timeout(tcp_cfg)
+            }
+            (L4State::Tcp(c), None) => c.ack_timeout(tcp_cfg),
+            (L4State::Stream(_), _) => udp_stream,
+        };
+        if let Some(seen) = fs.last_seen {
+            let deadline = seen + u64::from(timeout) * SEC;
+            if linked {
+                self.set_deadline(idx, deadline);
+            } else {
+                // Being reaped: the wheel relinks it (or destroys it).
+                self.entries[idx as usize].deadline = deadline;
+            }
+        }
+    }
+
+    /// Expiry of an offloaded entry: take it back first; true if it must
+    /// still go (its deadline, fast path activity included, has passed).
+    pub(super) fn offload_expired(&mut self, idx: u32, now: u64) -> bool {
+        self.withdraw(idx, false);
+        self.entries[idx as usize].deadline <= now
+    }
+
+    /// Destroying an offloaded entry: the owner removes its fast path entry.
+    pub(super) fn offload_destroyed(&mut self, idx: u32) {
+        let e = &mut self.entries[idx as usize];
+        if e.status & status::OFFLOADED != 0 {
+            e.status &= !status::OFFLOADED;
+            self.offload_gone.push(idx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::Pkt;
+    use crate::policy::{Action, Policy, Side};
+    use crate::{Config, Pipeline};
+    use std::sync::{Arc, Mutex};
+
+    /// A fast path as a test drives it: what `reclaim` answers, and what it
+    /// was asked.
+    #[derive(Default)]
+    struct Model {
+        pending: bool,
+        state: FastState,
+        asked: Vec<u32>,
+    }
+
+    struct Shared(Arc<Mutex<Model>>);
+
+    impl FastPath for Shared {
+        fn reclaim(&mut self, conn: u32) -> Reclaim {
+            let mut m = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.asked.push(conn);
+            if m.pending {
+                Reclaim::Pending
+            } else {
+                Reclaim::Taken(std::mem::take(&mut m.state))
+            }
+        }
+    }
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+
+    fn setup() -> (Pipeline, Arc<Mutex<Model>>) {
+        let mut p = Pipeline::new(
+            Config {
+                max_entries: 64,
+                ..Config::default()
+            },
+            Policy {
+                rules: vec![],
+                default: Action::Accept,
+            },
+        );
+        let m = Arc::new(Mutex::new(Model::default()));
+        p.conntrack_mut()
+            .set_fast_path(Some(Box::new(Shared(m.clone()))));
+        (p, m)
+    }
+
+    /// An assured UDP flow: its entry index.
+    fn assured_udp(p: &mut Pipeline) -> u32 {
+        let out = Pkt::udp4(A, 1000, B, 53).payload(b"q").build();
+        let back = Pkt::udp4(B, 53, A, 1000).payload(b"r").build();
+        p.process(Side::Inside, &out, 0);
+        p.process(Side::Outside, &back, SEC);
+        p.process(Side::Inside, &out, 3 * SEC);
+        let c = p.conntrack().connections(3 * SEC).next().map(|c| c.orig);
+        assert!(c.is_some());
+        (0..64)
+            .find(|&i| p.conntrack().offload_candidate(i).is_some())
+            .unwrap_or(u32::MAX)
+    }
+
+    #[test]
+    fn candidates_are_assured_and_helperless() {
+        let (mut p, _) = setup();
+        let out = Pkt::udp4(A, 1000, B, 53).payload(b"q").build();
+        p.process(Side::Inside, &out, 0);
+        assert!(
+            (0..64).all(|i| p.conntrack().offload_candidate(i).is_none()),
+            "unreplied"
+        );
+        let conn = assured_udp(&mut p);
+        assert_ne!(conn, u32::MAX);
+        let plan = p
+            .offload_plan(conn, Side::Inside, false)
+            .map(|x| x.orig_side);
+        assert_eq!(plan, Some(Side::Inside));
+        p.conntrack_mut().offload_begin(conn);
+        assert!(p.conntrack().offload_candidate(conn).is_none(), "once");
+        // A policy that drops replies refuses it, until the policy changes.
+        let (mut p, _) = setup();
+        let conn = assured_udp(&mut p);
+        let mut drop_replies = crate::policy::Rule::any(Action::Drop);
+        drop_replies.from = Some(Side::Outside);
+        drop_replies.states = crate::policy::StateSet::default().with(crate::CtState::Established);
+        let mut pol = Policy {
+            rules: vec![drop_replies],
+            default: Action::Accept,
+        };
+        p.set_policy(pol.clone());
+        assert!(p.offload_plan(conn, Side::Inside, false).is_none());
+        assert!(p.conntrack().offload_candidate(conn).is_none(), "refused");
+        pol.rules.clear();
+        p.set_policy(pol);
+        assert!(
+            p.offload_plan(conn, Side::Inside, false).is_some(),
+            "asked again"
+        );
+    }
+
+    #[test]
+    fn a_packet_takes_the_flow_back_with_its_work() {
+        let (mut p, m) = setup();
+        let conn = assured_udp(&mut p);
+        p.conntrack_mut().offload_begin(conn);
+        let before = p.conntrack().connections(3 * SEC).next().map(|c| c.packets);
+        // The fast path forwarded 10 packets, the last at 50 s.
+        m.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .state = FastState {
+            last_seen: Some(50 * SEC),
+            packets: [7, 3],
+            bytes: [700, 300],
+            tcp: None,
+        };
+        let c = p.conntrack().connections(60 * SEC).next();
+        assert!(c.as_ref().is_some_and(|c| c.offloaded));
+        // Its entry's own deadline (3 s + 120 s) has not passed; a packet at
+        // 60 s takes the flow back first.
+        let out = Pkt::udp4(A, 1000, B, 53).payload(b"q").build();
+        let r = p.process(Side::Inside, &out, 60 * SEC);
+        assert_eq!(r.verdict, Action::Accept);
+        let mut gone = Vec::new();
+        p.conntrack_mut().drain_offload_gone(&mut gone);
+        assert_eq!(gone, vec![conn]);
+        let c = p.conntrack().connections(60 * SEC).next().expect("alive");
+        assert!(!c.offloaded);
+        let b = before.unwrap_or_default();
+        assert_eq!(c.packets, [b[0] + 7 + 1, b[1] + 3]);
+        assert_eq!(
+            m.lock().map(|m| m.asked.clone()).unwrap_or_default(),
+            vec![conn]
+        );
+    }
+
+    #[test]
+    fn timers_ask_the_fast_path_first() {
+        let (mut p, m) = setup();
+        let conn = assured_udp(&mut p);
+        p.conntrack_mut().offload_begin(conn);
+        // Forwarded until 100 s: alive at 200 s (100 + 120), gone after.
+        m.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .state = FastState {
+            last_seen: Some(100 * SEC),
+            packets: [1, 1],
+            bytes: [1, 1],
+            tcp: None,
+        };
+        p.process_batch(&[], 200 * SEC, &mut []);
+        assert_eq!(p.conntrack().len(), 1, "kept alive by the fast path");
+        let mut gone = Vec::new();
+        p.conntrack_mut().drain_offload_gone(&mut gone);
+        assert_eq!(gone, vec![conn], "taken back when its timer fired");
+        p.process_batch(&[], 221 * SEC, &mut []);
+        assert_eq!(p.conntrack().len(), 0, "expired");
+        // A pending flow expires on its own deadline, and leaves the fast
+        // path.
+        let (mut p, m) = setup();
+        let conn = assured_udp(&mut p);
+        p.conntrack_mut().offload_begin(conn);
+        m.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending = true;
+        p.process_batch(&[], 124 * SEC, &mut []);
+        assert_eq!(p.conntrack().len(), 0);
+        let mut gone = Vec::new();
+        p.conntrack_mut().drain_offload_gone(&mut gone);
+        assert_eq!(gone, vec![conn]);
+    }
+
+    #[test]
+    fn flush_and_policy_changes_release_everything() {
+        let (mut p, _) = setup();
+        let conn = assured_udp(&mut p);
+        p.conntrack_mut().offload_begin(conn);
+        p.set_policy(Policy {
+            rules: vec![],
+            default: Action::Accept,
+        });
+        let mut gone = Vec::new();
+        p.conntrack_mut().drain_offload_gone(&mut gone);
+        assert_eq!(gone, vec![conn], "reload");
+        assert!(!p.conntrack().is_offloaded(conn));
+        p.conntrack_mut().offload_begin(conn);
+        p.conntrack_mut().flush();
+        p.conntrack_mut().drain_offload_gone(&mut gone);
+        assert_eq!(gone, vec![conn, conn], "flush");
+    }
+}

@@ -1,0 +1,630 @@
+//! The workers' side of the XDP fast path (bpf/xsk_redirect.bpf.c,
+//! bpf/tollgate.h): installing a connection's two tuples, activating it once
+//! the slow path has forwarded every packet it still had (so a flow's
+//! packets stay in order), taking it back for the core ([`Reclaimer`], the
+//! core's [`FastPath`]), removing it, and reading its activity for listings
+//! and timeouts.
+//!
+//! A worker owns the slots `base .. base + cap`; connection `conn` of its
+//! table uses slot `base + conn` (connections at or beyond `cap` stay on
+//! the slow path). Slot state moves FREE → PENDING (worker) → ACTIVE
+//! (worker) → WITHDRAWN (program or worker) → FREE (worker). While ACTIVE,
+//! only the program writes the slot, under its BUSY lock; otherwise only the
+//! worker does.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use conntrack::pipeline::OffloadPlan;
+use conntrack::policy::Side;
+use conntrack::proto::tcp::{TcpDir, TcpFast};
+use conntrack::table::{FastPath, FastState, Reclaim};
+use conntrack::tuple::Family;
+use conntrack::{Pipeline, Tuple};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+/// Slots of the offload table (`TG_OFFLOAD_SLOTS`).
+pub const SLOTS: u32 = 65536;
+
+const SHIFT: u32 = 60;
+const QBITS: u32 = 30;
+const QMASK: u64 = (1 << QBITS) - 1;
+const PENDING: u64 = 1;
+const ACTIVE: u64 = 2;
+const BUSY: u64 = 3;
+const WITHDRAWN: u64 = 4;
+
+/// `struct tg_tcp_dir`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct TcpDirRaw {
+    end: u32,
+    maxend: u32,
+    maxwin: u32,
+    maxack: u32,
+    scale: u8,
+    flags: u8,
+    pad: u16,
+}
+
+/// `struct tg_flow`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FlowRaw {
+    ctl: u64,
+    last_seen: u64,
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    tcp: [TcpDirRaw; 2],
+    last_seq: u32,
+    last_ack: u32,
+    last_end: u32,
+    last_win: u16,
+    last_dir: u8,
+    retrans: u8,
+    proto: u8,
+    last_ack_valid: u8,
+    pad: u16,
+    done: [u32; 2],
+    pad2: u32,
+    reported_packets: [u64; 2],
+    reported_bytes: [u64; 2],
+    pad3: [u64; 5],
+}
+
+const _: () = assert!(std::mem::size_of::<FlowRaw>() == 192);
+const _: () = assert!(std::mem::size_of::<TcpDirRaw>() == 20);
+
+/// The `flow_state` array, mapped into this process.
+struct Region {
+    ptr: NonNull<FlowRaw>,
+    len: usize,
+}
+
+// SAFETY: the region is plain shared memory; every access goes through
+// `slot_ptr` with the ownership rules of the module documentation (the
+// `ctl` word is only touched atomically).
+unsafe impl Send for Region {}
+// SAFETY: as for Send.
+unsafe impl Sync for Region {}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are the mapping made in `Maps::new`, unmapped
+        // once (the Region is dropped once, after its last user).
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.len * std::mem::size_of::<FlowRaw>(),
+            );
+        }
+    }
+}
+
+impl Region {
+    fn slot_ptr(&self, slot: u32) -> Option<*mut FlowRaw> {
+        let i = slot as usize;
+        // SAFETY: `i < len`: the pointer stays inside the mapping.
+        (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i) })
+    }
+
+    fn ctl(&self, slot: u32) -> Option<&AtomicU64> {
+        let p = self.slot_ptr(slot)?;
+        // SAFETY: `ctl` is the struct's first field, 8-byte aligned (the
+        // array's values are 192-byte strides of a page-aligned mapping), and
+        // lives as long as `self`; the program only touches it atomically.
+        Some(unsafe { &*(std::ptr::addr_of_mut!((*p).ctl).cast::<AtomicU64>()) })
+    }
+
+    /// Copies slot `slot` out (the caller owns it, or only reads fields the
+    /// program writes whole).
+    fn read(&self, slot: u32) -> Option<FlowRaw> {
+        let p = self.slot_ptr(slot)?;
+        // SAFETY: in the mapping; a volatile read, since the program may
+        // write concurrently (fields it writes are naturally aligned and
+        // read whole).
+        Some(unsafe { std::ptr::read_volatile(p) })
+    }
+
+    /// Writes slot `slot` but its `ctl` word (the caller owns the slot).
+    fn write(&self, slot: u32, v: &FlowRaw) {
+        let Some(p) = self.slot_ptr(slot) else { return };
+        // SAFETY: in the mapping, and owned by this worker while it is not
+        // ACTIVE or BUSY: the program reads it then, never writes it. `ctl`
+        // (the first 8 bytes) is left alone.
+        unsafe {
+            let dst = p.cast::<u8>().add(8);
+            let src = std::ptr::from_ref(v).cast::<u8>().add(8);
+            std::ptr::copy_nonoverlapping(src, dst, std::mem::size_of::<FlowRaw>() - 8);
+        }
+    }
+}
+
+/// The program's offload maps as user space holds them.
+#[derive(Clone)]
+pub struct Maps {
+    flows: Arc<MapHandle>,
+    region: Arc<Region>,
+}
+
+impl Maps {
+    /// Maps `flow_state` and keeps a handle on `flows`.
+    pub fn new<T: std::fmt::Debug, U: std::fmt::Debug>(
+        flows: &libbpf_rs::MapImpl<'_, T>,
+        flow_state: &libbpf_rs::MapImpl<'_, U>,
+    ) -> std::io::Result<Maps> {
+        let h = MapHandle::try_from(flows).map_err(std::io::Error::other)?;
+        let len = SLOTS as usize;
+        let bytes = len * std::mem::size_of::<FlowRaw>();
+        let fd = flow_state.as_fd().as_raw_fd();
+        // SAFETY: a shared read-write mapping of an mmap-able array map of
+        // `len` values of 192 bytes (the kernel checks the size); no
+        // existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<FlowRaw>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(Maps {
+            flows: Arc::new(h),
+            region: Arc::new(Region { ptr, len }),
+        })
+    }
+}
+
+/// `struct tg_key` of a tuple entering on `side`.
+fn key(t: &Tuple, side: Side) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    match t.family {
+        Family::V4 => {
+            // An IPv4 address lives in the low 32 bits.
+            #[allow(clippy::cast_possible_truncation)]
+            let (s, d) = (t.src.0 as u32, t.dst.0 as u32);
+            k[0..4].copy_from_slice(&s.to_be_bytes());
+            k[16..20].copy_from_slice(&d.to_be_bytes());
+        }
+        Family::V6 => {
+            k[0..16].copy_from_slice(&t.src.0.to_be_bytes());
+            k[16..32].copy_from_slice(&t.dst.0.to_be_bytes());
+        }
+    }
+    k[32..34].copy_from_slice(&t.src_port.to_be_bytes());
+    k[34..36].copy_from_slice(&t.dst_port.to_be_bytes());
+    k[36] = t.proto;
+    k[37] = side as u8;
+    k
+}
+
+/// Takes `slot` from the program: WITHDRAWN unless it is pending or free.
+/// Returns the state it was in (`BUSY` is waited out).
+fn withdraw(region: &Region, slot: u32) -> u64 {
+    let Some(ctl) = region.ctl(slot) else {
+        return 0;
+    };
+    for _ in 0..10_000_000u32 {
+        let c = ctl.load(Ordering::Acquire);
+        match c >> SHIFT {
+            ACTIVE => {
+                if ctl
+                    .compare_exchange(c, WITHDRAWN << SHIFT, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return ACTIVE;
+                }
+            }
+            // The program holds it for a few instructions.
+            BUSY => std::hint::spin_loop(),
+            s => return s,
+        }
+    }
+    // Never observed: a program does not hold the lock across packets.
+    ctl.store(WITHDRAWN << SHIFT, Ordering::Release);
+    BUSY
+}
+
+/// What the program did with a withdrawn (or being refreshed) slot, as the
+/// core merges it; updates the reported counters.
+fn take_activity(region: &Region, slot: u32, offset: i128, full: bool) -> FastState {
+    let Some(mut f) = region.read(slot) else {
+        return FastState::default();
+    };
+    let mut fs = FastState::default();
+    for d in 0..2 {
+        fs.packets[d] = f.packets[d].saturating_sub(f.reported_packets[d]);
+        fs.bytes[d] = f.bytes[d].saturating_sub(f.reported_bytes[d]);
+        f.reported_packets[d] = f.packets[d];
+        f.reported_bytes[d] = f.bytes[d];
+    }
+    if f.last_seen != 0 {
+        let core = i128::from(f.last_seen) - offset;
+        fs.last_seen = u64::try_from(core.max(0)).ok();
+    }
+    if f.proto == conntrack::tuple::ipproto::TCP {
+        let dir = |r: &TcpDirRaw| TcpDir {
+            end: r.end,
+            maxend: r.maxend,
+            maxwin: r.maxwin,
+            maxack: r.maxack,
+            scale: r.scale,
+            flags: r.flags,
+        };
+        fs.tcp = Some(TcpFast {
+            seen: [dir(&f.tcp[0]), dir(&f.tcp[1])],
+            last_dir: f.last_dir,
+            last_seq: f.last_seq,
+            last_ack: f.last_ack,
+            last_end: f.last_end,
+            last_win: f.last_win,
+            retrans: f.retrans,
+            took_any: f.last_ack_valid != 0,
+        });
+    }
+    if full {
+        // Withdrawn: the worker owns the slot, write the reported counts back.
+        region.write(slot, &f);
+    } else if let Some(p) = region.slot_ptr(slot) {
+        // Active: only the worker-owned counters are written.
+        // SAFETY: in the mapping; `reported_*` are worker-only fields the
+        // program never reads or writes.
+        unsafe {
+            std::ptr::addr_of_mut!((*p).reported_packets).write_volatile(f.reported_packets);
+            std::ptr::addr_of_mut!((*p).reported_bytes).write_volatile(f.reported_bytes);
+        }
+    }
+    fs
+}
+
+/// The core's view of a worker's fast path: withdraws a connection and
+/// hands its state back.
+pub struct Reclaimer {
+    region: Arc<Region>,
+    base: u32,
+    cap: u32,
+    offset: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl FastPath for Reclaimer {
+    fn reclaim(&mut self, conn: u32) -> Reclaim {
+        if conn >= self.cap {
+            return Reclaim::Taken(FastState::default());
+        }
+        let slot = self.base + conn;
+        match withdraw(&self.region, slot) {
+            PENDING => Reclaim::Pending,
+            ACTIVE | WITHDRAWN | BUSY => Reclaim::Taken(take_activity(
+                &self.region,
+                slot,
+                i128::from(self.offset.load(Ordering::Relaxed)),
+                true,
+            )),
+            _ => Reclaim::Taken(FastState::default()),
+        }
+    }
+}
+
+/// Per-worker offload counters (published as metrics).
+#[derive(Debug, Default)]
+pub struct OffloadCounters {
+    /// Connections installed (pending).
+    pub installed: AtomicU64,
+    /// Installs refused by the map (full) or beyond the worker's slots.
+    pub install_failed: AtomicU64,
+    /// Pending connections made active.
+    pub activated: AtomicU64,
+    /// Connections removed from the fast path.
+    pub removed: AtomicU64,
+    /// Connections in the fast path now.
+    pub entries: AtomicU64,
+    /// Packets and bytes the fast path forwarded (as reported to the core).
+    pub packets: AtomicU64,
+    /// See `packets`.
+    pub bytes: AtomicU64,
+}
+
+/// A worker's offload table.
+pub struct Offloader {
+    maps: Maps,
+    base: u32,
+    cap: u32,
+    /// Installed connections: the keys to delete.
+    keys: Vec<Option<[[u8; 40]; 2]>>,
+    /// Drain epochs of each side's RX ring at install, per connection.
+    epochs: Vec<[u64; 2]>,
+    pending: Vec<u32>,
+    installed: Vec<u32>,
+    gone: Vec<u32>,
+    /// Times each side's RX ring was found empty.
+    drained: [u64; 2],
+    /// bpf_ktime_get_ns() minus the core's clock.
+    offset: Arc<std::sync::atomic::AtomicI64>,
+    /// Counters.
+    pub counters: Arc<OffloadCounters>,
+}
+
+/// CLOCK_MONOTONIC in ns (bpf_ktime_get_ns's clock).
+fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec)
+}
+
+impl Offloader {
+    /// The offload table of worker `worker` of `workers` over `maps`.
+    pub fn new(maps: Maps, worker: usize, workers: usize) -> Offloader {
+        let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+        let cap = SLOTS / workers;
+        let base = u32::try_from(worker).unwrap_or(0).saturating_mul(cap);
+        Offloader {
+            maps,
+            base,
+            cap,
+            keys: vec![None; cap as usize],
+            epochs: vec![[0; 2]; cap as usize],
+            pending: Vec::with_capacity(64),
+            installed: Vec::with_capacity(1024),
+            gone: Vec::with_capacity(64),
+            drained: [0; 2],
+            offset: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            counters: Arc::new(OffloadCounters::default()),
+        }
+    }
+
+    /// The core's side of this table (give it to the worker's conntrack).
+    pub fn reclaimer(&self) -> Box<dyn FastPath> {
+        Box::new(Reclaimer {
+            region: self.maps.region.clone(),
+            base: self.base,
+            cap: self.cap,
+            offset: self.offset.clone(),
+        })
+    }
+
+    /// The core's clock is `now` ns at this instant.
+    pub fn set_clock(&self, now: u64) {
+        let off = monotonic_ns().saturating_sub(i64::try_from(now).unwrap_or(i64::MAX));
+        self.offset.store(off, Ordering::Relaxed);
+    }
+
+    /// Side `side`'s RX ring was found empty.
+    pub fn drained(&mut self, side: usize) {
+        self.drained[side & 1] += 1;
+    }
+
+    /// A frame the program sent while its flow was pending (metadata kind
+    /// `TG_META_PENDING`) has been through the slow path.
+    pub fn pending_done(&mut self, slot: u32, dir: u8) {
+        if slot < self.base || slot - self.base >= self.cap {
+            return;
+        }
+        if let Some(p) = self.maps.region.slot_ptr(slot) {
+            // SAFETY: in the mapping; `done` is a worker-only field.
+            unsafe {
+                let d = std::ptr::addr_of_mut!((*p).done[usize::from(dir & 1)]);
+                d.write_volatile(d.read_volatile().wrapping_add(1));
+            }
+        }
+    }
+
+    /// Installs connection `conn` as `plan` describes it (pending), or
+    /// refuses it (no slot, map full). The caller has checked the plan.
+    pub fn install(&mut self, p: &mut Pipeline, conn: u32, plan: &OffloadPlan) -> bool {
+        if conn >= self.cap {
+            p.conntrack_mut().offload_refuse(conn);
+            self.counters.install_failed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let slot = self.base + conn;
+        let region = &self.maps.region;
+        let Some(ctl) = region.ctl(slot) else {
+            return false;
+        };
+        if ctl.load(Ordering::Acquire) >> SHIFT != 0 {
+            // Still held from a previous connection on this index: its
+            // removal is queued; not now.
+            return false;
+        }
+        let c = &plan.candidate;
+        let f = FlowRaw {
+            proto: c.orig.proto,
+            ..FlowRaw::default()
+        };
+        region.write(slot, &f);
+        ctl.store(PENDING << SHIFT, Ordering::Release);
+        let keys = [
+            key(&c.orig, plan.orig_side),
+            key(&c.reply, plan.orig_side.other()),
+        ];
+        let mut ok = true;
+        for (dir, k) in keys.iter().enumerate() {
+            let v = (slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes();
+            if self.maps.flows.update(k, &v, MapFlags::ANY).is_err() {
+                ok = false;
+            }
+        }
+        if !ok {
+            for k in &keys {
+                let _ = self.maps.flows.delete(k);
+            }
+            ctl.store(0, Ordering::Release);
+            p.conntrack_mut().offload_refuse(conn);
+            self.counters.install_failed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.keys[conn as usize] = Some(keys);
+        self.epochs[conn as usize] = self.drained;
+        p.conntrack_mut().offload_begin(conn);
+        self.pending.push(conn);
+        self.installed.push(conn);
+        self.counters.installed.fetch_add(1, Ordering::Relaxed);
+        self.counters.entries.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Makes pending connections active once the slow path has forwarded
+    /// every packet the program gave it for them (and, for a direction that
+    /// sent none since, its RX ring has been empty once), with the core's
+    /// current TCP state.
+    pub fn activate(&mut self, p: &Pipeline) {
+        let ct = p.conntrack();
+        let region = self.maps.region.clone();
+        let drained = self.drained;
+        self.pending.retain(|&conn| {
+            if !ct.is_offloaded(conn) {
+                return false;
+            }
+            let slot = self.base + conn;
+            let (Some(ctl), Some(mut f)) = (region.ctl(slot), region.read(slot)) else {
+                return false;
+            };
+            let c = ctl.load(Ordering::Acquire);
+            if c >> SHIFT != PENDING {
+                return false;
+            }
+            let q = [c & QMASK, (c >> QBITS) & QMASK];
+            let at = self.epochs[conn as usize];
+            let ready =
+                (0..2).all(|d| u64::from(f.done[d]) == q[d] && (q[d] > 0 || drained[d] > at[d]));
+            if !ready {
+                return true;
+            }
+            if let Some(t) = ct.offload_tcp(conn) {
+                let dir = |d: &TcpDir| TcpDirRaw {
+                    end: d.end,
+                    maxend: d.maxend,
+                    maxwin: d.maxwin,
+                    maxack: d.maxack,
+                    scale: d.scale,
+                    flags: d.flags,
+                    pad: 0,
+                };
+                f.tcp = [dir(&t.seen[0]), dir(&t.seen[1])];
+                f.last_dir = t.last_dir;
+                f.last_seq = t.last_seq;
+                f.last_ack = t.last_ack;
+                f.last_end = t.last_end;
+                f.last_win = t.last_win;
+                f.retrans = t.retrans;
+            }
+            f.last_ack_valid = 0;
+            f.last_seen = 0;
+            f.packets = [0; 2];
+            f.bytes = [0; 2];
+            f.reported_packets = [0; 2];
+            f.reported_bytes = [0; 2];
+            region.write(slot, &f);
+            if ctl
+                .compare_exchange(c, ACTIVE << SHIFT, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.counters.activated.fetch_add(1, Ordering::Relaxed);
+                false
+            } else {
+                // The program sent one more: wait for it.
+                true
+            }
+        });
+    }
+
+    /// Removes from the program the connections the core let go.
+    pub fn collect_gone(&mut self, p: &mut Pipeline) {
+        p.conntrack_mut().drain_offload_gone(&mut self.gone);
+        if self.gone.is_empty() {
+            return;
+        }
+        let region = self.maps.region.clone();
+        for conn in std::mem::take(&mut self.gone) {
+            if conn >= self.cap {
+                continue;
+            }
+            let slot = self.base + conn;
+            withdraw(&region, slot);
+            if let Some(keys) = self.keys[conn as usize].take() {
+                for k in &keys {
+                    let _ = self.maps.flows.delete(k);
+                }
+                self.counters.removed.fetch_add(1, Ordering::Relaxed);
+                self.counters.entries.fetch_sub(1, Ordering::Relaxed);
+            }
+            if let Some(ctl) = region.ctl(slot) {
+                ctl.store(0, Ordering::Release);
+            }
+            self.installed.retain(|&c| c != conn);
+            self.pending.retain(|&c| c != conn);
+        }
+    }
+
+    /// Hands the activity of active connections to the core (listings,
+    /// timeouts), without taking them back.
+    pub fn refresh(&mut self, p: &mut Pipeline) {
+        let region = self.maps.region.clone();
+        let offset = i128::from(self.offset.load(Ordering::Relaxed));
+        let (mut packets, mut bytes) = (0, 0);
+        for &conn in &self.installed {
+            let slot = self.base + conn;
+            if region
+                .ctl(slot)
+                .is_none_or(|c| !matches!(c.load(Ordering::Acquire) >> SHIFT, ACTIVE | BUSY))
+            {
+                continue;
+            }
+            let fs = take_activity(&region, slot, offset, false);
+            packets += fs.packets[0] + fs.packets[1];
+            bytes += fs.bytes[0] + fs.bytes[1];
+            p.conntrack_mut().offload_refresh(conn, &fs);
+        }
+        self.counters.packets.fetch_add(packets, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Offers the accepted packets of a batch's connections to the fast
+    /// path: `conns` and `accepted` per packet, all entered on `side`,
+    /// `reply` per packet.
+    pub fn consider(&mut self, p: &mut Pipeline, side: Side, conns: &[u32], reply: &[bool]) {
+        for (&conn, &r) in conns.iter().zip(reply) {
+            if conn == u32::MAX || conn >= self.cap || p.conntrack().is_offloaded(conn) {
+                continue;
+            }
+            if let Some(plan) = p.offload_plan(conn, side, r) {
+                self.install(p, conn, &plan);
+            }
+        }
+    }
+
+    /// Connections pending and active now.
+    pub fn len(&self) -> usize {
+        self.installed.len()
+    }
+
+    /// True if none is installed.
+    pub fn is_empty(&self) -> bool {
+        self.installed.is_empty()
+    }
+
+    /// Removes every installed connection (the worker stops).
+    pub fn clear(&mut self, p: &mut Pipeline) {
+        for conn in self.installed.clone() {
+            if p.conntrack().is_offloaded(conn) {
+                p.conntrack_mut().offload_release(conn);
+            }
+        }
+        self.collect_gone(p);
+    }
+}

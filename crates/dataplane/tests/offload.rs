@@ -1,0 +1,602 @@
+//! The XDP fast path against the slow path, packet by packet (root; CI runs
+//! it as root): Tollgate's XDP program run with `BPF_PROG_TEST_RUN`, its
+//! offload table driven by the worker's real [`Offloader`] and a real
+//! pipeline, next to a reference pipeline that sees every packet. Each packet
+//! is forwarded by the program (XDP_REDIRECT) only if the reference accepts
+//! it; a packet it gives the slow path gets the reference's verdict there;
+//! and when the connection is taken back, its state (TCP windows, counters,
+//! timeout) is the reference's.
+
+// Test scaffolding: a failed set-up call is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Instant;
+
+use conntrack::build::{ethernet, Pkt};
+use conntrack::packet::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
+use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
+use conntrack::{Config, CtState, Pipeline};
+use dataplane::bpf::{action, XdpProgram};
+use dataplane::offload::Offloader;
+
+const A: [u8; 4] = [10, 9, 0, 1];
+const B: [u8; 4] = [10, 9, 0, 2];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn strict() -> Policy {
+    let mut inv = Rule::any(Action::Drop);
+    inv.states = StateSet::default().with(CtState::Invalid);
+    let mut est = Rule::any(Action::Accept);
+    est.states = StateSet::default()
+        .with(CtState::Established)
+        .with(CtState::Related);
+    let mut new = Rule::any(Action::Accept);
+    new.from = Some(Side::Inside);
+    new.states = StateSet::default().with(CtState::New);
+    Policy {
+        rules: vec![inv, est, new],
+        default: Action::Drop,
+    }
+}
+
+fn cfg() -> Config {
+    Config {
+        max_entries: 1024,
+        tcp: conntrack::proto::tcp::TcpConfig {
+            // Mid-stream pickup would make a withdrawn flow's stray packet a
+            // new connection; the kernel's default is loose, ours in tests
+            // both ways: see `loose_pickup_too`.
+            ..Default::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// The program in a network namespace of this thread's own (lo and a dummy
+/// interface stand for the two sides), the offloaded pipeline and the
+/// reference.
+struct Bench {
+    prog: XdpProgram,
+    off: Offloader,
+    fast: Pipeline,
+    reference: Pipeline,
+    start: Instant,
+    /// Added to the clock (to age flows without waiting).
+    shift: u64,
+    /// Packets the program forwarded itself.
+    forwarded_fast: u64,
+    /// Packets it gave the slow path.
+    punted: u64,
+    /// Hold pending flows (as if the RX rings were never found empty).
+    hold: bool,
+}
+
+impl Bench {
+    fn new(policy: Policy, cfg: Config) -> Bench {
+        // SAFETY: unshare only moves this thread into a new network namespace.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+        let ok = std::process::Command::new("ip")
+            .args([
+                "link", "add", "tgoffd", "type", "veth", "peer", "name", "tgoffe",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "creating a veth pair");
+        let dummy = dataplane::bpf::ifindex("tgoffd").expect("dummy");
+        let mut prog = XdpProgram::load().expect("program loads");
+        prog.set_side(0, 1).unwrap();
+        prog.set_side(1, dummy).unwrap();
+        prog.set_offload(true, cfg.checksum).unwrap();
+        prog.set_redirect(true).unwrap();
+        let off = Offloader::new(prog.offload_maps().expect("maps"), 0, 1);
+        let mut fast = Pipeline::new(cfg.clone(), policy.clone());
+        fast.conntrack_mut().set_fast_path(Some(off.reclaimer()));
+        let b = Bench {
+            prog,
+            off,
+            fast,
+            reference: Pipeline::new(cfg, policy),
+            start: Instant::now(),
+            shift: 0,
+            forwarded_fast: 0,
+            punted: 0,
+            hold: false,
+        };
+        b.off.set_clock(b.now());
+        b
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap() + self.shift
+    }
+
+    /// Moves the clock `secs` ahead (nothing may be in the fast path: its
+    /// clock cannot jump with ours).
+    fn age(&mut self, secs: u64) {
+        assert!(self.off.is_empty(), "aging with flows in the fast path");
+        self.shift += secs * 1_000_000_000;
+        self.off.set_clock(self.now());
+    }
+
+    /// The program's ingress is lo (ifindex 1): make lo the side wanted.
+    fn enter_on(&mut self, side: Side) {
+        let dummy = dataplane::bpf::ifindex("tgoffd").unwrap();
+        match side {
+            Side::Inside => {
+                self.prog.set_side(1, dummy).unwrap();
+                self.prog.set_side(0, 1).unwrap();
+            }
+            Side::Outside => {
+                self.prog.set_side(0, dummy).unwrap();
+                self.prog.set_side(1, 1).unwrap();
+            }
+        }
+    }
+
+    /// One packet: the program first, the slow path if it punts; returns the
+    /// verdict and checks it against the reference's.
+    fn send(&mut self, side: Side, ip: &[u8], what: &str) -> Action {
+        self.enter_on(side);
+        let frame = ethernet(ip, &[]);
+        let now = self.now();
+        let reference = self.reference.process(side, ip, now);
+        let (rv, meta) = self.prog.test_run_meta(&frame).expect("test run");
+        let got = if rv == action::REDIRECT {
+            self.forwarded_fast += 1;
+            Action::Accept
+        } else {
+            assert_eq!(rv, action::PASS, "{what}: XDP action {rv}");
+            self.punted += 1;
+            let mut out = [conntrack::PacketResult {
+                verdict: Action::Drop,
+                state: CtState::Invalid,
+                reply: false,
+                reason: None,
+            }];
+            self.fast.process_batch(&[(side, ip)], now, &mut out);
+            if let Some(m) = meta {
+                let m = u64::from_le_bytes(m);
+                if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
+                    #[allow(clippy::cast_possible_truncation)]
+                    self.off.pending_done((m >> 32) as u32, (m >> 24) as u8);
+                }
+            }
+            let r = out[0];
+            let conn = self.fast.batch_conns()[0];
+            if r.verdict == Action::Accept && r.state == CtState::Established {
+                self.off.consider(&mut self.fast, side, &[conn], &[r.reply]);
+            }
+            assert_eq!(
+                (r.verdict, r.state, r.reason),
+                (reference.verdict, reference.state, reference.reason),
+                "{what}: slow path differs from the reference"
+            );
+            r.verdict
+        };
+        assert_eq!(
+            got,
+            reference.verdict,
+            "{what}: verdict {got:?} (fast path: {}), reference {:?}",
+            rv == action::REDIRECT,
+            reference
+        );
+        // After each packet both RX rings are empty: pending flows may go.
+        self.off.collect_gone(&mut self.fast);
+        if !self.hold {
+            self.off.drained(0);
+            self.off.drained(1);
+            self.off.activate(&self.fast);
+        }
+        got
+    }
+
+    /// Takes every connection back and compares the two tables.
+    fn settle(&mut self) {
+        self.off.clear(&mut self.fast);
+        let now = self.now();
+        let mut a: Vec<_> = self.fast.conntrack().connections(now).collect();
+        let mut b: Vec<_> = self.reference.conntrack().connections(now).collect();
+        a.sort_by_key(|c| format!("{:?}", c.orig));
+        b.sort_by_key(|c| format!("{:?}", c.orig));
+        assert_eq!(a.len(), b.len(), "connections");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(!x.offloaded);
+            assert_eq!(
+                (x.orig, x.tcp_state, x.packets, x.bytes, x.assured),
+                (y.orig, y.tcp_state, y.packets, y.bytes, y.assured),
+                "connection state"
+            );
+            // The program's clock reads a few microseconds apart from ours.
+            let (e1, e2) = (x.expires_in, y.expires_in);
+            assert!(
+                e1.abs_diff(e2) < 50_000_000,
+                "timeouts {e1} vs {e2} for {:?}",
+                x.orig
+            );
+        }
+        let conns = |p: &Pipeline| {
+            (0..1024u32)
+                .filter_map(|i| p.conntrack().tcp_conn(i).map(|c| (i, c)))
+                .filter(|(_, c)| c.state != Default::default())
+                .collect::<Vec<_>>()
+        };
+        let (ta, tb) = (conns(&self.fast), conns(&self.reference));
+        let sa: Vec<_> = ta.iter().map(|(_, c)| c.seen).collect();
+        let sb: Vec<_> = tb.iter().map(|(_, c)| c.seen).collect();
+        assert_eq!(sa, sb, "TCP window state");
+    }
+}
+
+/// A TCP connection's two ends, producing segments.
+struct Tcp {
+    sport: u16,
+    nxt: [u32; 2],
+    win: [u16; 2],
+}
+
+impl Tcp {
+    fn seg(&self, from: usize, flags: u8, seq: u32, ack: u32, len: usize) -> Vec<u8> {
+        let (src, dst, sp, dp) = if from == 0 {
+            (A, B, self.sport, 80)
+        } else {
+            (B, A, 80, self.sport)
+        };
+        Pkt::tcp4(src, sp, dst, dp)
+            .flags(flags)
+            .seq(seq)
+            .ack(ack)
+            .window(self.win[from])
+            .tcp_option(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
+            .payload(&vec![0x61; len])
+            .build()
+    }
+
+    /// Handshake through the bench (with window scaling and SACK-permitted).
+    fn open(b: &mut Bench, sport: u16) -> Tcp {
+        let t = Tcp {
+            sport,
+            nxt: [1000, 50_000],
+            win: [8192, 8192],
+        };
+        let syn = Pkt::tcp4(A, sport, B, 80)
+            .flags(SYN)
+            .seq(999)
+            .window(64240)
+            .wscale(7)
+            .sack_perm()
+            .build();
+        assert_eq!(b.send(Side::Inside, &syn, "syn"), Action::Accept);
+        let synack = Pkt::tcp4(B, 80, A, sport)
+            .flags(SYN | ACK)
+            .seq(49_999)
+            .ack(1000)
+            .window(65160)
+            .wscale(7)
+            .sack_perm()
+            .build();
+        assert_eq!(b.send(Side::Outside, &synack, "syn-ack"), Action::Accept);
+        let ack = t.seg(0, ACK, 1000, 50_000, 0);
+        assert_eq!(b.send(Side::Inside, &ack, "ack"), Action::Accept);
+        t
+    }
+
+    /// A clean data segment from `from`, acknowledging everything.
+    fn data(&mut self, from: usize, len: usize) -> Vec<u8> {
+        let s = self.seg(from, PSH | ACK, self.nxt[from], self.nxt[1 - from], len);
+        self.nxt[from] = self.nxt[from].wrapping_add(len as u32);
+        s
+    }
+}
+
+fn side(from: usize) -> Side {
+    if from == 0 {
+        Side::Inside
+    } else {
+        Side::Outside
+    }
+}
+
+/// Deterministic xorshift.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn root_or_skip() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must run the BPF tests as root"
+    );
+    eprintln!("SKIPPED: loading BPF needs root");
+    false
+}
+
+#[test]
+fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
+    if !root_or_skip() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let mut b = Bench::new(strict(), cfg());
+        let mut t = Tcp::open(&mut b, 40_000);
+        // Data both ways: the connection is installed, then activated, then
+        // its segments go through the program.
+        for i in 0..40 {
+            let from = i % 2;
+            let s = t.data(from, 100 + i * 7);
+            b.send(side(from), &s, &format!("data {i}"));
+        }
+        assert!(
+            b.forwarded_fast > 20,
+            "fast path forwarded {}",
+            b.forwarded_fast
+        );
+        let before = b.forwarded_fast;
+        // A segment far beyond the window: invalid on both paths (the program
+        // hands it over and the flow with it).
+        let bad = t.seg(0, ACK, t.nxt[0].wrapping_add(1 << 30), t.nxt[1], 10);
+        assert_eq!(b.send(Side::Inside, &bad, "out of window"), Action::Drop);
+        // Back to the fast path after it.
+        for i in 0..20 {
+            let from = i % 2;
+            let s = t.data(from, 50);
+            b.send(side(from), &s, &format!("data after {i}"));
+        }
+        assert!(b.forwarded_fast > before + 5, "back on the fast path");
+        // A bad checksum, a SACK block, an URG: the slow path's.
+        let mut s = t.data(0, 10);
+        let l = s.len();
+        s[l - 1] ^= 0xff;
+        b.send(Side::Inside, &s, "bad checksum");
+        let sack = Pkt::tcp4(B, 80, A, 40_000)
+            .flags(ACK)
+            .seq(t.nxt[1])
+            .ack(t.nxt[0])
+            .window(t.win[1])
+            .sack(&[(t.nxt[0].wrapping_sub(5), t.nxt[0])])
+            .build();
+        b.send(Side::Outside, &sack, "sack");
+        let urg = t.seg(1, ACK | URG, t.nxt[1], t.nxt[0], 0);
+        b.send(Side::Outside, &urg, "urg");
+        for i in 0..10 {
+            let s = t.data(i % 2, 20);
+            b.send(side(i % 2), &s, "more data");
+        }
+        // Retransmissions of the same segment (counted for the timeout).
+        let s = t.data(1, 30);
+        for _ in 0..5 {
+            b.send(Side::Outside, &s, "retransmission");
+        }
+        b.settle();
+        // Installed while its packets keep coming (the rings never empty):
+        // they stay on the slow path, counted, until the worker has seen
+        // every one; only then the program takes the flow.
+        b.hold = true;
+        let mut t = Tcp::open(&mut b, 40_002);
+        let fast_before = b.forwarded_fast;
+        for i in 0..6 {
+            let s = t.data(i % 2, 64);
+            b.send(side(i % 2), &s, "data while pending");
+        }
+        assert_eq!(
+            b.forwarded_fast, fast_before,
+            "nothing forwarded while pending"
+        );
+        assert!(b.prog.punts()[0] >= 4, "pending punts {:?}", b.prog.punts());
+        b.hold = false;
+        b.off.activate(&b.fast);
+        for i in 0..6 {
+            let s = t.data(i % 2, 64);
+            b.send(side(i % 2), &s, "data once active");
+        }
+        assert!(
+            b.forwarded_fast >= fast_before + 6,
+            "active after the pending packets"
+        );
+        b.settle();
+        // FIN both ways, after the flow went back to the fast path.
+        let mut t = Tcp::open(&mut b, 40_001);
+        for i in 0..10 {
+            let s = t.data(i % 2, 64);
+            b.send(side(i % 2), &s, "data");
+        }
+        let fin = t.seg(0, FIN | ACK, t.nxt[0], t.nxt[1], 0);
+        t.nxt[0] += 1;
+        b.send(Side::Inside, &fin, "fin");
+        let fin = t.seg(1, FIN | ACK, t.nxt[1], t.nxt[0], 0);
+        t.nxt[1] += 1;
+        b.send(Side::Outside, &fin, "fin back");
+        let last = t.seg(0, ACK, t.nxt[0], t.nxt[1], 0);
+        b.send(Side::Inside, &last, "last ack");
+        b.settle();
+        eprintln!(
+            "fast path forwarded {}, slow path {}, punts {:?}",
+            b.forwarded_fast,
+            b.punted,
+            b.prog.punts()
+        );
+    })
+    .join()
+    .expect("test thread");
+}
+
+#[test]
+fn random_segments_get_the_slow_paths_verdicts() {
+    if !root_or_skip() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let mut b = Bench::new(strict(), cfg());
+        for seed in 1..=6u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            #[allow(clippy::cast_possible_truncation)]
+            let mut t = Tcp::open(&mut b, 41_000 + seed as u16);
+            for i in 0..400 {
+                let from = rng.below(2) as usize;
+                let r = rng.below(100);
+                let pkt = if r < 60 {
+                    t.data(from, rng.below(300) as usize)
+                } else if r < 70 {
+                    // Somewhere around the window, either edge.
+                    let off = (rng.below(400_000) as u32).wrapping_sub(200_000);
+                    t.seg(
+                        from,
+                        ACK,
+                        t.nxt[from].wrapping_add(off),
+                        t.nxt[1 - from],
+                        20,
+                    )
+                } else if r < 78 {
+                    // An ack off the mark.
+                    let off = (rng.below(200_000) as u32).wrapping_sub(100_000);
+                    t.seg(from, ACK, t.nxt[from], t.nxt[1 - from].wrapping_add(off), 0)
+                } else if r < 84 {
+                    // A retransmission of old data.
+                    t.seg(
+                        from,
+                        PSH | ACK,
+                        t.nxt[from].wrapping_sub(100),
+                        t.nxt[1 - from],
+                        100,
+                    )
+                } else if r < 88 {
+                    t.win[from] = rng.below(3) as u16 * 4000;
+                    t.seg(from, ACK, t.nxt[from], t.nxt[1 - from], 0)
+                } else if r < 92 {
+                    let mut s = t.data(from, 40);
+                    let l = s.len();
+                    s[l - 3] ^= 0x5a;
+                    s
+                } else if r < 95 {
+                    t.seg(from, ACK | URG, t.nxt[from], t.nxt[1 - from], 1)
+                } else if r < 97 {
+                    t.seg(from, SYN, t.nxt[from], 0, 0)
+                } else if r < 98 && i > 300 {
+                    t.seg(from, RST | ACK, t.nxt[from], t.nxt[1 - from], 0)
+                } else {
+                    t.data(from, 0)
+                };
+                b.send(side(from), &pkt, &format!("seed {seed} packet {i}"));
+            }
+            b.settle();
+        }
+        eprintln!(
+            "fast path forwarded {}, slow path {}, punts {:?}",
+            b.forwarded_fast,
+            b.punted,
+            b.prog.punts()
+        );
+        assert!(b.forwarded_fast > 300, "the fast path took part");
+    })
+    .join()
+    .expect("test thread");
+}
+
+#[test]
+fn udp_offload_timeouts_and_policy_reload() {
+    if !root_or_skip() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let mut c = cfg();
+        c.timeouts.udp_stream = 2;
+        let mut b = Bench::new(strict(), c);
+        let out = |n: u8| Pkt::udp4(A, 5000, B, 53).payload(&[n; 40]).build();
+        let back = |n: u8| Pkt::udp4(B, 53, A, 5000).payload(&[n; 40]).build();
+        b.send(Side::Inside, &out(0), "udp out");
+        b.send(Side::Outside, &back(0), "udp back");
+        // Assured after two seconds of life and one more packet.
+        b.age(3);
+        b.send(Side::Inside, &out(1), "udp assured");
+        for i in 0..20 {
+            b.send(Side::Inside, &out(i), "udp");
+            b.send(Side::Outside, &back(i), "udp reply");
+        }
+        assert!(
+            b.forwarded_fast >= 30,
+            "fast path forwarded {}",
+            b.forwarded_fast
+        );
+        // A UDP packet with a bad checksum: dropped on both paths.
+        let mut bad = out(9);
+        let l = bad.len();
+        bad[l - 1] ^= 1;
+        assert_eq!(b.send(Side::Inside, &bad, "bad udp"), Action::Drop);
+        for i in 0..5 {
+            b.send(Side::Inside, &out(i), "udp again");
+        }
+        // Listing while offloaded: live counters.
+        b.off.refresh(&mut b.fast);
+        let now = b.now();
+        let live: Vec<_> = b.fast.conntrack().connections(now).collect();
+        let reference: Vec<_> = b.reference.conntrack().connections(now).collect();
+        assert_eq!(live.len(), 1);
+        assert!(live[0].offloaded, "listed as offloaded");
+        assert_eq!(live[0].packets, reference[0].packets, "live counters");
+        // The stream timeout (2 s here) passes with no packet: it expires
+        // on both, the fast path's last packet counted.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let n = b.now();
+        b.fast.process_batch(&[], n, &mut []);
+        b.reference.process_batch(&[], n, &mut []);
+        b.off.collect_gone(&mut b.fast);
+        assert_eq!(
+            b.fast.conntrack().len(),
+            1,
+            "alive 1.5 s after its last packet"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let n = b.now();
+        b.fast.process_batch(&[], n, &mut []);
+        b.reference.process_batch(&[], n, &mut []);
+        b.off.collect_gone(&mut b.fast);
+        assert_eq!(b.fast.conntrack().len(), 0, "expired");
+        assert_eq!(b.reference.conntrack().len(), 0);
+        // A new flow, offloaded; then a policy that drops established UDP
+        // replies: the next reply is dropped, not forwarded by the program.
+        b.send(Side::Inside, &out(0), "udp out");
+        b.send(Side::Outside, &back(0), "udp back");
+        b.age(3);
+        b.send(Side::Inside, &out(1), "udp assured");
+        for i in 0..6 {
+            b.send(Side::Inside, &out(i), "udp");
+            b.send(Side::Outside, &back(i), "udp reply");
+        }
+        assert!(b.fast.conntrack().connections(b.now()).any(|c| c.offloaded));
+        let mut p = strict();
+        let mut no_replies = Rule::any(Action::Drop);
+        no_replies.from = Some(Side::Outside);
+        no_replies.proto = conntrack::policy::ProtoMatch::Proto(17);
+        p.rules.insert(0, no_replies);
+        b.fast.set_policy(p.clone());
+        b.reference.set_policy(p);
+        b.off.collect_gone(&mut b.fast);
+        assert_eq!(
+            b.send(Side::Outside, &back(7), "reply after reload"),
+            Action::Drop
+        );
+        assert_eq!(
+            b.send(Side::Inside, &out(7), "out after reload"),
+            Action::Accept
+        );
+        b.settle();
+    })
+    .join()
+    .expect("test thread");
+}
