@@ -41,8 +41,9 @@ struct tg_config {
 enum tg_flow_state {
 	/* No connection. */
 	TG_FREE = 0,
-	/* Installed; packets still go to the slow path (counted) until the
-	 * worker has forwarded every one of them: then it makes it ACTIVE. */
+	/* Installed; packets still go to the slow path (counted in ctl) until
+	 * the worker has forwarded every one of them (`done`, `ready`): then
+	 * the program makes it ACTIVE with the packet it holds. */
 	TG_PENDING = 1,
 	/* The program forwards plain packets itself. */
 	TG_ACTIVE = 2,
@@ -103,14 +104,24 @@ struct tg_flow {
 	/* 1: the last packet was a TCP ACK-only segment (last_* are valid). */
 	__u8 last_ack_valid;
 	__u16 pad;
-	/* Worker only: packets of each direction it took from the pending
-	 * slow path. */
+	/* Written by the worker while the flow is pending, read by the
+	 * program: packets of each direction (sent to the slow path while
+	 * pending) the worker has forwarded, published after it wrote the
+	 * window state above; and, per direction (bit 0, bit 1), whether that
+	 * side's RX ring has been empty since the install (no older packet of
+	 * the flow left in it). The program makes the flow active when both
+	 * directions are caught up. */
 	__u32 done[2];
-	__u32 pad2;
+	/* Bits 0, 1: ready; bit 2: the worker gave up waiting (the flow never
+	 * paused long enough): activate with the next plain packet anyway. */
+	__u32 ready;
 	/* Worker only: the counters it already handed to the core. */
 	__u64 reported_packets[2];
 	__u64 reported_bytes[2];
-	__u64 pad3[5];
+	/* Worker only: packets sent while pending that it will still take
+	 * after the program made the flow active (they were overtaken). */
+	__u64 stale;
+	__u64 pad3[4];
 };
 _Static_assert(sizeof(struct tg_flow) == 192, "struct tg_flow is 192 bytes");
 _Static_assert(sizeof(struct tg_key) == 40, "struct tg_key is 40 bytes");

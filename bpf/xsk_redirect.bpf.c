@@ -97,6 +97,9 @@ struct pkt {
 	/* TCP: */
 	__u32 seq, ack, end;
 	__u16 win;
+	/* Highest SACK right edge, if the segment has SACK blocks. */
+	__u32 sack_max;
+	__u8 has_sack;
 	/* IP length (the core's byte count). */
 	__u32 ip_len;
 };
@@ -168,10 +171,12 @@ static __always_inline int csum_bytes(void *p, __u32 len, void *data_end, __u64 
 
 /* Parses an untagged IPv4 or IPv6 TCP/UDP frame. 0: not for the fast path
  * at all (no lookup); 1: looked up, `p->plain` says whether it may be
- * forwarded here. */
-static __always_inline int parse(struct xdp_md *ctx, struct tg_config *c, __u32 side,
-				 struct pkt *p)
+ * forwarded here. A global function: the verifier checks it once, apart. */
+__attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32 side,
+					struct pkt *p)
 {
+	if (!p)
+		return 0;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
@@ -217,7 +222,7 @@ static __always_inline int parse(struct xdp_md *ctx, struct tg_config *c, __u32 
 		p->ip_len = tot;
 		l4 = ip + 20;
 		l4_len = tot - 20;
-		if (c->checksum) {
+		if (checksum) {
 			/* Pseudo header: addresses, zero, protocol, length. */
 			sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)(ip + 12), 8, 0);
 			sum += bpf_htons((__u16)proto) + bpf_htons((__u16)l4_len);
@@ -238,7 +243,7 @@ static __always_inline int parse(struct xdp_md *ctx, struct tg_config *c, __u32 
 		p->ip_len = 40 + plen;
 		l4 = ip + 40;
 		l4_len = plen;
-		if (c->checksum) {
+		if (checksum) {
 			sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)(ip + 8), 32, 0);
 			sum += bpf_htonl(plen) >> 16;
 			sum += bpf_htonl(plen) & 0xffff;
@@ -262,7 +267,7 @@ static __always_inline int parse(struct xdp_md *ctx, struct tg_config *c, __u32 
 			p->plain = 0;
 			return 1;
 		}
-		if (c->checksum && (u[6] | u[7])) {
+		if (checksum && (u[6] | u[7])) {
 			/* The pseudo header's length is the IP payload's for
 			 * IPv4 above; UDP's own length counts: redo it. */
 			if (eth->h_proto == bpf_htons(ETH_P_IP)) {
@@ -298,39 +303,52 @@ static __always_inline int parse(struct xdp_md *ctx, struct tg_config *c, __u32 
 		p->plain = 0;
 		return 1;
 	}
-	/* Options: only NOP, EOL and timestamps (no SACK blocks). */
-	__u32 i = 20;
+	/* Options: the layouts Linux and most stacks send on established
+	 * connections, matched at fixed places (no loop for the verifier):
+	 * none; NOP NOP timestamps; then maybe NOP NOP SACK with 1-4 blocks.
+	 * Their walk gives what the core's gives (the highest SACK right edge);
+	 * any other layout is the slow path's. */
+	if (doff > 20) {
+		__u32 olen = doff - 20;
+		__u8 *o = t + 20;
+		__u32 at = 0;
+
+		if ((void *)(o + 4) > end) {
+			p->plain = 0;
+			return 1;
+		}
+		if (olen >= 12 && o[0] == 1 && o[1] == 1 && o[2] == 8 && o[3] == 10)
+			at = 12;
+		if (at < olen) {
+			__u8 *sk = o + (at ? 12 : 0);
+
+			if ((void *)(sk + 4) > end || sk[0] != 1 || sk[1] != 1 || sk[2] != 5) {
+				p->plain = 0;
+				return 1;
+			}
+			__u32 len = sk[3];
+			if ((len != 10 && len != 18 && len != 26 && len != 34) || at + 2 + len != olen) {
+				p->plain = 0;
+				return 1;
+			}
 #pragma unroll
-	for (int k = 0; k < 12; k++) {
-		if (i >= doff)
-			break;
-		if (i > 60 || (void *)(t + i + 1) > end) {
-			p->plain = 0;
-			return 1;
+			for (int b = 0; b < 4; b++) {
+				if (2 + 8 * b + 8 > len)
+					break;
+				__u8 *r = sk + 2 + 2 + 8 * b + 4;
+				if ((void *)(r + 4) > end) {
+					p->plain = 0;
+					return 1;
+				}
+				__u32 right = ((__u32)r[0] << 24) | ((__u32)r[1] << 16) |
+					      ((__u32)r[2] << 8) | r[3];
+				if (!p->has_sack || (__s32)(right - p->sack_max) > 0)
+					p->sack_max = right;
+				p->has_sack = 1;
+			}
 		}
-		__u8 kind = t[i];
-		if (kind == 0)
-			break;
-		if (kind == 1) {
-			i += 1;
-			continue;
-		}
-		if ((void *)(t + i + 2) > end) {
-			p->plain = 0;
-			return 1;
-		}
-		if (kind != 8 || t[i + 1] != 10) {
-			p->plain = 0;
-			return 1;
-		}
-		i += 10;
 	}
-	if (i < doff && i <= 60 && (void *)(t + i + 1) <= end && t[i] != 0) {
-		/* More options than walked. */
-		p->plain = 0;
-		return 1;
-	}
-	if (c->checksum) {
+	if (checksum) {
 		if (!csum_bytes(t, l4_len, end, &sum) || fold(sum) != 0xffff) {
 			p->plain = 0;
 			return 1;
@@ -354,15 +372,19 @@ static __always_inline int after(__u32 a, __u32 b)
 }
 
 /* The core's in_window() for an ACK segment of an established connection
- * whose two directions both have a window, without SACK blocks: 1 and the
- * state updated exactly as the core would, or 0 (the core would not simply
- * accept it: the worker decides) and nothing changed. */
+ * whose two directions both have a window (and no liberal flag: such flows
+ * are not offloaded): 1 and the state updated exactly as the core would; 2,
+ * accepted with nothing changed (the core's "ignore"); or 0 (the core would
+ * not simply accept it: the worker decides) and nothing changed. */
 static __always_inline int tcp_in_window(struct tg_flow *f, __u32 dir, struct pkt *p)
 {
 	struct tg_tcp_dir *s = dir ? &f->tcp[1] : &f->tcp[0];
 	struct tg_tcp_dir *r = dir ? &f->tcp[0] : &f->tcp[1];
 	__u32 seq = p->seq, ack = p->ack, end = p->end, sack = ack;
 	__u32 win = p->win;
+
+	if ((r->flags & TG_TCP_SACK_PERM) && p->has_sack && after(p->sack_max, sack))
+		sack = p->sack_max;
 
 	if (s->maxwin == 0 || r->maxwin == 0)
 		return 0;
@@ -371,10 +393,13 @@ static __always_inline int tcp_in_window(struct tg_flow *f, __u32 dir, struct pk
 		return 0;
 	if (!before(sack, r->end + 1))
 		return 0;
+	/* Retransmitted data the receiver has acknowledged, or an ACK under
+	 * the lower bound: the core lets them through unchanged (not even the
+	 * timeout is refreshed). */
 	if (!after(end, s->end - r->maxwin - 1))
-		return 0;
+		return 2;
 	if (!after(sack, r->end - maxackwin - 1))
-		return 0;
+		return 2;
 	if (s->scale > 14)
 		return 0;
 	win <<= s->scale;
@@ -439,13 +464,53 @@ static __always_inline int withdraw(struct tg_flow *f, __u64 from)
 					   (__u64)TG_WITHDRAWN << TG_CTL_SHIFT) == from;
 }
 
+struct spin_ctx {
+	struct tg_flow *f;
+	__u64 ctl;
+};
+
+/* bpf_loop callback: waits while another CPU holds the slot. */
+static long spin_cb(__u64 i, void *data)
+{
+	struct spin_ctx *sc = data;
+	__u64 c = *(volatile __u64 *)&sc->f->ctl;
+
+	sc->ctl = c;
+	return (c >> TG_CTL_SHIFT) != TG_BUSY;
+}
+
+/* A plain packet of a flow we hold (BUSY): forwarded and accounted, the flow
+ * ACTIVE again; or, when the core would not simply accept it, given to the
+ * slow path with the flow withdrawn. */
+static __always_inline int forward_locked(struct xdp_md *ctx, struct tg_flow *f, __u32 dir,
+					  __u32 slot, __u32 side, struct pkt *p)
+{
+	const __u64 active = (__u64)TG_ACTIVE << TG_CTL_SHIFT;
+	const __u64 busy = (__u64)TG_BUSY << TG_CTL_SHIFT;
+
+	int w = f->proto == IPPROTO_TCP ? tcp_in_window(f, dir, p) : 1;
+
+	if (w == 0) {
+		withdraw(f, busy);
+		count_punt(TG_PUNT_WINDOW);
+		set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
+		return -1;
+	}
+	if (w == 1)
+		f->last_seen = bpf_ktime_get_ns();
+	f->packets[dir & 1] += 1;
+	f->bytes[dir & 1] += p->ip_len;
+	__sync_lock_test_and_set(&f->ctl, active);
+	return bpf_redirect_map(&ports, side ^ 1, 0);
+}
+
 /* The fast path: XDP_REDIRECT to the other side, or -1 (with the metadata
  * set) for the slow path. */
 static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 side)
 {
 	struct pkt p = {};
 
-	if (!parse(ctx, c, side, &p))
+	if (!tg_parse(ctx, c->checksum, side, &p))
 		return -1;
 	__u32 *v = bpf_map_lookup_elem(&flows, &p.key);
 	if (!v)
@@ -457,74 +522,82 @@ static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 s
 	const __u64 active = (__u64)TG_ACTIVE << TG_CTL_SHIFT;
 	const __u64 busy = (__u64)TG_BUSY << TG_CTL_SHIFT;
 	__u64 ctl = f->ctl;
+	/* What to do, decided under the slot's protocol (small loop body: the
+	 * work happens after it). */
+	enum { GIVE_UP, PENDING_PUNT, LOCKED, WITHDRAWN_PUNT, INACTIVE } what = GIVE_UP;
 
-#pragma unroll
-	for (int tries = 0; tries < 4; tries++) {
+	for (int tries = 0; tries < 8; tries++) {
 		__u64 state = ctl >> TG_CTL_SHIFT;
 
 		if (state == TG_PENDING) {
-			__u64 inc = dir ? (1ULL << TG_CTL_QBITS) : 1;
-			__u64 seen = __sync_val_compare_and_swap(&f->ctl, ctl, ctl + inc);
+			__u64 q0 = ctl & TG_CTL_QMASK;
+			__u64 q1 = (ctl >> TG_CTL_QBITS) & TG_CTL_QMASK;
+			__u32 d0 = *(volatile __u32 *)&f->done[0];
+			__u32 d1 = *(volatile __u32 *)&f->done[1];
+			__u32 rdy = *(volatile __u32 *)&f->ready;
+			__u64 next;
+
+			/* Every packet given to the slow path has left the box and
+			 * no older one waits in a ring (or the worker stopped
+			 * waiting): this one may go ahead. */
+			if (p.plain && ((rdy & 4) || (q0 == d0 && q1 == d1 && (q0 || (rdy & 1)) &&
+						      (q1 || (rdy & 2)))))
+				next = busy;
+			else
+				next = ctl + (dir ? (1ULL << TG_CTL_QBITS) : 1);
+			__u64 seen = __sync_val_compare_and_swap(&f->ctl, ctl, next);
 			if (seen == ctl) {
-				count_punt(TG_PUNT_PENDING);
-				set_meta(ctx, TG_META_PENDING, dir, slot);
-				return -1;
+				what = next == busy ? LOCKED : PENDING_PUNT;
+				break;
 			}
 			ctl = seen;
 			continue;
 		}
 		if (state == TG_ACTIVE) {
-			if (!p.plain) {
-				if (withdraw(f, active)) {
-					count_punt(TG_PUNT_NOT_PLAIN);
-					set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
-					return -1;
-				}
-				ctl = f->ctl;
-				continue;
+			__u64 next = p.plain ? busy : (__u64)TG_WITHDRAWN << TG_CTL_SHIFT;
+			__u64 seen = __sync_val_compare_and_swap(&f->ctl, active, next);
+			if (seen == active) {
+				what = p.plain ? LOCKED : WITHDRAWN_PUNT;
+				break;
 			}
-			if (__sync_val_compare_and_swap(&f->ctl, active, busy) != active) {
-				ctl = f->ctl;
-				continue;
-			}
-			/* Ours until released below. */
-			if (f->proto == IPPROTO_TCP && !tcp_in_window(f, dir, &p)) {
-				withdraw(f, busy);
-				count_punt(TG_PUNT_WINDOW);
-				set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
-				return -1;
-			}
-			f->last_seen = bpf_ktime_get_ns();
-			f->packets[dir & 1] += 1;
-			f->bytes[dir & 1] += p.ip_len;
-			__sync_lock_test_and_set(&f->ctl, active);
-			return bpf_redirect_map(&ports, side ^ 1, 0);
-		}
-		if (state == TG_BUSY) {
-			ctl = f->ctl;
+			ctl = seen;
 			continue;
 		}
+		if (state == TG_BUSY) {
+			/* Another CPU (the other direction) holds it for a few
+			 * instructions. */
+			struct spin_ctx sc = { .f = f, .ctl = ctl };
+
+			bpf_loop(4096, spin_cb, &sc, 0);
+			ctl = sc.ctl;
+			continue;
+		}
+		what = INACTIVE;
+		break;
+	}
+	switch (what) {
+	case LOCKED:
+		return forward_locked(ctx, f, dir, slot, side, &p);
+	case PENDING_PUNT:
+		count_punt(TG_PUNT_PENDING);
+		set_meta(ctx, TG_META_PENDING, dir, slot);
+		return -1;
+	case WITHDRAWN_PUNT:
+		count_punt(TG_PUNT_NOT_PLAIN);
+		set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
+		return -1;
+	case INACTIVE:
 		count_punt(TG_PUNT_INACTIVE);
 		set_meta(ctx, TG_META_NONE, 0, 0);
 		return -1;
+	default:
+		/* Held all along (never seen): the slow path; the worker takes
+		 * the flow back from there, so nothing is lost but the order of
+		 * this packet. */
+		count_punt(TG_PUNT_BUSY);
+		set_meta(ctx, TG_META_NONE, 0, 0);
+		return -1;
 	}
-	/* Still busy (another CPU on the other direction): the slow path,
-	 * withdrawing the flow so the order holds; the next try succeeds. */
-	__u64 now = f->ctl;
-#pragma unroll
-	for (int tries = 0; tries < 4; tries++) {
-		if (now >> TG_CTL_SHIFT != TG_BUSY && now >> TG_CTL_SHIFT != TG_ACTIVE)
-			break;
-		if (now == active && withdraw(f, active)) {
-			count_punt(TG_PUNT_BUSY);
-			set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
-			return -1;
-		}
-		now = f->ctl;
-	}
-	count_punt(TG_PUNT_BUSY);
-	set_meta(ctx, TG_META_NONE, 0, 0);
-	return -1;
 }
 
 SEC("xdp")

@@ -46,9 +46,11 @@ pub enum Reclaim {
 /// XDP program's maps; by a model in tests).
 pub trait FastPath: Send {
     /// Withdraws connection `conn` (an entry index) from the fast path and
-    /// hands back what it did, unless the entry is still pending. After
-    /// `Taken`, the fast path forwards nothing more of it.
-    fn reclaim(&mut self, conn: u32) -> Reclaim;
+    /// hands back what it did, unless the entry is still pending (or the
+    /// packet at hand, of direction `dir`, predates the fast path's taking
+    /// it). After `Taken`, the fast path forwards nothing more of it. `dir`
+    /// is `None` for a timer or a removal.
+    fn reclaim(&mut self, conn: u32, dir: Option<crate::Direction>) -> Reclaim;
 }
 
 /// A connection the fast path may take, as [`Conntrack::offload_candidate`]
@@ -86,7 +88,7 @@ impl Conntrack {
         }
         let orig = e.orig.tuple();
         match (orig.proto, &e.l4) {
-            (ipproto::TCP, L4State::Tcp(c)) if c.offloadable() => {}
+            (ipproto::TCP, L4State::Tcp(c)) if c.offloadable(&self.cfg.tcp) => {}
             (ipproto::UDP, L4State::Stream(_)) => {}
             _ => return None,
         }
@@ -187,19 +189,19 @@ impl Conntrack {
     /// Takes `conn` back from the fast path if it is offloaded and not
     /// pending: merges, unmarks, queues its removal. Returns false while it
     /// is still pending.
-    pub(super) fn offload_take_back(&mut self, idx: u32) -> bool {
-        self.take_back(idx, true)
+    pub(super) fn offload_take_back(&mut self, idx: u32, dir: crate::Direction) -> bool {
+        self.take_back(idx, Some(dir), true)
     }
 
     /// [`Self::offload_take_back`]; `linked`: the entry is on the timer
     /// wheel (not being reaped).
-    fn take_back(&mut self, idx: u32, linked: bool) -> bool {
+    fn take_back(&mut self, idx: u32, dir: Option<crate::Direction>, linked: bool) -> bool {
         let Some(fast) = self.fast.as_mut() else {
             self.entries[idx as usize].status &= !status::OFFLOADED;
             self.offload_gone.push(idx);
             return true;
         };
-        match fast.reclaim(idx) {
+        match fast.reclaim(idx, dir) {
             Reclaim::Pending => false,
             Reclaim::Taken(fs) => {
                 self.merge_fast(idx, &fs, linked);
@@ -217,7 +219,7 @@ impl Conntrack {
     }
 
     fn withdraw(&mut self, idx: u32, linked: bool) {
-        if !self.take_back(idx, linked) {
+        if !self.take_back(idx, None, linked) {
             // Pending: nothing to merge; the owner removes the entry.
             self.entries[idx as usize].status &= !status::OFFLOADED;
             self.offload_gone.push(idx);
@@ -289,7 +291,7 @@ mod tests {
     struct Shared(Arc<Mutex<Model>>);
 
     impl FastPath for Shared {
-        fn reclaim(&mut self, conn: u32) -> Reclaim {
+        fn reclaim(&mut self, conn: u32, _dir: Option<crate::Direction>) -> Reclaim {
             let mut m = self
                 .0
                 .lock()

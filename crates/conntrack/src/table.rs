@@ -879,7 +879,7 @@ impl Conntrack {
             if self.entries[idx as usize].status & status::OFFLOADED != 0 {
                 // The fast path had it: take its state back before this
                 // packet (which it did not want) is tracked.
-                self.offload_take_back(idx);
+                self.offload_take_back(idx, dir);
             }
             if self.entries[idx as usize].deadline <= now {
                 // Expired but not yet reaped: gone, as the kernel sees it.

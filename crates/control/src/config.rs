@@ -68,6 +68,8 @@ pub struct Interfaces {
     pub cores: Vec<usize>,
     /// `xdp_mode`: how the AF_XDP sockets move frames.
     pub xdp_mode: XdpMode,
+    /// `offload`: the XDP program forwards established flows itself.
+    pub offload: bool,
 }
 
 /// `[interfaces] xdp_mode`.
@@ -135,6 +137,7 @@ struct RawInterfaces {
     queues: Option<Spanned<OneOrWord>>,
     cores: Option<Spanned<Vec<i64>>>,
     xdp_mode: Option<Spanned<String>>,
+    offload: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -794,6 +797,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 queues,
                 cores,
                 xdp_mode,
+                offload: i.offload.unwrap_or(false),
             })
         }
     };

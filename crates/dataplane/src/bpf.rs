@@ -181,8 +181,12 @@ impl XdpProgram {
 
     /// The offload maps, for the workers' [`crate::offload`] tables.
     pub fn offload_maps(&self) -> Result<crate::offload::Maps, BpfError> {
-        crate::offload::Maps::new(&self.skel.maps.flows, &self.skel.maps.flow_state)
-            .map_err(|e| BpfError::Offload(e.to_string()))
+        crate::offload::Maps::new(
+            &self.skel.maps.flows,
+            &self.skel.maps.flow_state,
+            &self.skel.maps.punts,
+        )
+        .map_err(|e| BpfError::Offload(e.to_string()))
     }
 
     /// Packets of installed flows the program sent to the slow path, per

@@ -126,9 +126,11 @@ impl Lab {
             ])?;
             run(&["ip", "-n", end, "link", "set", "eth0", "up"])?;
             // veth hands partial checksums over; copy-mode AF_XDP forwards the
-            // frame as it is, so the endpoints must checksum in software.
+            // frame as it is, so the endpoints must checksum in software. GRO
+            // on gives the endpoint NAPI, without which veth drops the frames
+            // the XDP fast path redirects to it.
             run(&[
-                "ip", "netns", "exec", end, "ethtool", "-K", "eth0", "tx", "off",
+                "ip", "netns", "exec", end, "ethtool", "-K", "eth0", "tx", "off", "gro", "on",
             ])?;
         }
         Ok(())

@@ -28,9 +28,14 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 /// Slots of the offload table (`TG_OFFLOAD_SLOTS`).
 pub const SLOTS: u32 = 65536;
 
+/// How long a flow waits, pending, for a moment when none of its packets is
+/// on the slow path (so the fast path cannot overtake one). A flow that
+/// never pauses (a bulk transfer filling the worker's ring) is then taken by
+/// the program anyway: the packets still in the ring at that instant may
+/// leave after newer ones (counted in `overtaken`).
+pub const FORCE_NS: u64 = 20_000_000;
+
 const SHIFT: u32 = 60;
-const QBITS: u32 = 30;
-const QMASK: u64 = (1 << QBITS) - 1;
 const PENDING: u64 = 1;
 const ACTIVE: u64 = 2;
 const BUSY: u64 = 3;
@@ -68,10 +73,11 @@ struct FlowRaw {
     last_ack_valid: u8,
     pad: u16,
     done: [u32; 2],
-    pad2: u32,
+    ready: u32,
     reported_packets: [u64; 2],
     reported_bytes: [u64; 2],
-    pad3: [u64; 5],
+    stale: u64,
+    pad3: [u64; 4],
 }
 
 const _: () = assert!(std::mem::size_of::<FlowRaw>() == 192);
@@ -146,16 +152,19 @@ impl Region {
 #[derive(Clone)]
 pub struct Maps {
     flows: Arc<MapHandle>,
+    punts: Arc<MapHandle>,
     region: Arc<Region>,
 }
 
 impl Maps {
     /// Maps `flow_state` and keeps a handle on `flows`.
-    pub fn new<T: std::fmt::Debug, U: std::fmt::Debug>(
+    pub fn new<T: std::fmt::Debug, U: std::fmt::Debug, V: std::fmt::Debug>(
         flows: &libbpf_rs::MapImpl<'_, T>,
         flow_state: &libbpf_rs::MapImpl<'_, U>,
+        punts: &libbpf_rs::MapImpl<'_, V>,
     ) -> std::io::Result<Maps> {
         let h = MapHandle::try_from(flows).map_err(std::io::Error::other)?;
+        let punts = MapHandle::try_from(punts).map_err(std::io::Error::other)?;
         let len = SLOTS as usize;
         let bytes = len * std::mem::size_of::<FlowRaw>();
         let fd = flow_state.as_fd().as_raw_fd();
@@ -179,6 +188,7 @@ impl Maps {
             .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
         Ok(Maps {
             flows: Arc::new(h),
+            punts: Arc::new(punts),
             region: Arc::new(Region { ptr, len }),
         })
     }
@@ -296,11 +306,27 @@ pub struct Reclaimer {
 }
 
 impl FastPath for Reclaimer {
-    fn reclaim(&mut self, conn: u32) -> Reclaim {
+    fn reclaim(&mut self, conn: u32, dir: Option<conntrack::Direction>) -> Reclaim {
         if conn >= self.cap {
             return Reclaim::Taken(FastState::default());
         }
         let slot = self.base + conn;
+        if let (Some(d), Some(p)) = (dir, self.region.slot_ptr(slot)) {
+            // A packet sent to the slow path while the flow was pending: the
+            // core tracks it on its own state (current, unless the program
+            // took the flow meanwhile and the packet was overtaken); the
+            // program keeps the flow.
+            let shift = 32 * u32::from(d == conntrack::Direction::Reply);
+            // SAFETY: in the mapping; `stale` is a worker-only field.
+            unsafe {
+                let st = std::ptr::addr_of_mut!((*p).stale);
+                let v = st.read_volatile();
+                if (v >> shift) & 0xffff_ffff != 0 {
+                    st.write_volatile(v - (1 << shift));
+                    return Reclaim::Pending;
+                }
+            }
+        }
         match withdraw(&self.region, slot) {
             PENDING => Reclaim::Pending,
             ACTIVE | WITHDRAWN | BUSY => Reclaim::Taken(take_activity(
@@ -313,6 +339,10 @@ impl FastPath for Reclaimer {
         }
     }
 }
+
+/// Why the program gave packets of installed flows to the slow path (the
+/// `punts` map's slots).
+pub const PUNT_NAMES: [&str; 5] = ["pending", "not_plain", "window", "inactive", "busy"];
 
 /// Per-worker offload counters (published as metrics).
 #[derive(Debug, Default)]
@@ -327,10 +357,37 @@ pub struct OffloadCounters {
     pub removed: AtomicU64,
     /// Connections in the fast path now.
     pub entries: AtomicU64,
+    /// Packets of pending flows the slow path forwarded for the program.
+    pub pending_taken: AtomicU64,
+    /// Pending flows the program took before the slow path had caught up
+    /// (the worker stopped waiting: see [`FORCE_NS`]).
+    pub forced: AtomicU64,
+    /// Packets overtaken that way (the order of these few can change).
+    pub overtaken: AtomicU64,
     /// Packets and bytes the fast path forwarded (as reported to the core).
     pub packets: AtomicU64,
     /// See `packets`.
     pub bytes: AtomicU64,
+}
+
+impl OffloadCounters {
+    /// Copies every counter into `to`.
+    pub fn copy_to(&self, to: &OffloadCounters) {
+        for (a, b) in [
+            (&self.installed, &to.installed),
+            (&self.install_failed, &to.install_failed),
+            (&self.activated, &to.activated),
+            (&self.removed, &to.removed),
+            (&self.entries, &to.entries),
+            (&self.pending_taken, &to.pending_taken),
+            (&self.forced, &to.forced),
+            (&self.overtaken, &to.overtaken),
+            (&self.packets, &to.packets),
+            (&self.bytes, &to.bytes),
+        ] {
+            b.store(a.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
 }
 
 /// A worker's offload table.
@@ -342,7 +399,14 @@ pub struct Offloader {
     keys: Vec<Option<[[u8; 40]; 2]>>,
     /// Drain epochs of each side's RX ring at install, per connection.
     epochs: Vec<[u64; 2]>,
+    /// When each connection was installed (the core's clock).
+    since: Vec<u64>,
     pending: Vec<u32>,
+    /// Packets (connection, direction) the slow path took while their flow
+    /// was pending, since the last publication.
+    took: Vec<(u32, u8)>,
+    /// Slots given credits in the current batch.
+    credited: Vec<u32>,
     installed: Vec<u32>,
     gone: Vec<u32>,
     /// Times each side's RX ring was found empty.
@@ -378,7 +442,10 @@ impl Offloader {
             cap,
             keys: vec![None; cap as usize],
             epochs: vec![[0; 2]; cap as usize],
+            since: vec![0; cap as usize],
             pending: Vec::with_capacity(64),
+            took: Vec::with_capacity(64),
+            credited: Vec::with_capacity(64),
             installed: Vec::with_capacity(1024),
             gone: Vec::with_capacity(64),
             drained: [0; 2],
@@ -409,23 +476,52 @@ impl Offloader {
     }
 
     /// A frame the program sent while its flow was pending (metadata kind
-    /// `TG_META_PENDING`) has been through the slow path.
+    /// `TG_META_PENDING`) is about to go through the slow path, in this
+    /// batch: the core tracks it on its own state, without taking the flow
+    /// back from the program even if the program has taken it meanwhile
+    /// (the worker stopped waiting: the frame was overtaken). While the flow
+    /// is pending, it counts once the batch has left
+    /// ([`Self::publish_pending`]). Call [`Self::end_batch`] after the batch.
     pub fn pending_done(&mut self, slot: u32, dir: u8) {
         if slot < self.base || slot - self.base >= self.cap {
             return;
         }
-        if let Some(p) = self.maps.region.slot_ptr(slot) {
-            // SAFETY: in the mapping; `done` is a worker-only field.
-            unsafe {
-                let d = std::ptr::addr_of_mut!((*p).done[usize::from(dir & 1)]);
-                d.write_volatile(d.read_volatile().wrapping_add(1));
+        let region = &self.maps.region;
+        let Some(p) = region.slot_ptr(slot) else {
+            return;
+        };
+        // SAFETY: in the mapping; `stale` is a worker-only field.
+        unsafe {
+            let st = std::ptr::addr_of_mut!((*p).stale);
+            st.write_volatile(st.read_volatile() + (1 << (32 * u32::from(dir & 1))));
+        }
+        self.credited.push(slot);
+        let pending = region
+            .ctl(slot)
+            .is_some_and(|c| c.load(Ordering::Acquire) >> SHIFT == PENDING);
+        if pending {
+            self.took.push((slot - self.base, dir & 1));
+            self.counters.pending_taken.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.overtaken.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The batch the [`Self::pending_done`] frames belonged to has been
+    /// tracked: credits a frame did not use (not tracked: malformed, not
+    /// IP) must not excuse a later one.
+    pub fn end_batch(&mut self) {
+        for slot in self.credited.drain(..) {
+            if let Some(p) = self.maps.region.slot_ptr(slot) {
+                // SAFETY: in the mapping; `stale` is a worker-only field.
+                unsafe { std::ptr::addr_of_mut!((*p).stale).write_volatile(0) };
             }
         }
     }
 
     /// Installs connection `conn` as `plan` describes it (pending), or
     /// refuses it (no slot, map full). The caller has checked the plan.
-    pub fn install(&mut self, p: &mut Pipeline, conn: u32, plan: &OffloadPlan) -> bool {
+    pub fn install(&mut self, p: &mut Pipeline, conn: u32, plan: &OffloadPlan, now: u64) -> bool {
         if conn >= self.cap {
             p.conntrack_mut().offload_refuse(conn);
             self.counters.install_failed.fetch_add(1, Ordering::Relaxed);
@@ -470,6 +566,7 @@ impl Offloader {
         }
         self.keys[conn as usize] = Some(keys);
         self.epochs[conn as usize] = self.drained;
+        self.since[conn as usize] = now;
         p.conntrack_mut().offload_begin(conn);
         self.pending.push(conn);
         self.installed.push(conn);
@@ -478,68 +575,91 @@ impl Offloader {
         true
     }
 
-    /// Makes pending connections active once the slow path has forwarded
-    /// every packet the program gave it for them (and, for a direction that
-    /// sent none since, its RX ring has been empty once), with the core's
-    /// current TCP state.
-    pub fn activate(&mut self, p: &Pipeline) {
+    /// After a batch has left: gives the program, for each pending
+    /// connection, the core's current window state, how many of the packets
+    /// it sent the slow path have gone, and which RX rings have been empty
+    /// since the install. The program makes the flow active with the next
+    /// packet once every one has gone (the order of a flow's packets holds).
+    pub fn publish_pending(&mut self, p: &Pipeline, now: u64) {
+        if self.pending.is_empty() {
+            self.took.clear();
+            return;
+        }
         let ct = p.conntrack();
         let region = self.maps.region.clone();
         let drained = self.drained;
+        let took = std::mem::take(&mut self.took);
+        let counters = self.counters.clone();
         self.pending.retain(|&conn| {
+            let slot = self.base + conn;
+            let Some(ctl) = region.ctl(slot) else {
+                return false;
+            };
             if !ct.is_offloaded(conn) {
                 return false;
             }
-            let slot = self.base + conn;
-            let (Some(ctl), Some(mut f)) = (region.ctl(slot), region.read(slot)) else {
+            let state = ctl.load(Ordering::Acquire) >> SHIFT;
+            if state != PENDING {
+                // The program took it.
+                if matches!(state, ACTIVE | BUSY | WITHDRAWN) {
+                    counters.activated.fetch_add(1, Ordering::Relaxed);
+                }
+                return false;
+            }
+            let Some(ptr) = region.slot_ptr(slot) else {
                 return false;
             };
-            let c = ctl.load(Ordering::Acquire);
-            if c >> SHIFT != PENDING {
-                return false;
-            }
-            let q = [c & QMASK, (c >> QBITS) & QMASK];
             let at = self.epochs[conn as usize];
-            let ready =
-                (0..2).all(|d| u64::from(f.done[d]) == q[d] && (q[d] > 0 || drained[d] > at[d]));
-            if !ready {
-                return true;
+            let mut ready = u32::from(drained[0] > at[0]) | u32::from(drained[1] > at[1]) << 1;
+            if now.saturating_sub(self.since[conn as usize]) > FORCE_NS {
+                ready |= 4;
+                // SAFETY: in the mapping; `ready` is written by the worker only.
+                let before = unsafe { std::ptr::addr_of!((*ptr).ready).read_volatile() };
+                if before & 4 == 0 {
+                    counters.forced.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            if let Some(t) = ct.offload_tcp(conn) {
-                let dir = |d: &TcpDir| TcpDirRaw {
-                    end: d.end,
-                    maxend: d.maxend,
-                    maxwin: d.maxwin,
-                    maxack: d.maxack,
-                    scale: d.scale,
-                    flags: d.flags,
-                    pad: 0,
-                };
-                f.tcp = [dir(&t.seen[0]), dir(&t.seen[1])];
-                f.last_dir = t.last_dir;
-                f.last_seq = t.last_seq;
-                f.last_ack = t.last_ack;
-                f.last_end = t.last_end;
-                f.last_win = t.last_win;
-                f.retrans = t.retrans;
+            let mut add = [0u32; 2];
+            for &(c, d) in &took {
+                if c == conn {
+                    add[usize::from(d)] += 1;
+                }
             }
-            f.last_ack_valid = 0;
-            f.last_seen = 0;
-            f.packets = [0; 2];
-            f.bytes = [0; 2];
-            f.reported_packets = [0; 2];
-            f.reported_bytes = [0; 2];
-            region.write(slot, &f);
-            if ctl
-                .compare_exchange(c, ACTIVE << SHIFT, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                self.counters.activated.fetch_add(1, Ordering::Relaxed);
-                false
-            } else {
-                // The program sent one more: wait for it.
-                true
+            // SAFETY: in the mapping; while the slot is PENDING the program
+            // only reads it. The window state is written before `done` is
+            // published (release), so a program that sees the new `done`
+            // sees the state that goes with it.
+            unsafe {
+                if let Some(t) = ct.offload_tcp(conn) {
+                    let dir = |d: &TcpDir| TcpDirRaw {
+                        end: d.end,
+                        maxend: d.maxend,
+                        maxwin: d.maxwin,
+                        maxack: d.maxack,
+                        scale: d.scale,
+                        flags: d.flags,
+                        pad: 0,
+                    };
+                    std::ptr::addr_of_mut!((*ptr).tcp)
+                        .write_volatile([dir(&t.seen[0]), dir(&t.seen[1])]);
+                    std::ptr::addr_of_mut!((*ptr).last_dir).write_volatile(t.last_dir);
+                    std::ptr::addr_of_mut!((*ptr).last_seq).write_volatile(t.last_seq);
+                    std::ptr::addr_of_mut!((*ptr).last_ack).write_volatile(t.last_ack);
+                    std::ptr::addr_of_mut!((*ptr).last_end).write_volatile(t.last_end);
+                    std::ptr::addr_of_mut!((*ptr).last_win).write_volatile(t.last_win);
+                    std::ptr::addr_of_mut!((*ptr).retrans).write_volatile(t.retrans);
+                }
+                std::ptr::addr_of_mut!((*ptr).ready).write_volatile(ready);
+                std::sync::atomic::fence(Ordering::Release);
+                for (d, n) in add.iter().enumerate() {
+                    if *n > 0 {
+                        let done = &*std::ptr::addr_of_mut!((*ptr).done[d])
+                            .cast::<std::sync::atomic::AtomicU32>();
+                        done.fetch_add(*n, Ordering::Release);
+                    }
+                }
             }
+            true
         });
     }
 
@@ -597,15 +717,41 @@ impl Offloader {
     /// Offers the accepted packets of a batch's connections to the fast
     /// path: `conns` and `accepted` per packet, all entered on `side`,
     /// `reply` per packet.
-    pub fn consider(&mut self, p: &mut Pipeline, side: Side, conns: &[u32], reply: &[bool]) {
+    pub fn consider(
+        &mut self,
+        p: &mut Pipeline,
+        side: Side,
+        conns: &[u32],
+        reply: &[bool],
+        now: u64,
+    ) {
         for (&conn, &r) in conns.iter().zip(reply) {
             if conn == u32::MAX || conn >= self.cap || p.conntrack().is_offloaded(conn) {
                 continue;
             }
             if let Some(plan) = p.offload_plan(conn, side, r) {
-                self.install(p, conn, &plan);
+                self.install(p, conn, &plan, now);
             }
         }
+    }
+
+    /// Packets of installed flows the program gave the slow path, per
+    /// [`PUNT_NAMES`] (all workers, all CPUs).
+    pub fn punts(&self) -> [u64; 5] {
+        let mut out = [0u64; 5];
+        for (i, o) in out.iter_mut().enumerate() {
+            // i < 5.
+            #[allow(clippy::cast_possible_truncation)]
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(vals)) = self.maps.punts.lookup_percpu(&key, MapFlags::ANY) {
+                *o = vals
+                    .iter()
+                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                    .map(u64::from_ne_bytes)
+                    .sum();
+            }
+        }
+        out
     }
 
     /// Connections pending and active now.

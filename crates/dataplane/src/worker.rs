@@ -196,6 +196,11 @@ pub struct Counters {
     pub core: CoreCounters,
     /// AF_XDP ring statistics per side, republished with the core's.
     pub rings: [[AtomicU64; 6]; 2],
+    /// The fast path's counters for this worker's connections (republished).
+    pub offload: crate::offload::OffloadCounters,
+    /// Packets of installed flows the XDP program gave the slow path, per
+    /// [`crate::offload::PUNT_NAMES`] (all workers; published by worker 0).
+    pub punts: [AtomicU64; 5],
 }
 
 /// Names of [`Counters::rings`]' six fields.
@@ -230,6 +235,8 @@ impl Default for Counters {
             events_dropped: AtomicU64::new(0),
             core: CoreCounters::default(),
             rings: Default::default(),
+            offload: crate::offload::OffloadCounters::default(),
+            punts: Default::default(),
         }
     }
 }
@@ -699,7 +706,7 @@ impl Worker {
                     // may have taken some back.
                     o.refresh(&mut self.pipeline);
                     o.collect_gone(&mut self.pipeline);
-                    o.activate(&self.pipeline);
+                    o.publish_pending(&self.pipeline, now);
                 }
                 self.publish(now);
             }
@@ -751,6 +758,14 @@ impl Worker {
         self.counters
             .umem_free
             .store(self.pair.pool_len() as u64, Ordering::Relaxed);
+        if let Some(o) = &self.offload {
+            o.counters.copy_to(&self.counters.offload);
+            if self.id == 0 {
+                for (c, v) in self.counters.punts.iter().zip(o.punts()) {
+                    c.store(v, Ordering::Relaxed);
+                }
+            }
+        }
         self.counters.publish_rings(0, self.pair.stats(0));
         self.counters.publish_rings(1, self.pair.stats(1));
     }
@@ -937,10 +952,7 @@ impl Worker {
                     }
                     n_ip += 1;
                 }
-                if n_ip > 0 {
-                    pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
-                }
-                if let Some(o) = offload {
+                if let Some(o) = offload.as_mut() {
                     for &m in metas {
                         // struct tg_meta: magic, kind, dir, slot.
                         if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
@@ -948,6 +960,12 @@ impl Worker {
                             o.pending_done((m >> 32) as u32, (m >> 24) as u8);
                         }
                     }
+                }
+                if n_ip > 0 {
+                    pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
+                }
+                if let Some(o) = offload {
+                    o.end_batch();
                     if n_ip > 0 {
                         let mut conns = [u32::MAX; BATCH];
                         let mut reply = [false; BATCH];
@@ -959,7 +977,7 @@ impl Worker {
                                 reply[i] = r.reply;
                             }
                         }
-                        o.consider(pipeline, side, &conns[..n_ip], &reply[..n_ip]);
+                        o.consider(pipeline, side, &conns[..n_ip], &reply[..n_ip], now);
                     }
                 }
                 for (i, f) in frames.iter().enumerate() {
@@ -1025,7 +1043,7 @@ impl Worker {
                 // The frames the slow path had for pending flows have left:
                 // those flows may go to the fast path now.
                 o.collect_gone(&mut self.pipeline);
-                o.activate(&self.pipeline);
+                o.publish_pending(&self.pipeline, now);
             }
             let c = &self.counters;
             c.batch_size.observe(got as u64);

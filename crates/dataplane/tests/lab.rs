@@ -51,6 +51,22 @@ fn is_root() -> bool {
 
 #[test]
 fn traffic_through_the_lab() {
+    lab_run(false);
+}
+
+/// The same with the XDP fast path: established flows leave the workers.
+#[test]
+fn traffic_through_the_lab_offloaded() {
+    lab_run(true);
+}
+
+/// One lab per process at a time (its names derive from the pid).
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lab_run(offload: bool) {
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !is_root() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -79,7 +95,7 @@ fn traffic_through_the_lab() {
             queue: 0,
             non_ip: Action::Accept,
             bypass: false,
-            offload: false,
+            offload,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w =
@@ -157,4 +173,22 @@ fn traffic_through_the_lab() {
     eprintln!("forwarded inside->outside {fwd}, dropped from outside {dropped}\n{out}");
     assert!(fwd > 100);
     assert!(dropped >= 2);
+    if offload {
+        let o = &counters.offload;
+        let (act, pk) = (
+            o.activated.load(Ordering::Relaxed),
+            o.packets.load(Ordering::Relaxed),
+        );
+        eprintln!(
+            "offload: {act} flows activated, {pk} packets forwarded by XDP, {} pending taken, {} installed, {} removed, {} forced, {} overtaken, punts {:?}",
+            o.pending_taken.load(Ordering::Relaxed),
+            o.installed.load(Ordering::Relaxed),
+            o.removed.load(Ordering::Relaxed),
+            o.forced.load(Ordering::Relaxed),
+            o.overtaken.load(Ordering::Relaxed),
+            counters.punts.iter().map(|p| p.load(Ordering::Relaxed)).collect::<Vec<_>>()
+        );
+        assert!(act >= 1, "no flow reached the fast path");
+        assert!(pk > 1000, "the fast path forwarded {pk} packets");
+    }
 }

@@ -158,7 +158,6 @@ impl Bench {
                 reply: false,
                 reason: None,
             }];
-            self.fast.process_batch(&[(side, ip)], now, &mut out);
             if let Some(m) = meta {
                 let m = u64::from_le_bytes(m);
                 if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
@@ -166,10 +165,13 @@ impl Bench {
                     self.off.pending_done((m >> 32) as u32, (m >> 24) as u8);
                 }
             }
+            self.fast.process_batch(&[(side, ip)], now, &mut out);
+            self.off.end_batch();
             let r = out[0];
             let conn = self.fast.batch_conns()[0];
             if r.verdict == Action::Accept && r.state == CtState::Established {
-                self.off.consider(&mut self.fast, side, &[conn], &[r.reply]);
+                self.off
+                    .consider(&mut self.fast, side, &[conn], &[r.reply], now);
             }
             assert_eq!(
                 (r.verdict, r.state, r.reason),
@@ -190,7 +192,7 @@ impl Bench {
         if !self.hold {
             self.off.drained(0);
             self.off.drained(1);
-            self.off.activate(&self.fast);
+            self.off.publish_pending(&self.fast, now);
         }
         got
     }
@@ -253,6 +255,29 @@ impl Tcp {
             .window(self.win[from])
             .tcp_option(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
             .payload(&vec![0x61; len])
+            .build()
+    }
+
+    /// An ACK from `from` with SACK blocks after its timestamps, laid out
+    /// as Linux sends them.
+    fn sack(&self, from: usize, seq: u32, ack: u32, blocks: &[(u32, u32)]) -> Vec<u8> {
+        let (src, dst, sp, dp) = if from == 0 {
+            (A, B, self.sport, 80)
+        } else {
+            (B, A, 80, self.sport)
+        };
+        let mut o = vec![1, 1, 8, 10, 0, 0, 0, 3, 0, 0, 0, 4, 1, 1, 5];
+        o.push(u8::try_from(2 + 8 * blocks.len()).unwrap_or(2));
+        for (l, r) in blocks {
+            o.extend_from_slice(&l.to_be_bytes());
+            o.extend_from_slice(&r.to_be_bytes());
+        }
+        Pkt::tcp4(src, sp, dst, dp)
+            .flags(ACK)
+            .seq(seq)
+            .ack(ack)
+            .window(self.win[from])
+            .tcp_option(&o)
             .build()
     }
 
@@ -400,7 +425,9 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
         );
         assert!(b.prog.punts()[0] >= 4, "pending punts {:?}", b.prog.punts());
         b.hold = false;
-        b.off.activate(&b.fast);
+        b.off.drained(0);
+        b.off.drained(1);
+        b.off.publish_pending(&b.fast, b.now());
         for i in 0..6 {
             let s = t.data(i % 2, 64);
             b.send(side(i % 2), &s, "data once active");
@@ -450,8 +477,17 @@ fn random_segments_get_the_slow_paths_verdicts() {
             for i in 0..400 {
                 let from = rng.below(2) as usize;
                 let r = rng.below(100);
-                let pkt = if r < 60 {
+                let pkt = if r < 55 {
                     t.data(from, rng.below(300) as usize)
+                } else if r < 60 {
+                    // SACK blocks within what the peer sent.
+                    let peer = t.nxt[1 - from];
+                    t.sack(
+                        from,
+                        t.nxt[from],
+                        peer.wrapping_sub(300),
+                        &[(peer.wrapping_sub(200), peer.wrapping_sub(100))],
+                    )
                 } else if r < 70 {
                     // Somewhere around the window, either edge.
                     let off = (rng.below(400_000) as u32).wrapping_sub(200_000);
@@ -486,7 +522,27 @@ fn random_segments_get_the_slow_paths_verdicts() {
                 } else if r < 95 {
                     t.seg(from, ACK | URG, t.nxt[from], t.nxt[1 - from], 1)
                 } else if r < 97 {
-                    t.seg(from, SYN, t.nxt[from], 0, 0)
+                    if rng.below(3) == 0 {
+                        t.seg(from, SYN, t.nxt[from], 0, 0)
+                    } else {
+                        // SACK blocks around what the peer sent (1 to 3).
+                        let peer = t.nxt[1 - from];
+                        let n = 1 + rng.below(3) as usize;
+                        let blocks: Vec<(u32, u32)> = (0..n)
+                            .map(|_| {
+                                let r = peer.wrapping_add(
+                                    (rng.below(200_000) as u32).wrapping_sub(100_000),
+                                );
+                                (r.wrapping_sub(500), r)
+                            })
+                            .collect();
+                        t.sack(
+                            from,
+                            t.nxt[from],
+                            peer.wrapping_sub(rng.below(1000) as u32),
+                            &blocks,
+                        )
+                    }
                 } else if r < 98 && i > 300 {
                     t.seg(from, RST | ACK, t.nxt[from], t.nxt[1 - from], 0)
                 } else {

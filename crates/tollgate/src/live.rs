@@ -125,7 +125,7 @@ impl Instance {
                 Action::Drop
             },
             bypass: false,
-            offload: false,
+            offload: cfg.interfaces.as_ref().is_some_and(|i| i.offload),
             mode: match cfg.interfaces.as_ref().map(|i| i.xdp_mode) {
                 Some(control::config::XdpMode::Copy) => dataplane::xsk::XdpMode::Copy,
                 Some(control::config::XdpMode::ZeroCopy) => dataplane::xsk::XdpMode::ZeroCopy,

@@ -185,6 +185,58 @@ pub fn render(d: &Daemon, started: Instant) -> Vec<u8> {
             &[("worker", w)],
             l(&c.handoff_depth) as f64,
         );
+        let o = &c.offload;
+        for (name, help, v) in [
+            (
+                "tollgate_offload_installed_total",
+                "Connections installed in the XDP fast path.",
+                &o.installed,
+            ),
+            (
+                "tollgate_offload_install_failed_total",
+                "Connections the fast path could not take (no slot, map full).",
+                &o.install_failed,
+            ),
+            (
+                "tollgate_offload_activated_total",
+                "Installed connections the fast path started forwarding.",
+                &o.activated,
+            ),
+            (
+                "tollgate_offload_removed_total",
+                "Connections taken out of the fast path.",
+                &o.removed,
+            ),
+            (
+                "tollgate_offload_packets_total",
+                "Packets the XDP fast path forwarded (as reported to the worker).",
+                &o.packets,
+            ),
+            (
+                "tollgate_offload_bytes_total",
+                "IP bytes the XDP fast path forwarded.",
+                &o.bytes,
+            ),
+        ] {
+            f.counter(name, help, &[("worker", w)], l(v));
+        }
+        #[allow(clippy::cast_precision_loss)]
+        f.gauge(
+            "tollgate_offload_entries",
+            "Connections in the XDP fast path (pending or active).",
+            &[("worker", w)],
+            l(&o.entries) as f64,
+        );
+        if wi == 0 {
+            for (i, r) in dataplane::offload::PUNT_NAMES.iter().enumerate() {
+                f.counter(
+                    "tollgate_offload_punts_total",
+                    "Packets of offloaded connections the XDP program gave the workers, by reason.",
+                    &[("reason", r)],
+                    l(&c.punts[i]),
+                );
+            }
+        }
         #[allow(clippy::cast_precision_loss)]
         f.gauge(
             "tollgate_umem_frames_free",

@@ -421,10 +421,15 @@ pub struct TcpFast {
 
 impl TcpConn {
     /// True if the fast path may take this connection's plain ACK segments:
-    /// established, both directions' windows known, window checks enforced.
-    pub fn offloadable(&self) -> bool {
+    /// established, both directions' windows known, window checks enforced
+    /// (no liberal flag, globally or on a direction).
+    pub fn offloadable(&self, cfg: &TcpConfig) -> bool {
         self.state == TcpState::Established
-            && self.seen.iter().all(|d| d.maxwin != 0 && d.scale <= 14)
+            && !cfg.be_liberal
+            && self
+                .seen
+                .iter()
+                .all(|d| d.maxwin != 0 && d.scale <= 14 && d.flags & flag::BE_LIBERAL == 0)
     }
 
     /// The state a fast path starts from.
