@@ -31,7 +31,7 @@ struct tg_config {
  * slot's keys; the XDP program and the worker share the slot under `ctl`. */
 
 /* Offload slots (all workers together). */
-#define TG_OFFLOAD_SLOTS 65536
+#define TG_OFFLOAD_SLOTS 131072
 
 /* `ctl`: the state in its top four bits; while pending, how many packets the
  * program sent to the slow path in each direction (bits 0-29, 30-59). */
@@ -86,7 +86,9 @@ struct tg_tcp_dir {
 
 struct tg_flow {
 	__u64 ctl;
-	/* bpf_ktime_get_ns() of the last packet forwarded here. */
+	/* bpf_ktime_get_coarse_ns() of the last packet forwarded here
+	 * (CLOCK_MONOTONIC_COARSE: a tick behind at most; timeouts are
+	 * seconds). */
 	__u64 last_seen;
 	/* Forwarded here since the flow became active (only this program
 	 * writes them while it is). */

@@ -497,7 +497,7 @@ static __always_inline int forward_locked(struct xdp_md *ctx, struct tg_flow *f,
 		return -1;
 	}
 	if (w == 1)
-		f->last_seen = bpf_ktime_get_ns();
+		f->last_seen = bpf_ktime_get_coarse_ns();
 	f->packets[dir & 1] += 1;
 	f->bytes[dir & 1] += p->ip_len;
 	__sync_lock_test_and_set(&f->ctl, active);

@@ -10,7 +10,7 @@ fn main() {
     // <linux/bpf.h> wants <asm/types.h>, which Debian keeps per architecture.
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
-    for name in ["xsk_redirect", "gen", "steer"] {
+    for name in ["xsk_redirect", "gen", "steer", "fwd"] {
         let src = root.join(format!("{name}.bpf.c"));
         libbpf_cargo::SkeletonBuilder::new()
             .source(&src)

@@ -57,6 +57,20 @@ impl Generator {
         self.run(iface, frame, flows, count, u32::from(reverse), 0)
     }
 
+    /// [`Self::send`] starting at flow `first` (then `first + 1`, ...):
+    /// successive calls can walk the flows a slice at a time (paced).
+    pub fn send_from(
+        &self,
+        iface: &str,
+        frame: &[u8],
+        flows: u32,
+        first: u32,
+        count: u32,
+        reverse: bool,
+    ) -> Result<Duration, BpfError> {
+        self.run_at(iface, frame, flows, first, count, u32::from(reverse), 0)
+    }
+
     /// A SYN flood: `count` copies of `frame` (Ethernet/IPv4/TCP SYN, no IP
     /// options), each from another of `flows` spoofed sources (the frame's
     /// source address with its low 15 bits replaced, and another source
@@ -80,8 +94,23 @@ impl Generator {
         reverse: u32,
         mode: u32,
     ) -> Result<Duration, BpfError> {
+        self.run_at(iface, frame, flows, 0, count, reverse, mode)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_at(
+        &self,
+        iface: &str,
+        frame: &[u8],
+        flows: u32,
+        first: u32,
+        count: u32,
+        reverse: u32,
+        mode: u32,
+    ) -> Result<Duration, BpfError> {
         let mut cfg = [0u8; 16];
         cfg[..4].copy_from_slice(&flows.to_ne_bytes());
+        cfg[4..8].copy_from_slice(&first.to_ne_bytes());
         cfg[8..12].copy_from_slice(&reverse.to_ne_bytes());
         cfg[12..].copy_from_slice(&mode.to_ne_bytes());
         self.skel

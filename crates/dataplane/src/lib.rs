@@ -5,6 +5,7 @@
 //! All `unsafe` of the project's packet path lives in [`xsk`].
 
 pub mod bpf;
+pub mod fwd;
 pub mod gen;
 pub mod lab;
 pub mod offload;

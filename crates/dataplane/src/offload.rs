@@ -26,7 +26,7 @@ use conntrack::{Pipeline, Tuple};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 /// Slots of the offload table (`TG_OFFLOAD_SLOTS`).
-pub const SLOTS: u32 = 65536;
+pub const SLOTS: u32 = 131_072;
 
 /// How long a flow waits, pending, for a moment when none of its packets is
 /// on the slow path (so the fast path cannot overtake one). A flow that
@@ -411,13 +411,14 @@ pub struct Offloader {
     gone: Vec<u32>,
     /// Times each side's RX ring was found empty.
     drained: [u64; 2],
-    /// bpf_ktime_get_ns() minus the core's clock.
+    /// CLOCK_MONOTONIC (the program's bpf_ktime_get_coarse_ns, a tick behind
+    /// at most) minus the core's clock.
     offset: Arc<std::sync::atomic::AtomicI64>,
     /// Counters.
     pub counters: Arc<OffloadCounters>,
 }
 
-/// CLOCK_MONOTONIC in ns (bpf_ktime_get_ns's clock).
+/// CLOCK_MONOTONIC in ns (the clock of the program's timestamps).
 fn monotonic_ns() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -519,23 +520,27 @@ impl Offloader {
         }
     }
 
-    /// Installs connection `conn` as `plan` describes it (pending), or
-    /// refuses it (no slot, map full). The caller has checked the plan.
-    pub fn install(&mut self, p: &mut Pipeline, conn: u32, plan: &OffloadPlan, now: u64) -> bool {
+    /// Readies slot of connection `conn` for `plan` (pending, window state
+    /// to come) and returns the two keys to insert; `None` if it cannot take
+    /// it (no slot, or the slot is still being freed).
+    fn prepare(
+        &mut self,
+        p: &mut Pipeline,
+        conn: u32,
+        plan: &OffloadPlan,
+    ) -> Option<[[u8; 40]; 2]> {
         if conn >= self.cap {
             p.conntrack_mut().offload_refuse(conn);
             self.counters.install_failed.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return None;
         }
         let slot = self.base + conn;
         let region = &self.maps.region;
-        let Some(ctl) = region.ctl(slot) else {
-            return false;
-        };
+        let ctl = region.ctl(slot)?;
         if ctl.load(Ordering::Acquire) >> SHIFT != 0 {
-            // Still held from a previous connection on this index: its
-            // removal is queued; not now.
-            return false;
+            // Still held from a previous connection on this index (its
+            // removal is queued) or prepared already in this batch.
+            return None;
         }
         let c = &plan.candidate;
         let f = FlowRaw {
@@ -544,26 +549,27 @@ impl Offloader {
         };
         region.write(slot, &f);
         ctl.store(PENDING << SHIFT, Ordering::Release);
-        let keys = [
+        Some([
             key(&c.orig, plan.orig_side),
             key(&c.reply, plan.orig_side.other()),
-        ];
-        let mut ok = true;
-        for (dir, k) in keys.iter().enumerate() {
-            let v = (slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes();
-            if self.maps.flows.update(k, &v, MapFlags::ANY).is_err() {
-                ok = false;
-            }
+        ])
+    }
+
+    /// A prepared install the map refused: undone, not asked again.
+    fn fail(&mut self, p: &mut Pipeline, conn: u32, keys: &[[u8; 40]; 2]) {
+        for k in keys {
+            let _ = self.maps.flows.delete(k);
         }
-        if !ok {
-            for k in &keys {
-                let _ = self.maps.flows.delete(k);
-            }
+        if let Some(ctl) = self.maps.region.ctl(self.base + conn) {
             ctl.store(0, Ordering::Release);
-            p.conntrack_mut().offload_refuse(conn);
-            self.counters.install_failed.fetch_add(1, Ordering::Relaxed);
-            return false;
         }
+        p.conntrack_mut().offload_refuse(conn);
+        self.counters.install_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A prepared install whose keys are in the map: the core hands the
+    /// connection over.
+    fn finish(&mut self, p: &mut Pipeline, conn: u32, keys: [[u8; 40]; 2], now: u64) {
         self.keys[conn as usize] = Some(keys);
         self.epochs[conn as usize] = self.drained;
         self.since[conn as usize] = now;
@@ -572,7 +578,25 @@ impl Offloader {
         self.installed.push(conn);
         self.counters.installed.fetch_add(1, Ordering::Relaxed);
         self.counters.entries.fetch_add(1, Ordering::Relaxed);
-        true
+    }
+
+    /// Installs connection `conn` as `plan` describes it (pending), or
+    /// refuses it (no slot, map full). The caller has checked the plan.
+    pub fn install(&mut self, p: &mut Pipeline, conn: u32, plan: &OffloadPlan, now: u64) -> bool {
+        let Some(keys) = self.prepare(p, conn, plan) else {
+            return false;
+        };
+        let slot = self.base + conn;
+        let ok = keys.iter().enumerate().all(|(dir, k)| {
+            let v = (slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes();
+            self.maps.flows.update(k, &v, MapFlags::ANY).is_ok()
+        });
+        if ok {
+            self.finish(p, conn, keys, now);
+        } else {
+            self.fail(p, conn, &keys);
+        }
+        ok
     }
 
     /// After a batch has left: gives the program, for each pending
@@ -611,18 +635,26 @@ impl Offloader {
             };
             let at = self.epochs[conn as usize];
             let mut ready = u32::from(drained[0] > at[0]) | u32::from(drained[1] > at[1]) << 1;
-            if now.saturating_sub(self.since[conn as usize]) > FORCE_NS {
+            let mut add = [0u32; 2];
+            for &(c, d) in &took {
+                if c == conn {
+                    add[usize::from(d)] += 1;
+                }
+            }
+            let q = ctl.load(Ordering::Acquire);
+            let q = [q & ((1 << 30) - 1), (q >> 30) & ((1 << 30) - 1)];
+            // SAFETY: in the mapping; `done` is written by the worker only.
+            let done = unsafe { std::ptr::addr_of!((*ptr).done).read_volatile() };
+            let caught_up = (0..2).all(|d| {
+                u64::from(done[d]) + u64::from(add[d]) == q[d]
+                    && (q[d] > 0 || ready & (1 << d) != 0)
+            });
+            if !caught_up && now.saturating_sub(self.since[conn as usize]) > FORCE_NS {
                 ready |= 4;
                 // SAFETY: in the mapping; `ready` is written by the worker only.
                 let before = unsafe { std::ptr::addr_of!((*ptr).ready).read_volatile() };
                 if before & 4 == 0 {
                     counters.forced.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            let mut add = [0u32; 2];
-            for &(c, d) in &took {
-                if c == conn {
-                    add[usize::from(d)] += 1;
                 }
             }
             // SAFETY: in the mapping; while the slot is PENDING the program
@@ -670,7 +702,10 @@ impl Offloader {
             return;
         }
         let region = self.maps.region.clone();
-        for conn in std::mem::take(&mut self.gone) {
+        let gone = std::mem::take(&mut self.gone);
+        let mut kbuf = Vec::with_capacity(gone.len() * 80);
+        let mut freed = Vec::with_capacity(gone.len());
+        for &conn in &gone {
             if conn >= self.cap {
                 continue;
             }
@@ -678,17 +713,42 @@ impl Offloader {
             withdraw(&region, slot);
             if let Some(keys) = self.keys[conn as usize].take() {
                 for k in &keys {
-                    let _ = self.maps.flows.delete(k);
+                    kbuf.extend_from_slice(k);
                 }
                 self.counters.removed.fetch_add(1, Ordering::Relaxed);
                 self.counters.entries.fetch_sub(1, Ordering::Relaxed);
             }
+            freed.push(slot);
+        }
+        // One system call for all; one by one if some key was missing.
+        let n = u32::try_from(kbuf.len() / 40).unwrap_or(u32::MAX);
+        if n > 0
+            && self
+                .maps
+                .flows
+                .delete_batch(&kbuf, n, MapFlags::ANY, MapFlags::ANY)
+                .is_err()
+        {
+            for k in kbuf.chunks_exact(40) {
+                let _ = self.maps.flows.delete(k);
+            }
+        }
+        // Only now may the slots take new connections.
+        for slot in freed {
             if let Some(ctl) = region.ctl(slot) {
                 ctl.store(0, Ordering::Release);
             }
-            self.installed.retain(|&c| c != conn);
-            self.pending.retain(|&c| c != conn);
         }
+        if gone.len() > 16 {
+            let set: std::collections::HashSet<u32> = gone.iter().copied().collect();
+            self.installed.retain(|c| !set.contains(c));
+            self.pending.retain(|c| !set.contains(c));
+        } else {
+            self.installed.retain(|c| !gone.contains(c));
+            self.pending.retain(|c| !gone.contains(c));
+        }
+        self.gone = gone;
+        self.gone.clear();
     }
 
     /// Hands the activity of active connections to the core (listings,
@@ -715,8 +775,8 @@ impl Offloader {
     }
 
     /// Offers the accepted packets of a batch's connections to the fast
-    /// path: `conns` and `accepted` per packet, all entered on `side`,
-    /// `reply` per packet.
+    /// path: `conns` and `reply` per packet, all entered on `side`. The keys
+    /// of every connection taken go into the map in one system call.
     pub fn consider(
         &mut self,
         p: &mut Pipeline,
@@ -725,12 +785,49 @@ impl Offloader {
         reply: &[bool],
         now: u64,
     ) {
+        let mut batch: Vec<(u32, [[u8; 40]; 2])> = Vec::new();
         for (&conn, &r) in conns.iter().zip(reply) {
             if conn == u32::MAX || conn >= self.cap || p.conntrack().is_offloaded(conn) {
                 continue;
             }
             if let Some(plan) = p.offload_plan(conn, side, r) {
-                self.install(p, conn, &plan, now);
+                if let Some(keys) = self.prepare(p, conn, &plan) {
+                    batch.push((conn, keys));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let mut kbuf = Vec::with_capacity(batch.len() * 80);
+        let mut vbuf = Vec::with_capacity(batch.len() * 8);
+        for (conn, keys) in &batch {
+            let slot = self.base + conn;
+            for (dir, k) in keys.iter().enumerate() {
+                kbuf.extend_from_slice(k);
+                vbuf.extend_from_slice(
+                    &(slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes(),
+                );
+            }
+        }
+        let n = u32::try_from(batch.len() * 2).unwrap_or(u32::MAX);
+        let all = self
+            .maps
+            .flows
+            .update_batch(&kbuf, &vbuf, n, MapFlags::ANY, MapFlags::ANY)
+            .is_ok();
+        for (conn, keys) in batch {
+            let slot = self.base + conn;
+            // After a failed batch, one by one: some may have gone in.
+            let ok = all
+                || keys.iter().enumerate().all(|(dir, k)| {
+                    let v = (slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes();
+                    self.maps.flows.update(k, &v, MapFlags::ANY).is_ok()
+                });
+            if ok {
+                self.finish(p, conn, keys, now);
+            } else {
+                self.fail(p, conn, &keys);
             }
         }
     }

@@ -684,6 +684,11 @@ impl Worker {
             if ready > 0 {
                 self.step(Side::Inside, now);
                 self.step(Side::Outside, now);
+            } else if let Some(o) = &mut self.offload {
+                // Both rings empty: pending flows have nothing left behind.
+                o.drained(0);
+                o.drained(1);
+                o.publish_pending(&self.pipeline, now);
             }
             if let Some(inbox) = inbox {
                 if fds[2].revents != 0 {

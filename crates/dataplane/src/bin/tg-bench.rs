@@ -82,6 +82,10 @@ enum Forwarder {
     /// Open vSwitch's userspace datapath with AF_XDP ports and `ct()` flows
     /// like the policy, its PMD thread on CPU 1.
     Ovs,
+    /// Tollgate with the XDP fast path (its worker on CPU 1).
+    Offload,
+    /// Plain XDP_REDIRECT between the ports: no state, no checks.
+    Xdp,
 }
 
 /// Open vSwitch run from a private directory inside the box namespace;
@@ -323,9 +327,25 @@ fn new_pipeline() -> Pipeline {
 }
 
 /// Starts Tollgate's worker on CPU 1 in the box namespace.
+/// Attaches the plain XDP forwarder in the box namespace until `stop`.
+fn xdp_up(lab: &Arc<Lab>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Result<(), String>> {
+    let (l, s) = (lab.clone(), stop.clone());
+    std::thread::spawn(move || -> Result<(), String> {
+        l.enter_box().map_err(|e| e.to_string())?;
+        let f = dataplane::fwd::PlainForwarder::attach(&l.inside, &l.outside)
+            .map_err(|e| e.to_string())?;
+        while !s.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(f);
+        Ok(())
+    })
+}
+
 fn tollgate_up(
     lab: &Arc<Lab>,
     bypass: bool,
+    offload: bool,
     stop: &Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Result<(), String>> {
     let (l, s) = (lab.clone(), stop.clone());
@@ -338,7 +358,7 @@ fn tollgate_up(
             queue: 0,
             non_ip: Action::Accept,
             bypass,
-            offload: false,
+            offload,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         // The previous measurement's sockets are released by the kernel a
@@ -356,6 +376,17 @@ fn tollgate_up(
             }
         };
         w.run(&s);
+        if let Some(o) = w.offload_counters() {
+            let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            eprintln!(
+                "tg-bench: fast path: {} installed, {} activated, {} forced, {} packets, {} install failures",
+                l(&o.installed),
+                l(&o.activated),
+                l(&o.forced),
+                l(&o.packets),
+                l(&o.install_failed)
+            );
+        }
         Ok(())
     })
 }
@@ -414,6 +445,13 @@ fn two_up(lab: &Arc<Lab>, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Res
 }
 
 fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f64, String> {
+    // TG_BENCH_ONLY=Offload,Xdp (the forwarders' names) measures only those.
+    if let Ok(only) = std::env::var("TG_BENCH_ONLY") {
+        let name = format!("{fwd:?}");
+        if !only.split(',').any(|o| name.starts_with(o.trim())) {
+            return Err("skipped".into());
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut ovs = None;
     let worker = match fwd {
@@ -442,9 +480,18 @@ fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f
             ovs = Some(Ovs::up(lab)?);
             None
         }
-        Forwarder::Tollgate | Forwarder::Bare => {
+        Forwarder::Tollgate | Forwarder::Bare | Forwarder::Offload => {
             set_rps(lab, "0");
-            Some(tollgate_up(lab, fwd == Forwarder::Bare, &stop))
+            Some(tollgate_up(
+                lab,
+                fwd == Forwarder::Bare,
+                fwd == Forwarder::Offload,
+                &stop,
+            ))
+        }
+        Forwarder::Xdp => {
+            set_rps(lab, "0");
+            Some(xdp_up(lab, &stop))
         }
     };
     std::thread::sleep(Duration::from_millis(400));
@@ -457,12 +504,33 @@ fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f
             l.enter(ns).map_err(|e| e.to_string())?;
             g.send("eth0", f, flows, n, rev).map_err(|e| e.to_string())
         };
+        // Every flow once, paced (1 024 frames every 5 ms) so that no
+        // forwarder loses any of them.
+        let paced = |ns: &str, f: &[u8], rev: bool| -> Result<(), String> {
+            l.enter(ns).map_err(|e| e.to_string())?;
+            let mut first = 0;
+            while first < flows {
+                let n = 1024.min(flows - first);
+                g.send_from("eth0", f, flows, first, n, rev)
+                    .map_err(|e| e.to_string())?;
+                first += n;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        };
         // Every flow seen once each way: the forwarder runs its established
         // path, as in steady state.
-        send(&l.client, &out, flows, false)?;
+        paced(&l.client, &out, false)?;
         std::thread::sleep(Duration::from_millis(200));
-        send(&l.server, &back, flows, true)?;
-        std::thread::sleep(Duration::from_millis(200));
+        paced(&l.server, &back, true)?;
+        // UDP flows become assured (and offloadable) once replied and two
+        // seconds old: then, not measured, every flow twice more, so that a
+        // forwarder that sets a flow up on a later packet (the fast path)
+        // has seen each.
+        std::thread::sleep(Duration::from_millis(2100));
+        paced(&l.client, &out, false)?;
+        paced(&l.client, &out, false)?;
+        std::thread::sleep(Duration::from_millis(300));
         let before = server_count(&l)?;
         let took = send(&l.client, &out, packets, false)?;
         std::thread::sleep(Duration::from_millis(200));
@@ -511,8 +579,9 @@ fn main() {
     println!("forwarding inline on the generator's CPU 0 or steered by RPS to CPU 1; plain bridge: no conntrack, CPU 0;");
     println!("Tollgate's worker on CPU 1; two workers: CPU 1 and CPU 0 (beside the generator), all frames on queue 0,");
     println!("those of worker 1's flows handed over. Open vSwitch: userspace datapath, AF_XDP ports, ct() flows, PMD on CPU 1.");
-    println!("| flows | bridge, no conntrack | kernel, CPU 0 | kernel, RPS to CPU 1 | Open vSwitch | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate / best kernel | Tollgate / OVS | Tollgate / bare |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("Tollgate + XDP: the fast path on (established flows forwarded by the XDP program); plain XDP: XDP_REDIRECT between the ports, no state.");
+    println!("| flows | bridge, no conntrack | kernel, CPU 0 | kernel, RPS to CPU 1 | Open vSwitch | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate + XDP | plain XDP | Tollgate / best kernel | Tollgate / OVS | Tollgate / bare | Tollgate + XDP / best kernel | Tollgate + XDP / plain XDP |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for flows in [1_024u32, 100_000] {
         let br = measure(&lab, Forwarder::Bridge, flows, packets);
         let k0 = measure(&lab, Forwarder::Kernel { rps: false }, flows, packets);
@@ -521,6 +590,8 @@ fn main() {
         let b = measure(&lab, Forwarder::Bare, flows, packets);
         let two = measure(&lab, Forwarder::Two, flows, packets);
         let ovs = measure(&lab, Forwarder::Ovs, flows, packets);
+        let off = measure(&lab, Forwarder::Offload, flows, packets);
+        let xdp = measure(&lab, Forwarder::Xdp, flows, packets);
         let cell = |r: &Result<f64, String>| match r {
             Ok(v) => format!("{:.3}", v / 1e6),
             Err(e) => format!("error: {e}"),
@@ -535,7 +606,7 @@ fn main() {
             _ => None,
         };
         println!(
-            "| {flows} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {flows} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell(&br),
             cell(&k0),
             cell(&k1),
@@ -543,9 +614,13 @@ fn main() {
             cell(&t),
             cell(&b),
             cell(&two),
+            cell(&off),
+            cell(&xdp),
             ratio(&t, best_kernel),
             ratio(&t, ovs.as_ref().ok().copied()),
             ratio(&t, b.as_ref().ok().copied()),
+            ratio(&off, best_kernel),
+            ratio(&off, xdp.as_ref().ok().copied()),
         );
     }
 }
