@@ -5,7 +5,6 @@
 //! the slow path gives and the stream goes on; FIN and RST close
 //! connections; a policy reload that forbids the stream stops it at once.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
