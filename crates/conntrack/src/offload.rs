@@ -189,8 +189,8 @@ impl Conntrack {
     /// Takes `conn` back from the fast path if it is offloaded and not
     /// pending: merges, unmarks, queues its removal. Returns false while it
     /// is still pending.
-    pub(super) fn offload_take_back(&mut self, idx: u32, dir: crate::Direction) -> bool {
-        self.take_back(idx, Some(dir), true)
+    pub(super) fn offload_take_back(&mut self, idx: u32, dir: Option<crate::Direction>) -> bool {
+        self.take_back(idx, dir, true)
     }
 
     /// [`Self::offload_take_back`]; `linked`: the entry is on the timer

@@ -878,8 +878,15 @@ impl Conntrack {
             };
             if self.entries[idx as usize].status & status::OFFLOADED != 0 {
                 // The fast path had it: take its state back before this
-                // packet (which it did not want) is tracked.
-                self.offload_take_back(idx, dir);
+                // packet (which it did not want) is tracked. Only a plain
+                // packet (a TCP segment with only ACK among SYN, FIN, RST,
+                // or UDP) may be one the fast path let the slow path keep.
+                let plain = match pkt.l4 {
+                    L4::Tcp(seg) => tcp::Index::of(seg.flags) == tcp::Index::Ack,
+                    L4::Udp { .. } => true,
+                    _ => false,
+                };
+                self.offload_take_back(idx, plain.then_some(dir));
             }
             if self.entries[idx as usize].deadline <= now {
                 // Expired but not yet reaped: gone, as the kernel sees it.
@@ -1013,6 +1020,18 @@ impl Conntrack {
         self.account(idx, dir, pkt);
         if dir == Direction::Reply {
             self.entries[idx as usize].status |= status::SEEN_REPLY;
+        }
+        if self.entries[idx as usize].status & status::OFFLOADED != 0 {
+            // Still offloaded (pending, or a packet the fast path had
+            // already passed): if the connection left the state the fast
+            // path handles (a FIN), it goes back to the slow path.
+            let fine = match &self.entries[idx as usize].l4 {
+                L4State::Tcp(c) => c.offloadable(&self.cfg.tcp),
+                L4State::Stream(_) => true,
+            };
+            if !fine {
+                self.offload_release(idx);
+            }
         }
         Some(track)
     }

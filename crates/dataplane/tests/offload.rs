@@ -656,3 +656,93 @@ fn udp_offload_timeouts_and_policy_reload() {
     .join()
     .expect("test thread");
 }
+
+/// Every capture of the kernel differential set, packet by packet: the
+/// program forwards a packet only where the reference accepts it, and the
+/// slow path gives the rest the reference's verdicts (the core's clock is
+/// the wall clock here, so flows live as the replay runs: timeouts never
+/// fire and UDP never lives two seconds; TCP connections are offloaded).
+#[test]
+fn corpus_captures_get_the_slow_paths_verdicts() {
+    if !root_or_skip() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let list = std::fs::read_to_string(root.join("tests/kdiff/captures.tsv")).unwrap();
+        let (mut total, mut fast, mut captures) = (0u64, 0u64, 0);
+        for line in list
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
+            let mut f = line.split('\t');
+            let (rel, inside) = (f.next().unwrap(), f.next().unwrap());
+            let prefixes: Vec<(std::net::IpAddr, u8)> = inside
+                .split(',')
+                .filter_map(|p| {
+                    let (a, l) = p.split_once('/')?;
+                    Some((a.parse().ok()?, l.parse().ok()?))
+                })
+                .collect();
+            let inside_of = |src: std::net::IpAddr| {
+                prefixes.iter().any(|&(net, len)| match (net, src) {
+                    (std::net::IpAddr::V4(n), std::net::IpAddr::V4(s)) => {
+                        let m = if len == 0 {
+                            0
+                        } else {
+                            u32::MAX << (32 - u32::from(len))
+                        };
+                        u32::from(n) & m == u32::from(s) & m
+                    }
+                    (std::net::IpAddr::V6(n), std::net::IpAddr::V6(s)) => {
+                        let m = if len == 0 {
+                            0
+                        } else {
+                            u128::MAX << (128 - u32::from(len))
+                        };
+                        u128::from(n) & m == u128::from(s) & m
+                    }
+                    _ => false,
+                })
+            };
+            let bytes = std::fs::read(root.join("tests/data").join(rel)).unwrap();
+            let mut b = Bench::new(strict(), cfg());
+            for (i, rec) in capture::Capture::new(&bytes).unwrap().flatten().enumerate() {
+                let Ok(e) = capture::ether::parse(rec.data) else {
+                    continue;
+                };
+                if e.ethertype != 0x0800 && e.ethertype != 0x86dd {
+                    continue;
+                }
+                let l3 = &rec.data[e.l3_offset..];
+                let src = match l3.first().map(|v| v >> 4) {
+                    Some(4) if l3.len() >= 20 => {
+                        std::net::IpAddr::from(<[u8; 4]>::try_from(&l3[12..16]).unwrap())
+                    }
+                    Some(6) if l3.len() >= 40 => {
+                        std::net::IpAddr::from(<[u8; 16]>::try_from(&l3[8..24]).unwrap())
+                    }
+                    _ => continue,
+                };
+                let side = if inside_of(src) {
+                    Side::Inside
+                } else {
+                    Side::Outside
+                };
+                b.send(side, l3, &format!("{rel} packet {i}"));
+                total += 1;
+            }
+            b.settle();
+            fast += b.forwarded_fast;
+            captures += 1;
+        }
+        eprintln!("{captures} captures, {total} packets, {fast} forwarded by the program");
+        assert!(
+            captures > 40 && total > 5_000,
+            "{captures} captures, {total} packets"
+        );
+        assert!(fast > 500, "the program took part: {fast}");
+    })
+    .join()
+    .expect("test thread");
+}

@@ -141,7 +141,8 @@ pub enum Index {
 }
 
 impl Index {
-    fn of(flags: u8) -> Index {
+    /// The column of a segment with these flags.
+    pub fn of(flags: u8) -> Index {
         use crate::packet::tcp_flags::*;
         if flags & RST != 0 {
             Index::Rst
