@@ -59,6 +59,9 @@ enum Cmd {
         /// Queues per veth (one worker each).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
         queues: u32,
+        /// Established flows forwarded by the XDP fast path (`offload = true`).
+        #[arg(long)]
+        offload: bool,
     },
     /// Bridge the two interfaces of the config through Tollgate.
     Run {
@@ -256,13 +259,27 @@ fn run() -> anyhow::Result<ExitCode> {
             config,
             seconds,
             queues,
+            offload,
         } => {
             init_logs();
-            let cfg = match &config {
+            let mut cfg = match &config {
                 Some(p) => load(p)?,
                 None => control::parse(tollgate::live::LAB_CONFIG)
                     .map_err(|e| anyhow::anyhow!("built-in lab config: {e:?}"))?,
             };
+            if offload {
+                let i = cfg
+                    .interfaces
+                    .get_or_insert_with(|| control::config::Interfaces {
+                        inside: "tgin".into(),
+                        outside: "tgout".into(),
+                        queues: control::config::Queues::Count(queues),
+                        cores: Vec::new(),
+                        xdp_mode: control::config::XdpMode::Auto,
+                        offload: true,
+                    });
+                i.offload = true;
+            }
             tollgate::live::lab(&cfg, config, seconds, queues).map_err(|e| anyhow::anyhow!(e))?;
             Ok(ExitCode::SUCCESS)
         }
