@@ -33,7 +33,7 @@ pub const SLOTS: u32 = 131_072;
 /// never pauses (a bulk transfer filling the worker's ring) is then taken by
 /// the program anyway: the packets still in the ring at that instant may
 /// leave after newer ones (counted in `overtaken`).
-pub const FORCE_NS: u64 = 20_000_000;
+pub const FORCE_NS: u64 = 200_000_000;
 
 const SHIFT: u32 = 60;
 const PENDING: u64 = 1;
