@@ -227,6 +227,8 @@ use expect::helper_of;
 mod help;
 #[path = "offload.rs"]
 pub mod offload;
+#[path = "state.rs"]
+pub mod state;
 pub use help::HelperStats;
 pub use offload::{Candidate, FastPath, FastState, Reclaim};
 

@@ -99,6 +99,9 @@ pub struct Config {
     pub control_socket: std::path::PathBuf,
     /// `[metrics] listen`: where `/metrics` is served (none: not served).
     pub metrics: Option<std::net::SocketAddr>,
+    /// `[control] state_file`: where the connections are saved on a clean
+    /// stop and read back on start (none: not kept across restarts).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// Where the control socket is when the config does not say.
@@ -121,6 +124,7 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawControl {
     socket: Option<Spanned<String>>,
+    state_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -813,6 +817,18 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             control_socket = p.into();
         }
     }
+    let mut state_file = None;
+    if let Some(f) = raw.control.as_ref().and_then(|c| c.state_file.as_ref()) {
+        let p = f.get_ref();
+        if !p.starts_with('/') || p.ends_with('/') {
+            errs.push(l.at(
+                f.span(),
+                format!("control.state_file: \"{p}\" must be an absolute file path"),
+            ));
+        } else {
+            state_file = Some(p.into());
+        }
+    }
     let mut metrics = None;
     if let Some(listen) = raw.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
         match listen.get_ref().parse::<std::net::SocketAddr>() {
@@ -837,6 +853,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         interfaces,
         control_socket,
         metrics,
+        state_file,
     })
 }
 

@@ -730,6 +730,11 @@ impl Worker {
         self.pair.frames_accounted()
     }
 
+    /// The worker's pipeline (its conntrack table).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
     /// Hands established flows to the XDP fast path through `o`.
     pub fn enable_offload(&mut self, o: Offloader) {
         self.pipeline

@@ -132,9 +132,16 @@ impl Instance {
                 _ => dataplane::xsk::XdpMode::Auto,
             },
         };
-        let pipelines: Vec<Pipeline> = (0..n)
+        let mut pipelines: Vec<Pipeline> = (0..n)
             .map(|_| Pipeline::new(conntrack.clone(), cfg.policy.clone()))
             .collect();
+        if let Some(path) = &cfg.state_file {
+            load_state(
+                path,
+                &mut pipelines,
+                &Sharding::new(n, conntrack.hash_secret),
+            );
+        }
         let queue_ids: Vec<u32> = (0..n).map(|q| u32::try_from(q).unwrap_or(0)).collect();
         let cores: Vec<usize> = cfg
             .interfaces
@@ -142,6 +149,7 @@ impl Instance {
             .map(|i| i.cores.clone())
             .unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let state_path = cfg.state_file.clone();
         let (s, cs, cores_w) = (stop.clone(), counters.clone(), cores.clone());
         // The supervisor opens every socket in the interfaces' namespace,
         // starts the workers (which inherit it), and keeps the XDP programs
@@ -171,8 +179,10 @@ impl Instance {
                 };
                 let epoch = std::time::Instant::now();
                 let mut threads = Vec::with_capacity(workers.len());
+                let (state_tx, state_rx) = std::sync::mpsc::channel::<Vec<u8>>();
                 for ((i, mut w), inbox) in workers.into_iter().enumerate().zip(inboxes) {
                     let ws = s.clone();
+                    let save = state_path.is_some().then(|| state_tx.clone());
                     let core = (!cores_w.is_empty()).then(|| cores_w[i % cores_w.len()]);
                     let t = std::thread::Builder::new()
                         .name(format!("tg-worker-{i}"))
@@ -181,6 +191,15 @@ impl Instance {
                                 Lab::pin(cpu);
                             }
                             w.run_from(&ws, Some(&inbox), epoch);
+                            if let Some(tx) = save {
+                                // Stopped (fast path flows taken back): the
+                                // table as it is now, for the next start.
+                                let now =
+                                    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                                let mut out = Vec::new();
+                                w.pipeline().conntrack().export_state(now, &mut out);
+                                let _ = tx.send(out);
+                            }
                         })
                         .map_err(|e| format!("worker thread: {e}"));
                     match t {
@@ -193,6 +212,7 @@ impl Instance {
                     }
                 }
                 let _ = ready_tx.send(Ok(()));
+                drop(state_tx);
                 let mut r = Ok(());
                 for t in threads {
                     if t.join().is_err() {
@@ -200,6 +220,9 @@ impl Instance {
                     }
                 }
                 drop(programs);
+                if let Some(path) = &state_path {
+                    save_state(path, state_rx.try_iter().collect());
+                }
                 r
             })
             .map_err(|e| format!("supervisor thread: {e}"))?;
@@ -582,4 +605,71 @@ pub fn run(cfg: &control::Config, config_path: PathBuf) -> Result<(), String> {
     let r = inst.finish();
     println!("final counters: {}", counters_line(&counters));
     r
+}
+
+/// Reads the connections a clean stop saved to `path` into the pipelines of
+/// their owners, then removes the file (a later crash must not bring back
+/// connections this instance may have ended). A missing file is a first
+/// start; an unreadable one is logged and left for the operator.
+fn load_state(path: &std::path::Path, pipelines: &mut [Pipeline], sharding: &Sharding) {
+    use conntrack::table::state;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!("state file {}: {e}; starting empty", path.display());
+            return;
+        }
+    };
+    let recs = match state::records(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("state file {}: {e}; starting empty", path.display());
+            return;
+        }
+    };
+    let (mut done, mut skipped) = (0, 0);
+    for r in recs.chunks_exact(state::RECORD) {
+        let owner = match state::record_tuple(r) {
+            Some(t) if pipelines.len() > 1 => sharding.owner_of_tuple(&t),
+            _ => 0,
+        };
+        let Some(p) = pipelines.get_mut(owner) else {
+            continue;
+        };
+        let (d, s) = p.conntrack_mut().import_state(r, 0);
+        done += d;
+        skipped += s;
+    }
+    tracing::info!(
+        "state file {}: {done} connection(s) restored, {skipped} skipped",
+        path.display()
+    );
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(
+            "state file {}: not removed after loading: {e}",
+            path.display()
+        );
+    }
+}
+
+/// Writes the workers' exported records to `path` (a temporary file renamed
+/// over it, so a reader never sees half a file).
+fn save_state(path: &std::path::Path, parts: Vec<Vec<u8>>) {
+    use conntrack::table::state;
+    let count: usize = parts.iter().map(|p| p.len() / state::RECORD).sum();
+    let mut file = state::header(count).to_vec();
+    for p in parts {
+        file.extend_from_slice(&p);
+    }
+    let tmp = path.with_extension("tmp");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, &file))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    match written {
+        Ok(()) => tracing::info!("state file {}: {count} connection(s) saved", path.display()),
+        Err(e) => tracing::warn!("state file {}: not saved: {e}", path.display()),
+    }
 }

@@ -43,6 +43,9 @@ fn crash_and_restart_leave_nothing_behind() {
     if !ready(&[]) {
         return;
     }
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Lab::clean_stale();
     let lab = Lab::build().expect("lab");
     let dir = std::env::temp_dir().join(format!("tgrs-{}", std::process::id()));
@@ -143,5 +146,152 @@ fn crash_and_restart_leave_nothing_behind() {
     assert_eq!(listed(), 3, "a killed lab leaves its namespaces");
     Lab::clean_stale();
     assert_eq!(listed(), 0, "the next start removes them");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An echo server: every connection gets its bytes back.
+const ECHO: &str = r#"
+import socket, threading, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(16)
+def serve(c):
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// 1000 bytes every 50 ms for `secs` to 10.77.0.2:`port`, each echoed
+/// (retransmissions ride out a restart); prints the seconds to the last echo.
+const STREAM: &str = r#"
+import socket, sys, time, json
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+c = socket.socket()
+c.settimeout(3)
+c.connect(("10.77.0.2", port))
+c.settimeout(0.3)
+start = time.time(); last = 0.0; pending = 0
+while time.time() - start < secs:
+    try:
+        c.sendall(b"x" * 1000)
+        pending += 1000
+    except OSError:
+        break
+    try:
+        while pending > 0:
+            d = c.recv(pending)
+            if not d:
+                break
+            pending -= len(d); last = time.time() - start
+    except socket.timeout:
+        pass
+    time.sleep(0.05)
+print(json.dumps({"last": last}))
+"#;
+
+/// A stream through `tollgate run`, restarted (SIGTERM, start again) in its
+/// middle, with TCP pickup off: with a state file the restarted instance
+/// knows the connection and it goes on; without one its packets are invalid
+/// mid-stream and it stops.
+fn stream_across_restart(lab: &Lab, dir: &Path, keep_state: bool) -> f64 {
+    let sock = dir.join("control.sock");
+    let state = dir.join("conntrack.state");
+    let _ = std::fs::remove_file(&state);
+    let mut text = lab_config(&sock, 1, "", &["proto = \"tcp\""]);
+    text = text.replace(
+        "[control]\n",
+        &format!(
+            "[conntrack]\ntcp_loose = false\n\n[control]\n{}",
+            if keep_state {
+                format!("state_file = \"{}\"\n", state.display())
+            } else {
+                String::new()
+            }
+        ),
+    );
+    let cfg = dir.join("restart.toml");
+    std::fs::write(&cfg, text).expect("config");
+    let mut tg = start(lab, &cfg);
+    wait_socket(&sock);
+    let client = Command::new("ip")
+        .args(["netns", "exec", &lab.client, "python3"])
+        .arg(dir.join("stream.py"))
+        .args(["7300", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client");
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(tg.id() as i32, libc::SIGTERM);
+    }
+    let _ = tg.wait();
+    if keep_state {
+        assert!(state.exists(), "a clean stop writes the state file");
+    }
+    let mut tg = start(lab, &cfg);
+    wait_socket(&sock);
+    let out = client.wait_with_output().expect("client ends");
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(tg.id() as i32, libc::SIGTERM);
+    }
+    let _ = tg.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client: {text:?} {e} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["last"].as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn connections_survive_a_restart_with_a_state_file() {
+    if !ready(&[["python3", "--version"]]) {
+        return;
+    }
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Lab::clean_stale();
+    let lab = Lab::build().expect("lab");
+    let dir = std::env::temp_dir().join(format!("tgstate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("echo.py"), ECHO).expect("script");
+    std::fs::write(dir.join("stream.py"), STREAM).expect("script");
+    let procs = Procs(vec![spawn_in(
+        &lab.server,
+        &[
+            "python3",
+            dir.join("echo.py").to_str().unwrap_or(""),
+            "7300",
+        ],
+    )]);
+    std::thread::sleep(Duration::from_millis(400));
+    let kept = stream_across_restart(&lab, &dir, true);
+    assert!(
+        kept > 6.0,
+        "with a state file the stream went on to {kept} s"
+    );
+    let lost = stream_across_restart(&lab, &dir, false);
+    assert!(
+        lost < 4.0,
+        "without one it stopped at {lost} s (the control case)"
+    );
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
