@@ -282,6 +282,10 @@ mod tests {
         let n = p.conntrack().export_state(now, &mut out);
         out[..HEADER].copy_from_slice(&header(n));
         assert_eq!(n, 2);
+        if let Some(dir) = std::env::var_os("TG_STATE_SEED_DIR") {
+            // The fuzz target's seed (fuzz/seeds/state_import).
+            let _ = std::fs::write(std::path::Path::new(&dir).join("two_connections"), &out);
+        }
         let mut q = pipeline();
         // Later: the new instance's clock is elsewhere.
         let later = 1_000 * SEC;
