@@ -225,3 +225,24 @@ impl Drop for Lab {
         self.teardown();
     }
 }
+
+/// The lab's strict policy: invalid dropped, established and related
+/// accepted both ways, new connections only from the inside, the rest
+/// dropped (what the lab tests and the bench run).
+pub fn strict_policy() -> conntrack::policy::Policy {
+    use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
+    use conntrack::CtState;
+    let mut inv = Rule::any(Action::Drop);
+    inv.states = StateSet::default().with(CtState::Invalid);
+    let mut est = Rule::any(Action::Accept);
+    est.states = StateSet::default()
+        .with(CtState::Established)
+        .with(CtState::Related);
+    let mut new = Rule::any(Action::Accept);
+    new.from = Some(Side::Inside);
+    new.states = StateSet::default().with(CtState::New);
+    Policy {
+        rules: vec![inv, est, new],
+        default: Action::Drop,
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use conntrack::build::{ethernet, Pkt};
 use conntrack::packet::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
-use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
+use conntrack::policy::{Action, Policy, Rule, Side};
 use conntrack::{Config, CtState, Pipeline};
 use dataplane::bpf::{action, XdpProgram};
 use dataplane::offload::Offloader;
@@ -28,19 +28,7 @@ fn is_root() -> bool {
 }
 
 fn strict() -> Policy {
-    let mut inv = Rule::any(Action::Drop);
-    inv.states = StateSet::default().with(CtState::Invalid);
-    let mut est = Rule::any(Action::Accept);
-    est.states = StateSet::default()
-        .with(CtState::Established)
-        .with(CtState::Related);
-    let mut new = Rule::any(Action::Accept);
-    new.from = Some(Side::Inside);
-    new.states = StateSet::default().with(CtState::New);
-    Policy {
-        rules: vec![inv, est, new],
-        default: Action::Drop,
-    }
+    dataplane::lab::strict_policy()
 }
 
 fn cfg() -> Config {

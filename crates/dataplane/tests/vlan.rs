@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
-use conntrack::{Config, CtState, DropReason, Pipeline};
+use conntrack::policy::{Action, Policy};
+use conntrack::{Config, DropReason, Pipeline};
 use dataplane::lab::Lab;
 use dataplane::{Counters, Worker, WorkerConfig};
 
@@ -44,19 +44,7 @@ s.send(hdr + b"\x08\x00" + ip + tcp)
 "#;
 
 fn strict() -> Policy {
-    let mut inv = Rule::any(Action::Drop);
-    inv.states = StateSet::default().with(CtState::Invalid);
-    let mut est = Rule::any(Action::Accept);
-    est.states = StateSet::default()
-        .with(CtState::Established)
-        .with(CtState::Related);
-    let mut new = Rule::any(Action::Accept);
-    new.from = Some(Side::Inside);
-    new.states = StateSet::default().with(CtState::New);
-    Policy {
-        rules: vec![inv, est, new],
-        default: Action::Drop,
-    }
+    dataplane::lab::strict_policy()
 }
 
 fn is_root() -> bool {

@@ -29,21 +29,6 @@ fn config(sock: &Path, metrics: u16, tcp_new: bool) -> String {
     lab_config(sock, 1, &metrics, &rules)
 }
 
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(sock: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--socket")
-        .arg(sock)
-        .output()
-        .expect("running tollgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()
         .filter(|l| !l.trim().is_empty())
@@ -75,28 +60,6 @@ fn raw(sock: &Path, bytes: &[u8]) -> Value {
     serde_json::from_str(&line).expect("a JSON reply")
 }
 
-fn metrics(lab: &Lab, port: u16) -> String {
-    let (ok, out) = lab.exec(
-        &lab.boxns,
-        &[
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            &format!("http://127.0.0.1:{port}/metrics"),
-        ],
-    );
-    assert!(ok, "curl /metrics: {out}");
-    out
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn iperf(lab: &Lab, secs: &str) -> (bool, String) {
     lab.exec(
         &lab.client,
@@ -110,17 +73,6 @@ fn iperf(lab: &Lab, secs: &str) -> (bool, String) {
             "2000",
         ],
     )
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -15,28 +15,6 @@ use serde_json::Value;
 mod common;
 use common::*;
 
-/// An echo server: every connection gets its bytes back.
-const SERVER: &str = r#"
-import socket, threading, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(16)
-def serve(c):
-    try:
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
 /// A client from a fixed port: 1000 bytes every 20 ms for `secs`, each
 /// echoed; prints JSON (bytes echoed, seconds to the last echo); closes with
 /// FIN or, with `rst`, with RST.
@@ -102,20 +80,6 @@ ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
 s.send(dst_mac + src_mac + b"\x08\x00" + ip + tcp)
 "#;
 
-fn cli(sock: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--socket")
-        .arg(sock)
-        .output()
-        .expect("running tollgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The connection to `dport` in `ct list --json`, if listed.
 fn conn(sock: &Path, dport: u16) -> Option<Value> {
     let (ok, out, err) = cli(
@@ -135,39 +99,6 @@ fn conn(sock: &Path, dport: u16) -> Option<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .map(|v| v["conn"].clone())
         .next()
-}
-
-fn metrics(lab: &Lab, port: u16) -> String {
-    let (ok, out) = lab.exec(
-        &lab.boxns,
-        &[
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            &format!("http://127.0.0.1:{port}/metrics"),
-        ],
-    );
-    assert!(ok, "curl /metrics: {out}");
-    out
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The client, started in the background; its JSON result when joined.
@@ -238,7 +169,7 @@ fn offloaded_streams_end_to_end() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     for (f, body) in [
-        ("server.py", SERVER),
+        ("server.py", ECHO_SERVER),
         ("client.py", CLIENT),
         ("inject.py", INJECT),
     ] {

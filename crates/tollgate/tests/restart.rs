@@ -149,28 +149,6 @@ fn crash_and_restart_leave_nothing_behind() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An echo server: every connection gets its bytes back.
-const ECHO: &str = r#"
-import socket, threading, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(16)
-def serve(c):
-    try:
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
 /// 1000 bytes every 50 ms for `secs` to 10.77.0.2:`port`, each echoed
 /// (retransmissions ride out a restart); prints the seconds to the last echo.
 const STREAM: &str = r#"
@@ -271,7 +249,7 @@ fn connections_survive_a_restart_with_a_state_file() {
     let dir = std::env::temp_dir().join(format!("tgstate-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("echo.py"), ECHO).expect("script");
+    std::fs::write(dir.join("echo.py"), ECHO_SERVER).expect("script");
     std::fs::write(dir.join("stream.py"), STREAM).expect("script");
     let procs = Procs(vec![spawn_in(
         &lab.server,

@@ -10,26 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
-use conntrack::{Config, CtState, Pipeline};
+use conntrack::policy::{Action, Policy};
+use conntrack::{Config, Pipeline};
 use dataplane::gen::Generator;
 use dataplane::lab::Lab;
 use dataplane::{Counters, Worker, WorkerConfig};
 
 fn strict() -> Policy {
-    let mut inv = Rule::any(Action::Drop);
-    inv.states = StateSet::default().with(CtState::Invalid);
-    let mut est = Rule::any(Action::Accept);
-    est.states = StateSet::default()
-        .with(CtState::Established)
-        .with(CtState::Related);
-    let mut new = Rule::any(Action::Accept);
-    new.from = Some(Side::Inside);
-    new.states = StateSet::default().with(CtState::New);
-    Policy {
-        rules: vec![inv, est, new],
-        default: Action::Drop,
-    }
+    dataplane::lab::strict_policy()
 }
 
 /// A 64-byte Ethernet/IPv4/UDP frame from the client to the server, or the

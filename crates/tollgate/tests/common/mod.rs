@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dataplane::lab::Lab;
 use serde_json::Value;
 
 /// The binary under test.
@@ -145,3 +146,73 @@ pub fn lab_config(sock: &Path, queues: u32, sections: &str, rules: &[&str]) -> S
     }
     s
 }
+
+/// Runs the CLI; returns (success, stdout, stderr).
+pub fn cli(sock: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--socket")
+        .arg(sock)
+        .output()
+        .expect("running tollgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn metrics(lab: &Lab, port: u16) -> String {
+    let (ok, out) = lab.exec(
+        &lab.boxns,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ],
+    );
+    assert!(ok, "curl /metrics: {out}");
+    out
+}
+
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An echo server: every connection gets its bytes back.
+pub const ECHO_SERVER: &str = r#"
+import socket, threading, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(16)
+def serve(c):
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
