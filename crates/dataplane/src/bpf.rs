@@ -5,6 +5,7 @@
 //! two share its maps: the sockets, the egress ports and the offload tables.
 
 use std::mem::MaybeUninit;
+use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags};
@@ -222,6 +223,27 @@ impl XdpProgram {
             .test_run(input)
             .map_err(lib("running the XDP program"))?;
         Ok(out.return_value)
+    }
+
+    /// Runs the program `repeat` times on `frame` (BPF_PROG_TEST_RUN);
+    /// returns the XDP action and the kernel's average time per run.
+    pub fn test_run_timed(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), BpfError> {
+        let mut ctx_in = [0u8; 24];
+        let len = u32::try_from(frame.len()).map_err(|_| BpfError::Frame)?;
+        ctx_in[4..8].copy_from_slice(&len.to_ne_bytes());
+        let input = libbpf_rs::ProgramInput {
+            context_in: Some(&mut ctx_in),
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let out = self
+            .skel
+            .progs
+            .tg_redirect
+            .test_run(input)
+            .map_err(lib("running the XDP program"))?;
+        Ok((out.return_value, out.duration))
     }
 
     /// [`Self::test_run`] that also returns the metadata the program put in

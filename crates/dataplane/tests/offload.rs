@@ -734,3 +734,50 @@ fn corpus_captures_get_the_slow_paths_verdicts() {
     .join()
     .expect("test thread");
 }
+
+/// What the program costs per packet (BPF_PROG_TEST_RUN's own timing, no
+/// forwarding): an established UDP flow's packet through the fast path, the
+/// same packet of an unknown flow (to the socket), and a TCP ACK segment.
+/// Printed, not asserted (timing belongs to benchmarks): run by hand with
+/// `cargo test --release -p dataplane --test offload -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn fast_path_cost_per_packet() {
+    if !root_or_skip() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let mut b = Bench::new(strict(), cfg());
+        let out = |n: u8| Pkt::udp4(A, 5000, B, 53).payload(&[n; 18]).build();
+        let back = |n: u8| Pkt::udp4(B, 53, A, 5000).payload(&[n; 18]).build();
+        b.send(Side::Inside, &out(0), "udp out");
+        b.send(Side::Outside, &back(0), "udp back");
+        b.age(3);
+        for i in 0..3 {
+            b.send(Side::Inside, &out(i), "udp");
+        }
+        b.enter_on(Side::Inside);
+        let frame = ethernet(&out(1), &[]);
+        let (rv, fast) = b.prog.test_run_timed(&frame, 1_000_000).unwrap();
+        assert_eq!(rv, action::REDIRECT);
+        let other = ethernet(&Pkt::udp4(A, 5001, B, 53).payload(&[0; 18]).build(), &[]);
+        let (_, miss) = b.prog.test_run_timed(&other, 1_000_000).unwrap();
+        let mut t = Tcp::open(&mut b, 40_500);
+        for i in 0..6 {
+            let s = t.data(i % 2, 0);
+            b.send(side(i % 2), &s, "ack");
+        }
+        b.enter_on(Side::Inside);
+        let ack = ethernet(&t.seg(0, ACK, t.nxt[0], t.nxt[1], 0), &[]);
+        let (rv, tcp) = b.prog.test_run_timed(&ack, 1_000_000).unwrap();
+        b.prog.set_offload(false, true).unwrap();
+        let (_, off) = b.prog.test_run_timed(&frame, 1_000_000).unwrap();
+        b.prog.set_offload(true, false).unwrap();
+        let (_, nock) = b.prog.test_run_timed(&frame, 1_000_000).unwrap();
+        eprintln!(
+            "XDP program per packet: UDP fast path {fast:?} ({nock:?} without checksum checks), unknown flow {miss:?}, TCP ACK {tcp:?} (action {rv}); offload off {off:?}"
+        );
+    })
+    .join()
+    .expect("test thread");
+}
