@@ -120,6 +120,30 @@ static __always_inline int csum_bytes(void *p, __u32 len, void *data_end, __u64 
 	__u64 s = *sum;
 	__u32 off = 0;
 
+	/* Small segments (most ACKs, small datagrams): summed in place, no
+	 * helper call. */
+	if (len <= 64) {
+		__u16 *w = p;
+#pragma unroll
+		for (int k = 0; k < 32; k++) {
+			if ((__u32)(k * 2 + 2) > len)
+				break;
+			if ((void *)(w + k + 1) > data_end)
+				return 0;
+			s += w[k];
+		}
+		if (len & 1) {
+			__u8 *b = p + (len & 0x7e);
+			if ((void *)(b + 1) > data_end)
+				return 0;
+			/* The odd byte is the high-order byte of a last word
+			 * padded with zero: in memory order, the low byte. */
+			s += b[0];
+		}
+		*sum = s;
+		return 1;
+	}
+
 #pragma unroll
 	for (int i = 0; i < 6; i++) {
 		if (len - off < 256)
@@ -209,9 +233,14 @@ __attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32
 		}
 		if (tot < 20 || (void *)ip + tot > end)
 			return 0;
-		/* Header checksum (always checked by the core). */
+		/* Header checksum (always checked by the core): ten 16-bit
+		 * words summed in place (cheaper than a helper call). */
+		__u16 *w = (void *)ip;
 		__u64 hs = 0;
-		if (!csum_bytes(ip, 20, end, &hs) || fold(hs) != 0xffff)
+#pragma unroll
+		for (int k = 0; k < 10; k++)
+			hs += w[k];
+		if (fold(hs) != 0xffff)
 			return 0;
 		/* Fragments: their ports are not all there. */
 		if ((ip[6] & 0x3f) || ip[7])
@@ -224,7 +253,7 @@ __attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32
 		l4_len = tot - 20;
 		if (checksum) {
 			/* Pseudo header: addresses, zero, protocol, length. */
-			sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)(ip + 12), 8, 0);
+			sum += (__u64)w[6] + w[7] + w[8] + w[9];
 			sum += bpf_htons((__u16)proto) + bpf_htons((__u16)l4_len);
 		}
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
