@@ -296,6 +296,55 @@ fn take_activity(region: &Region, slot: u32, offset: i128, full: bool) -> FastSt
     fs
 }
 
+/// Publishes a pending slot: the core's window state `tcp`, then (release)
+/// `add` more packets gone per direction; `ready` bits if given.
+fn publish_slot(
+    region: &Region,
+    slot: u32,
+    tcp: Option<TcpFast>,
+    add: [u32; 2],
+    ready: Option<u32>,
+) {
+    let Some(ptr) = region.slot_ptr(slot) else {
+        return;
+    };
+    // SAFETY: in the mapping; while the slot is PENDING the program only
+    // reads it. The window state is written before `done` is published
+    // (release), so a program that sees the new `done` sees the state that
+    // goes with it.
+    unsafe {
+        if let Some(t) = tcp {
+            let dir = |d: &TcpDir| TcpDirRaw {
+                end: d.end,
+                maxend: d.maxend,
+                maxwin: d.maxwin,
+                maxack: d.maxack,
+                scale: d.scale,
+                flags: d.flags,
+                pad: 0,
+            };
+            std::ptr::addr_of_mut!((*ptr).tcp).write_volatile([dir(&t.seen[0]), dir(&t.seen[1])]);
+            std::ptr::addr_of_mut!((*ptr).last_dir).write_volatile(t.last_dir);
+            std::ptr::addr_of_mut!((*ptr).last_seq).write_volatile(t.last_seq);
+            std::ptr::addr_of_mut!((*ptr).last_ack).write_volatile(t.last_ack);
+            std::ptr::addr_of_mut!((*ptr).last_end).write_volatile(t.last_end);
+            std::ptr::addr_of_mut!((*ptr).last_win).write_volatile(t.last_win);
+            std::ptr::addr_of_mut!((*ptr).retrans).write_volatile(t.retrans);
+        }
+        if let Some(r) = ready {
+            std::ptr::addr_of_mut!((*ptr).ready).write_volatile(r);
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        for (d, n) in add.iter().enumerate() {
+            if *n > 0 {
+                let done =
+                    &*std::ptr::addr_of_mut!((*ptr).done[d]).cast::<std::sync::atomic::AtomicU32>();
+                done.fetch_add(*n, Ordering::Release);
+            }
+        }
+    }
+}
+
 /// The core's view of a worker's fast path: withdraws a connection and
 /// hands its state back.
 pub struct Reclaimer {
@@ -600,19 +649,44 @@ impl Offloader {
     }
 
     /// After a batch has left: gives the program, for each pending
-    /// connection, the core's current window state, how many of the packets
-    /// it sent the slow path have gone, and which RX rings have been empty
-    /// since the install. The program makes the flow active with the next
-    /// packet once every one has gone (the order of a flow's packets holds).
-    pub fn publish_pending(&mut self, p: &Pipeline, now: u64) {
+    /// connection the batch had packets of, the core's current window state
+    /// and how many of the packets it sent the slow path have gone. Only
+    /// those connections are visited (a burst of installs costs nothing per
+    /// batch); [`Self::publish_all`] does the rest.
+    pub fn publish_pending(&mut self, p: &Pipeline) {
         if self.pending.is_empty() {
             self.took.clear();
             return;
         }
+        let took = self.take_took();
+        let region = self.maps.region.clone();
+        let ct = p.conntrack();
+        for &(conn, add) in &took {
+            let slot = self.base + conn;
+            let pending = region
+                .ctl(slot)
+                .is_some_and(|c| c.load(Ordering::Acquire) >> SHIFT == PENDING);
+            if pending && ct.is_offloaded(conn) {
+                publish_slot(&region, slot, ct.offload_tcp(conn), add, None);
+            }
+        }
+    }
+
+    /// When the rings are idle and a few times a second: every pending
+    /// connection gets its state published with which RX rings have been
+    /// empty since its install (the program makes the flow active with the
+    /// next packet once every one has gone, so the order of a flow's packets
+    /// holds), or the go-ahead after [`FORCE_NS`]; those the program took
+    /// leave the list.
+    pub fn publish_all(&mut self, p: &Pipeline, now: u64) {
+        if self.pending.is_empty() {
+            self.took.clear();
+            return;
+        }
+        let took = self.take_took();
         let ct = p.conntrack();
         let region = self.maps.region.clone();
         let drained = self.drained;
-        let took = std::mem::take(&mut self.took);
         let counters = self.counters.clone();
         self.pending.retain(|&conn| {
             let slot = self.base + conn;
@@ -622,7 +696,8 @@ impl Offloader {
             if !ct.is_offloaded(conn) {
                 return false;
             }
-            let state = ctl.load(Ordering::Acquire) >> SHIFT;
+            let c = ctl.load(Ordering::Acquire);
+            let state = c >> SHIFT;
             if state != PENDING {
                 // The program took it.
                 if matches!(state, ACTIVE | BUSY | WITHDRAWN) {
@@ -635,14 +710,10 @@ impl Offloader {
             };
             let at = self.epochs[conn as usize];
             let mut ready = u32::from(drained[0] > at[0]) | u32::from(drained[1] > at[1]) << 1;
-            let mut add = [0u32; 2];
-            for &(c, d) in &took {
-                if c == conn {
-                    add[usize::from(d)] += 1;
-                }
-            }
-            let q = ctl.load(Ordering::Acquire);
-            let q = [q & ((1 << 30) - 1), (q >> 30) & ((1 << 30) - 1)];
+            let add = took
+                .binary_search_by_key(&conn, |&(c, _)| c)
+                .map_or([0; 2], |i| took[i].1);
+            let q = [c & ((1 << 30) - 1), (c >> 30) & ((1 << 30) - 1)];
             // SAFETY: in the mapping; `done` is written by the worker only.
             let done = unsafe { std::ptr::addr_of!((*ptr).done).read_volatile() };
             let caught_up = (0..2).all(|d| {
@@ -657,42 +728,30 @@ impl Offloader {
                     counters.forced.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            // SAFETY: in the mapping; while the slot is PENDING the program
-            // only reads it. The window state is written before `done` is
-            // published (release), so a program that sees the new `done`
-            // sees the state that goes with it.
-            unsafe {
-                if let Some(t) = ct.offload_tcp(conn) {
-                    let dir = |d: &TcpDir| TcpDirRaw {
-                        end: d.end,
-                        maxend: d.maxend,
-                        maxwin: d.maxwin,
-                        maxack: d.maxack,
-                        scale: d.scale,
-                        flags: d.flags,
-                        pad: 0,
-                    };
-                    std::ptr::addr_of_mut!((*ptr).tcp)
-                        .write_volatile([dir(&t.seen[0]), dir(&t.seen[1])]);
-                    std::ptr::addr_of_mut!((*ptr).last_dir).write_volatile(t.last_dir);
-                    std::ptr::addr_of_mut!((*ptr).last_seq).write_volatile(t.last_seq);
-                    std::ptr::addr_of_mut!((*ptr).last_ack).write_volatile(t.last_ack);
-                    std::ptr::addr_of_mut!((*ptr).last_end).write_volatile(t.last_end);
-                    std::ptr::addr_of_mut!((*ptr).last_win).write_volatile(t.last_win);
-                    std::ptr::addr_of_mut!((*ptr).retrans).write_volatile(t.retrans);
-                }
-                std::ptr::addr_of_mut!((*ptr).ready).write_volatile(ready);
-                std::sync::atomic::fence(Ordering::Release);
-                for (d, n) in add.iter().enumerate() {
-                    if *n > 0 {
-                        let done = &*std::ptr::addr_of_mut!((*ptr).done[d])
-                            .cast::<std::sync::atomic::AtomicU32>();
-                        done.fetch_add(*n, Ordering::Release);
-                    }
-                }
-            }
+            publish_slot(&region, slot, ct.offload_tcp(conn), add, Some(ready));
             true
         });
+    }
+
+    /// The packets the slow path took for pending flows since the last
+    /// publication, per connection (sorted), emptied.
+    fn take_took(&mut self) -> Vec<(u32, [u32; 2])> {
+        let mut took = std::mem::take(&mut self.took);
+        took.sort_unstable_by_key(|&(c, _)| c);
+        let mut out: Vec<(u32, [u32; 2])> = Vec::with_capacity(took.len());
+        for (c, d) in took.drain(..) {
+            match out.last_mut() {
+                Some((lc, n)) if *lc == c => n[usize::from(d & 1)] += 1,
+                _ => {
+                    let mut n = [0; 2];
+                    n[usize::from(d & 1)] = 1;
+                    out.push((c, n));
+                }
+            }
+        }
+        // Keep the buffer's capacity.
+        self.took = took;
+        out
     }
 
     /// Removes from the program the connections the core let go.

@@ -688,7 +688,7 @@ impl Worker {
                 // Both rings empty: pending flows have nothing left behind.
                 o.drained(0);
                 o.drained(1);
-                o.publish_pending(&self.pipeline, now);
+                o.publish_all(&self.pipeline, now);
             }
             if let Some(inbox) = inbox {
                 if fds[2].revents != 0 {
@@ -711,7 +711,7 @@ impl Worker {
                     // may have taken some back.
                     o.refresh(&mut self.pipeline);
                     o.collect_gone(&mut self.pipeline);
-                    o.publish_pending(&self.pipeline, now);
+                    o.publish_all(&self.pipeline, now);
                 }
                 self.publish(now);
             }
@@ -1053,7 +1053,7 @@ impl Worker {
                 // The frames the slow path had for pending flows have left:
                 // those flows may go to the fast path now.
                 o.collect_gone(&mut self.pipeline);
-                o.publish_pending(&self.pipeline, now);
+                o.publish_pending(&self.pipeline);
             }
             let c = &self.counters;
             c.batch_size.observe(got as u64);

@@ -180,7 +180,7 @@ impl Bench {
         if !self.hold {
             self.off.drained(0);
             self.off.drained(1);
-            self.off.publish_pending(&self.fast, now);
+            self.off.publish_all(&self.fast, now);
         }
         got
     }
@@ -415,7 +415,7 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
         b.hold = false;
         b.off.drained(0);
         b.off.drained(1);
-        b.off.publish_pending(&b.fast, b.now());
+        b.off.publish_all(&b.fast, b.now());
         for i in 0..6 {
             let s = t.data(i % 2, 64);
             b.send(side(i % 2), &s, "data once active");
