@@ -212,46 +212,32 @@ impl XdpProgram {
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`; returns the
     /// XDP action.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, BpfError> {
-        let input = libbpf_rs::ProgramInput {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        let out = self
-            .skel
-            .progs
-            .tg_redirect
-            .test_run(input)
-            .map_err(lib("running the XDP program"))?;
-        Ok(out.return_value)
+        self.run_test(frame, 1).map(|(rv, _, _)| rv)
     }
 
     /// Runs the program `repeat` times on `frame` (BPF_PROG_TEST_RUN);
     /// returns the XDP action and the kernel's average time per run.
     pub fn test_run_timed(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), BpfError> {
-        let mut ctx_in = [0u8; 24];
-        let len = u32::try_from(frame.len()).map_err(|_| BpfError::Frame)?;
-        ctx_in[4..8].copy_from_slice(&len.to_ne_bytes());
-        let input = libbpf_rs::ProgramInput {
-            context_in: Some(&mut ctx_in),
-            data_in: Some(frame),
-            repeat,
-            ..Default::default()
-        };
-        let out = self
-            .skel
-            .progs
-            .tg_redirect
-            .test_run(input)
-            .map_err(lib("running the XDP program"))?;
-        Ok((out.return_value, out.duration))
+        self.run_test(frame, repeat).map(|(rv, _, t)| (rv, t))
     }
 
     /// [`Self::test_run`] that also returns the metadata the program put in
     /// front of the frame (`struct tg_meta`), if any.
     pub fn test_run_meta(&self, frame: &[u8]) -> Result<(u32, Option<[u8; 8]>), BpfError> {
+        self.run_test(frame, 1).map(|(rv, meta, _)| (rv, meta))
+    }
+
+    /// BPF_PROG_TEST_RUN: the action, the metadata in front of the frame
+    /// out (if 8 bytes), the average time per run.
+    fn run_test(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Option<[u8; 8]>, Duration), BpfError> {
         let mut data_out = vec![0u8; frame.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
+        // rx_queue_index, egress_ifindex. The kernel wants data_end to be
+        // the frame's length and no metadata in.
         let mut ctx_out = [0u8; 24];
         let mut ctx_in = [0u8; 24];
         let len = u32::try_from(frame.len()).map_err(|_| BpfError::Frame)?;
@@ -261,6 +247,7 @@ impl XdpProgram {
             data_in: Some(frame),
             data_out: Some(&mut data_out),
             context_out: Some(&mut ctx_out),
+            repeat,
             ..Default::default()
         };
         let out = self
@@ -269,12 +256,12 @@ impl XdpProgram {
             .tg_redirect
             .test_run(input)
             .map_err(lib("running the XDP program"))?;
-        let rv = out.return_value;
+        let (rv, took) = (out.return_value, out.duration);
         let meta_len = u32::from_ne_bytes([ctx_out[0], ctx_out[1], ctx_out[2], ctx_out[3]]);
         let meta = (meta_len == 8)
             .then(|| data_out.get(..8).and_then(|m| m.try_into().ok()))
             .flatten();
-        Ok((rv, meta))
+        Ok((rv, meta, took))
     }
 }
 
