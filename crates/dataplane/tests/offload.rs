@@ -328,6 +328,15 @@ impl Rng {
     }
 }
 
+/// Runs `f` as root in a thread of its own (its own network namespace:
+/// [`Bench::new`] unshares it); skips outside CI when not root.
+fn isolated(f: impl FnOnce() + Send + 'static) {
+    if !root_or_skip() {
+        return;
+    }
+    std::thread::spawn(f).join().expect("test thread");
+}
+
 fn root_or_skip() -> bool {
     if is_root() {
         return true;
@@ -342,10 +351,7 @@ fn root_or_skip() -> bool {
 
 #[test]
 fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
-    if !root_or_skip() {
-        return;
-    }
-    std::thread::spawn(|| {
+    isolated(|| {
         let mut b = Bench::new(strict(), cfg());
         let mut t = Tcp::open(&mut b, 40_000);
         // Data both ways: the connection is installed, then activated, then
@@ -446,17 +452,12 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
             b.punted,
             b.prog.punts()
         );
-    })
-    .join()
-    .expect("test thread");
+    });
 }
 
 #[test]
 fn random_segments_get_the_slow_paths_verdicts() {
-    if !root_or_skip() {
-        return;
-    }
-    std::thread::spawn(|| {
+    isolated(|| {
         let mut b = Bench::new(strict(), cfg());
         for seed in 1..=6u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -547,17 +548,12 @@ fn random_segments_get_the_slow_paths_verdicts() {
             b.prog.punts()
         );
         assert!(b.forwarded_fast > 300, "the fast path took part");
-    })
-    .join()
-    .expect("test thread");
+    });
 }
 
 #[test]
 fn udp_offload_timeouts_and_policy_reload() {
-    if !root_or_skip() {
-        return;
-    }
-    std::thread::spawn(|| {
+    isolated(|| {
         let mut c = cfg();
         c.timeouts.udp_stream = 2;
         let mut b = Bench::new(strict(), c);
@@ -640,9 +636,7 @@ fn udp_offload_timeouts_and_policy_reload() {
             Action::Accept
         );
         b.settle();
-    })
-    .join()
-    .expect("test thread");
+    });
 }
 
 /// Every capture of the kernel differential set, packet by packet: the
@@ -652,10 +646,7 @@ fn udp_offload_timeouts_and_policy_reload() {
 /// fire and UDP never lives two seconds; TCP connections are offloaded).
 #[test]
 fn corpus_captures_get_the_slow_paths_verdicts() {
-    if !root_or_skip() {
-        return;
-    }
-    std::thread::spawn(|| {
+    isolated(|| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let list = std::fs::read_to_string(root.join("tests/kdiff/captures.tsv")).unwrap();
         let (mut total, mut fast, mut captures) = (0u64, 0u64, 0);
@@ -730,9 +721,7 @@ fn corpus_captures_get_the_slow_paths_verdicts() {
             "{captures} captures, {total} packets"
         );
         assert!(fast > 500, "the program took part: {fast}");
-    })
-    .join()
-    .expect("test thread");
+    });
 }
 
 /// What the program costs per packet (BPF_PROG_TEST_RUN's own timing, no
@@ -743,10 +732,7 @@ fn corpus_captures_get_the_slow_paths_verdicts() {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn fast_path_cost_per_packet() {
-    if !root_or_skip() {
-        return;
-    }
-    std::thread::spawn(|| {
+    isolated(|| {
         let mut b = Bench::new(strict(), cfg());
         let out = |n: u8| Pkt::udp4(A, 5000, B, 53).payload(&[n; 18]).build();
         let back = |n: u8| Pkt::udp4(B, 53, A, 5000).payload(&[n; 18]).build();
@@ -777,7 +763,5 @@ fn fast_path_cost_per_packet() {
         eprintln!(
             "XDP program per packet: UDP fast path {fast:?} ({nock:?} without checksum checks), unknown flow {miss:?}, TCP ACK {tcp:?} (action {rv}); offload off {off:?}"
         );
-    })
-    .join()
-    .expect("test thread");
+    });
 }

@@ -17,19 +17,11 @@ use common::*;
 const PCAPS: &str = "/usr/share/sip-tester";
 
 fn cli(sock: &Path, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--json", "--socket"])
-        .arg(sock)
-        .output()
-        .expect("tollgate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (ok, out, err) = common::cli(sock, &a);
+    assert!(ok, "{err}");
+    out.lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect()
 }
