@@ -8,6 +8,14 @@
  *   mode 1: an IPv4/TCP SYN, from another (spoofed) source address in the
  *           frame's source /17 and another source port: a SYN flood. The IP
  *           and TCP checksums are kept right, so only the table is attacked.
+ * With `gap_ns` set, each frame waits (spinning on the clock, in bpf_loop)
+ * until `gap_ns` after the previous one's slot: a paced sender, for the
+ * RFC 2544 zero-loss search. The kernel transmits the frames of a test run
+ * in batches of 64 (and forwards them on this CPU, at the batch's end, when
+ * the peer runs inline), so the rate holds on average: a sender behind its
+ * schedule sends at once until it has caught up, but one more than 2 ms
+ * behind starts a fresh schedule instead of bursting (the caller sees the
+ * lower rate in the run's time).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -19,6 +27,10 @@ struct gen_cfg {
 	/* Non-zero: the frame is a reply (server to client), ports swapped. */
 	__u32 reverse;
 	__u32 mode;
+	/* Pacing: nanoseconds between frames (0: flat out) and the next
+	 * frame's slot (0: now). */
+	__u64 gap_ns;
+	__u64 next_ns;
 };
 
 struct {
@@ -39,6 +51,26 @@ static __always_inline __u16 csum_update(__u16 csum, __u16 old, __u16 new)
 	return (__u16)~s;
 }
 
+static long spin(__u64 index, void *deadline)
+{
+	return bpf_ktime_get_ns() >= *(__u64 *)deadline;
+}
+
+/* Waits for the next frame's slot. */
+static __always_inline void pace(struct gen_cfg *c)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (c->next_ns == 0 || now > c->next_ns + 2000000) {
+		c->next_ns = now;
+	} else if (now < c->next_ns) {
+		__u64 deadline = c->next_ns;
+
+		bpf_loop(1 << 20, spin, &deadline, 0);
+	}
+	c->next_ns += c->gap_ns;
+}
+
 SEC("xdp")
 int tg_gen(struct xdp_md *ctx)
 {
@@ -52,6 +84,8 @@ int tg_gen(struct xdp_md *ctx)
 
 	if (!c || c->flows == 0)
 		return XDP_ABORTED;
+	if (c->gap_ns)
+		pace(c);
 	/* One CPU runs the generator: a plain increment is enough. */
 	__u32 n = c->counter++ % c->flows;
 	if (c->mode == 1) {

@@ -71,6 +71,23 @@ impl Generator {
         self.run_at(iface, frame, flows, first, count, u32::from(reverse), 0)
     }
 
+    /// [`Self::send`] at `rate` frames per second (paced in the program:
+    /// each frame waits for its slot, the kernel transmits them in batches
+    /// of 64). Returns the time it took, longer than `count / rate` when
+    /// the rate is more than the generator (or the CPU it shares with the
+    /// forwarder) can do.
+    pub fn send_rate(
+        &self,
+        iface: &str,
+        frame: &[u8],
+        flows: u32,
+        count: u32,
+        rate: f64,
+    ) -> Result<Duration, BpfError> {
+        let gap = (1e9 / rate.max(1.0)).round() as u64;
+        self.run_cfg(iface, frame, flows, 0, count, 0, 0, gap.max(1))
+    }
+
     /// A SYN flood: `count` copies of `frame` (Ethernet/IPv4/TCP SYN, no IP
     /// options), each from another of `flows` spoofed sources (the frame's
     /// source address with its low 15 bits replaced, and another source
@@ -108,11 +125,28 @@ impl Generator {
         reverse: u32,
         mode: u32,
     ) -> Result<Duration, BpfError> {
-        let mut cfg = [0u8; 16];
+        self.run_cfg(iface, frame, flows, first, count, reverse, mode, 0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_cfg(
+        &self,
+        iface: &str,
+        frame: &[u8],
+        flows: u32,
+        first: u32,
+        count: u32,
+        reverse: u32,
+        mode: u32,
+        gap_ns: u64,
+    ) -> Result<Duration, BpfError> {
+        // struct gen_cfg: flows, counter, reverse, mode, gap_ns, next_ns.
+        let mut cfg = [0u8; 32];
         cfg[..4].copy_from_slice(&flows.to_ne_bytes());
         cfg[4..8].copy_from_slice(&first.to_ne_bytes());
         cfg[8..12].copy_from_slice(&reverse.to_ne_bytes());
-        cfg[12..].copy_from_slice(&mode.to_ne_bytes());
+        cfg[12..16].copy_from_slice(&mode.to_ne_bytes());
+        cfg[16..24].copy_from_slice(&gap_ns.to_ne_bytes());
         self.skel
             .maps
             .gencfg

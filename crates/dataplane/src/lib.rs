@@ -4,11 +4,13 @@
 //!
 //! All `unsafe` of the project's packet path lives in [`xsk`].
 
+pub mod benchlab;
 pub mod bpf;
 pub mod fwd;
 pub mod gen;
 pub mod lab;
 pub mod offload;
+pub mod plot;
 pub mod steer;
 pub mod worker;
 pub mod xsk;
