@@ -35,6 +35,14 @@ plan() {
   done
 }
 
+# The fields flow type $1 is hashed on now, in ethtool -N letters (sdfn...).
+fields() {
+  ethtool -n "$dev" rx-flow-hash "$1" 2>/dev/null | awk '
+    /L2DA/ {s = s "m"} /VLAN tag/ {s = s "v"} /L3 proto/ {s = s "t"}
+    /IP SA/ {s = s "s"} /IP DA/ {s = s "d"}
+    /L4 bytes 0 & 1/ {s = s "f"} /L4 bytes 2 & 3/ {s = s "n"} END {print s}'
+}
+
 # Can this device do RSS at all?
 capable() {
   local out
@@ -96,6 +104,8 @@ case $verb in
     {
       echo "combined $(ethtool -l "$dev" 2>/dev/null | awk '/Current/{c=1} c && /Combined:/{print $2; exit}')"
       echo "key $(ethtool -x "$dev" | awk '/RSS hash key:/{getline; print; exit}')"
+      echo "hfunc $(ethtool -x "$dev" | awk '/RSS hash function:/{f=1; next} f && $2 == "on" {sub(/:$/, "", $1); print $1; exit}')"
+      for flow in tcp4 udp4 tcp6 udp6; do echo "hash $flow $(fields "$flow")"; done
     } > "$saved"
     echo "# saved the current state in $saved (deploy/rss.sh undo $dev)"
     plan | while read -r cmd; do
@@ -115,7 +125,16 @@ case $verb in
     combined=$(awk '$1=="combined"{print $2}' "$saved")
     key=$(awk '$1=="key"{print $2}' "$saved")
     if [[ $combined =~ ^[0-9]+$ ]]; then echo "+ ethtool -L $dev combined $combined"; ethtool -L "$dev" combined "$combined"; fi
-    if [ -n "$key" ]; then echo "+ ethtool -X $dev hkey $key default"; ethtool -X "$dev" hkey "$key" default; fi
+    hfunc=$(awk '$1=="hfunc"{print $2}' "$saved")
+    if [ -n "$key" ]; then
+      echo "+ ethtool -X $dev ${hfunc:+hfunc $hfunc }hkey $key default"
+      ethtool -X "$dev" ${hfunc:+hfunc "$hfunc"} hkey "$key" default
+    fi
+    # The fields each flow type was hashed on (older save files have none).
+    awk '$1=="hash" && NF==3 {print $2, $3}' "$saved" | while read -r flow how; do
+      echo "+ ethtool -N $dev rx-flow-hash $flow $how"
+      ethtool -N "$dev" rx-flow-hash "$flow" "$how"
+    done
     rm -f "$saved"
     ;;
 esac
