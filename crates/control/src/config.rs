@@ -70,6 +70,9 @@ pub struct Interfaces {
     pub xdp_mode: XdpMode,
     /// `offload`: the XDP program forwards established flows itself.
     pub offload: bool,
+    /// `busy_poll`: workers spin on their rings instead of sleeping in
+    /// `poll()` (lower latency at low rates; each worker's core at 100 %).
+    pub busy_poll: bool,
 }
 
 /// `[interfaces] xdp_mode`.
@@ -142,6 +145,7 @@ struct RawInterfaces {
     cores: Option<Spanned<Vec<i64>>>,
     xdp_mode: Option<Spanned<String>>,
     offload: Option<bool>,
+    busy_poll: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -802,6 +806,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 cores,
                 xdp_mode,
                 offload: i.offload.unwrap_or(false),
+                busy_poll: i.busy_poll.unwrap_or(false),
             })
         }
     };
@@ -871,6 +876,19 @@ mod tests {
             .expect_err("refused");
         assert_eq!(e[0].line, 4);
         assert!(e[0].msg.contains("auto, copy or zerocopy"), "{}", e[0].msg);
+    }
+
+    #[test]
+    fn offload_and_busy_poll_flags() {
+        let base = "[interfaces]\ninside = \"a\"\noutside = \"b\"\n";
+        let c = parse(base).expect("valid");
+        let i = c.interfaces.expect("interfaces");
+        assert!(!i.offload && !i.busy_poll, "both off by default");
+        let c = parse(&format!("{base}busy_poll = true\noffload = true\n")).expect("valid");
+        let i = c.interfaces.expect("interfaces");
+        assert!(i.offload && i.busy_poll);
+        let e = parse(&format!("{base}busy_poll = \"yes\"\n")).expect_err("not a boolean");
+        assert_eq!(e[0].line, 4, "{}", e[0].msg);
     }
 
     #[test]

@@ -78,12 +78,15 @@ impl Forwarder {
 pub struct Options {
     /// Tollgate's table size (`[conntrack] max_entries`).
     pub max_entries: u32,
+    /// Tollgate's workers spin instead of sleeping (`busy_poll`).
+    pub busy_poll: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             max_entries: 262_144,
+            busy_poll: false,
         }
     }
 }
@@ -332,7 +335,7 @@ fn new_pipeline(opts: Options) -> Pipeline {
     )
 }
 
-fn worker_config(lab: &Lab, bypass: bool, offload: bool) -> WorkerConfig {
+fn worker_config(lab: &Lab, bypass: bool, offload: bool, busy_poll: bool) -> WorkerConfig {
     WorkerConfig {
         inside: lab.inside.clone(),
         outside: lab.outside.clone(),
@@ -340,6 +343,7 @@ fn worker_config(lab: &Lab, bypass: bool, offload: bool) -> WorkerConfig {
         non_ip: Action::Accept,
         bypass,
         offload,
+        busy_poll,
         mode: crate::xsk::XdpMode::Auto,
     }
 }
@@ -390,7 +394,7 @@ fn tollgate_up(
     std::thread::spawn(move || {
         Lab::pin(1);
         l.enter_box().map_err(|e| e.to_string())?;
-        let cfg = worker_config(&l, bypass, offload);
+        let cfg = worker_config(&l, bypass, offload, opts.busy_poll);
         let mut w = open_retrying(|| {
             Worker::open(&cfg, new_pipeline(opts), Arc::new(Counters::default()))
         })?;
@@ -418,7 +422,7 @@ fn two_up(
     let (l, s) = (lab.clone(), stop.clone());
     std::thread::spawn(move || {
         l.enter_box().map_err(|e| e.to_string())?;
-        let cfg = worker_config(&l, false, false);
+        let cfg = worker_config(&l, false, false, opts.busy_poll);
         let mut boxes = Vec::new();
         for i in 0..2 {
             boxes.push(crate::mailbox(i, 64).map_err(|e| e.to_string())?);

@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     pub mode: crate::xsk::XdpMode,
     /// Established flows forwarded by the XDP program (the fast path).
     pub offload: bool,
+    /// Spin on the rings instead of sleeping in `poll()` when they are
+    /// empty: no wake-up per packet at low rates, the core always busy.
+    pub busy_poll: bool,
 }
 
 /// A fixed-bucket histogram written by one thread, read by any.
@@ -493,6 +496,10 @@ impl Fabric {
 /// How often the worker republishes the core's counters (ns).
 const PUBLISH_NS: u64 = 200_000_000;
 
+/// With busy polling, how often empty rings count as idle (the fast path's
+/// pending flows are published then).
+const IDLE_NS: u64 = 1_000_000;
+
 /// A worker over one queue pair.
 pub struct Worker {
     /// Detached (links dropped) when the worker goes.
@@ -502,6 +509,7 @@ pub struct Worker {
     pipeline: Pipeline,
     non_ip: Action,
     bypass: bool,
+    busy_poll: bool,
     counters: Arc<Counters>,
     results: Vec<PacketResult>,
     events: Vec<Event>,
@@ -612,6 +620,7 @@ impl Worker {
             pipeline,
             non_ip: cfg.non_ip,
             bypass: cfg.bypass,
+            busy_poll: cfg.busy_poll,
             counters,
             id: 0,
             fabric: None,
@@ -646,6 +655,10 @@ impl Worker {
     /// left, but timeouts compare against each worker's clock).
     pub fn run_from(&mut self, stop: &AtomicBool, inbox: Option<&Inbox>, start: Instant) {
         let mut last_publish = 0;
+        let mut last_idle = 0;
+        // Busy polling: poll() only looks (no sleep) and the idle work below
+        // runs at most every IDLE_NS instead of after every empty look.
+        let timeout = if self.busy_poll { 0 } else { 100 };
         if let Some(o) = &self.offload {
             o.set_clock(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
@@ -669,7 +682,7 @@ impl Worker {
             ];
             // SAFETY: `fds` is a valid array of three pollfd for the call's
             // duration (a negative fd is ignored by poll).
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, 100) };
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
             let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
             if self.fabric.is_some() {
                 // What the other workers announced comes first: a frame they
@@ -684,7 +697,12 @@ impl Worker {
             if ready > 0 {
                 self.step(Side::Inside, now);
                 self.step(Side::Outside, now);
-            } else if let Some(o) = &mut self.offload {
+            } else if let Some(o) = self
+                .offload
+                .as_mut()
+                .filter(|_| !self.busy_poll || now.saturating_sub(last_idle) >= IDLE_NS)
+            {
+                last_idle = now;
                 // Both rings empty: pending flows have nothing left behind.
                 o.drained(0);
                 o.drained(1);

@@ -99,6 +99,7 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
             non_ip: Action::Accept,
             bypass: false,
             offload: false,
+            busy_poll: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w = Worker::open(

@@ -96,6 +96,7 @@ fn lab_run(offload: bool) {
             non_ip: Action::Accept,
             bypass: false,
             offload,
+            busy_poll: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w =

@@ -75,6 +75,7 @@ fn fetch(helper: bool) -> bool {
             non_ip: Action::Accept,
             bypass: false,
             offload: false,
+            busy_poll: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w = Worker::open(

@@ -147,6 +147,7 @@ fn tagged_frames_are_tracked_and_filtered() {
             non_ip: Action::Accept,
             bypass: false,
             offload: false,
+            busy_poll: false,
             mode: dataplane::xsk::XdpMode::Auto,
         };
         let mut w =

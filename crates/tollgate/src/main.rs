@@ -277,6 +277,7 @@ fn run() -> anyhow::Result<ExitCode> {
                         cores: Vec::new(),
                         xdp_mode: control::config::XdpMode::Auto,
                         offload: true,
+                        busy_poll: false,
                     });
                 i.offload = true;
             }

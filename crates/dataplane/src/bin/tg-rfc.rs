@@ -471,7 +471,14 @@ fn connections(lab: &Arc<Lab>, fwd: Forwarder, quick: bool) -> Result<Connection
             Forwarder::Kernel { .. } => Some(ConntrackMax::set(limit)?),
             _ => None,
         };
-        let running = Running::start(lab, fwd, Options { max_entries: limit })?;
+        let running = Running::start(
+            lab,
+            fwd,
+            Options {
+                max_entries: limit,
+                ..Options::default()
+            },
+        )?;
         c.capacity = Some(capacity(lab, u64::from(limit))?);
         running.stop()?;
         drop(guard);
@@ -481,8 +488,13 @@ fn connections(lab: &Arc<Lab>, fwd: Forwarder, quick: bool) -> Result<Connection
 
 /// UDP echo round trips through the box, microseconds, sorted; and how
 /// many probes got no answer.
-fn latency(lab: &Arc<Lab>, fwd: Forwarder, probes: usize) -> Result<(Vec<f64>, usize), String> {
-    let running = Running::start(lab, fwd, Options::default())?;
+fn latency(
+    lab: &Arc<Lab>,
+    fwd: Forwarder,
+    opts: Options,
+    probes: usize,
+) -> Result<(Vec<f64>, usize), String> {
+    let running = Running::start(lab, fwd, opts)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (l, s) = (lab.clone(), stop.clone());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -751,22 +763,43 @@ fn part_connections(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'stati
 
 fn part_latency(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static> {
     // Latency.
+    let busy = Options {
+        busy_poll: true,
+        ..Options::default()
+    };
     let lat_fwds = [
-        Forwarder::Bridge,
-        Forwarder::Kernel { rps: false },
-        Forwarder::Tollgate,
-        Forwarder::Offload,
+        (
+            Forwarder::Bridge,
+            Options::default(),
+            Forwarder::Bridge.label(),
+        ),
+        (
+            Forwarder::Kernel { rps: false },
+            Options::default(),
+            Forwarder::Kernel { rps: false }.label(),
+        ),
+        (
+            Forwarder::Tollgate,
+            Options::default(),
+            Forwarder::Tollgate.label(),
+        ),
+        (Forwarder::Tollgate, busy, "Tollgate, busy_poll = true"),
+        (
+            Forwarder::Offload,
+            Options::default(),
+            Forwarder::Offload.label(),
+        ),
     ];
     let probes = if args.quick { 1000 } else { 5000 };
     let pcts = [50.0, 90.0, 99.0, 99.9];
     let mut lats = Vec::new();
-    for fwd in lat_fwds {
+    for (fwd, opts, label) in lat_fwds {
         if fwd.skipped() {
             lats.push(Err("skipped".to_string()));
             continue;
         }
-        eprintln!("tg-rfc: latency, {}", fwd.label());
-        lats.push(latency(lab, fwd, probes));
+        eprintln!("tg-rfc: latency, {label}");
+        lats.push(latency(lab, fwd, opts, probes));
     }
     say(md, String::new());
     say(md, "## Latency through the box".into());
@@ -786,7 +819,7 @@ fn part_latency(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static> {
         "| forwarder | p50 | p90 | p99 | p99.9 | max | lost |".into(),
     );
     say(md, "|---|---|---|---|---|---|---|".into());
-    for (fwd, l) in lat_fwds.iter().zip(&lats) {
+    for ((_, _, label), l) in lat_fwds.iter().zip(&lats) {
         match l {
             Ok((v, lost)) => {
                 let p = |q: f64| percentile(v, q).map_or("-".to_string(), |x| format!("{x:.1}"));
@@ -794,7 +827,7 @@ fn part_latency(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static> {
                     md,
                     format!(
                         "| {} | {} | {} | {} | {} | {} | {lost} |",
-                        fwd.label(),
+                        label,
                         p(50.0),
                         p(90.0),
                         p(99.0),
@@ -803,10 +836,7 @@ fn part_latency(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static> {
                     ),
                 );
             }
-            Err(e) => say(
-                md,
-                format!("| {} | {} | | | | | |", fwd.label(), failure(e)),
-            ),
+            Err(e) => say(md, format!("| {} | {} | | | | | |", label, failure(e))),
         }
     }
     Bars {
@@ -816,8 +846,8 @@ fn part_latency(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static> {
         series: lat_fwds
             .iter()
             .zip(&lats)
-            .map(|(f, l)| Series {
-                name: f.label().into(),
+            .map(|((_, _, label), l)| Series {
+                name: (*label).into(),
                 values: pcts
                     .iter()
                     .map(|&q| l.as_ref().ok().and_then(|(v, _)| percentile(v, q)))
