@@ -27,6 +27,7 @@ import argparse
 import ctypes
 import ipaddress
 import json
+import re
 import os
 import select
 import signal
@@ -584,6 +585,8 @@ def main(argv=None):
             p.add_argument("--kernel-jsonl", help="use a recorded kernel run instead of running the kernel")
             p.add_argument("--expect")
             p.add_argument("--name")
+            p.add_argument("--offload", action="store_true",
+                           help="replay with the XDP fast path in front (tollgate replay --offload; root)")
     p = sub.add_parser("diff")
     p.add_argument("a")
     p.add_argument("b")
@@ -623,16 +626,22 @@ def main(argv=None):
             return 0
     # The kernel saw the packets back to back, so Tollgate must too: its clock
     # then advances a microsecond per packet (timeouts are unit-tested).
-    r = subprocess.run([a.tollgate, "replay", "--config", a.config, "--pcap", a.pcap, "--inside", a.inside,
-                        "--clock", "index"],
-                       capture_output=True, text=True)
+    cmd = [a.tollgate, "replay", "--config", a.config, "--pcap", a.pcap, "--inside", a.inside,
+           "--clock", "index"]
+    if a.offload:
+        cmd.append("--offload")
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         print("tollgate replay failed: %s" % r.stderr, file=sys.stderr)
         return 2
     tg = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
     expect = load_expect(a.expect, name)
     mism = compare(kernel, tg, name, expect)
-    return 0 if report(name, mism, expect) else 1
+    ok = report(name, mism, expect)
+    if a.offload:
+        fast = re.search(r"fast path: (\d+) packets", r.stderr)
+        print("%s: with the XDP fast path, %s packets forwarded by the program" % (name, fast.group(1) if fast else "no"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -44,14 +44,8 @@ def ipv4(text):
         raise argparse.ArgumentTypeError("not an IPv4 address: %r" % text)
 
 
-def parse_tunables(tunables):
-    parser = argparse.ArgumentParser(
-        prog=os.path.basename(__file__),
-        description="UDP over N flows; port 0 = Tollgate inside, port 1 = outside.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--size", type=int, default=64,
-                        help="frame size on the wire, CRC included (64..9216)")
+def add_flow_arguments(parser):
+    """The options every profile over N flows takes (imix.py uses them too)."""
     parser.add_argument("--flows", type=int, default=1024,
                         help="distinct UDP flows (e.g. 1024, 100000)")
     parser.add_argument("--clients", type=int, default=0,
@@ -68,9 +62,10 @@ def parse_tunables(tunables):
                         help="UDP checksum: 'hw' fixes it per packet with the NIC's "
                              "offload (STLVmFixChecksumHw); 'zero' sends 0 (no "
                              "checksum, valid for IPv4) and fixes only the IPv4 header")
-    args = parser.parse_args(tunables)
-    if not 64 <= args.size <= 9216:
-        parser.error("--size must be 64..9216 (frame on the wire, CRC included)")
+
+
+def check_flows(parser, args):
+    """Checks the flow options and derives the last client address and port."""
     if args.flows < 1:
         parser.error("--flows must be at least 1")
     if args.clients == 0:
@@ -87,6 +82,21 @@ def parse_tunables(tunables):
         parser.error("--dport must be 1..65535")
     args.last_client = str(ipaddress.IPv4Address(args.client) + (args.clients - 1))
     args.last_sport = args.sport + ports - 1
+
+
+def parse_tunables(tunables):
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(__file__),
+        description="UDP over N flows; port 0 = Tollgate inside, port 1 = outside.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--size", type=int, default=64,
+                        help="frame size on the wire, CRC included (64..9216)")
+    add_flow_arguments(parser)
+    args = parser.parse_args(tunables)
+    if not 64 <= args.size <= 9216:
+        parser.error("--size must be 64..9216 (frame on the wire, CRC included)")
+    check_flows(parser, args)
     return args
 
 

@@ -373,25 +373,32 @@ impl<'a> Iterator for Capture<'a> {
     }
 }
 
+/// A little-endian pcap of Ethernet frames with microsecond timestamps, from
+/// (timestamp in microseconds, frame) records: what tests and tools write
+/// captures with. Lengths beyond `u32` are cut to it.
+pub fn write_us(recs: &[(u64, &[u8])]) -> Vec<u8> {
+    let word = |v: u64| u32::try_from(v).unwrap_or(u32::MAX).to_le_bytes();
+    let mut f = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&65535u32.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    for (ts, d) in recs {
+        f.extend_from_slice(&word(ts / 1_000_000));
+        f.extend_from_slice(&word(ts % 1_000_000));
+        f.extend_from_slice(&word(d.len() as u64));
+        f.extend_from_slice(&word(d.len() as u64));
+        f.extend_from_slice(d);
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A little-endian microsecond pcap with the given (ts_us, data) records.
-    pub(crate) fn pcap(recs: &[(u64, &[u8])]) -> Vec<u8> {
-        let mut f = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
-        f.extend_from_slice(&[0; 8]);
-        f.extend_from_slice(&65535u32.to_le_bytes());
-        f.extend_from_slice(&1u32.to_le_bytes());
-        for (ts, d) in recs {
-            f.extend_from_slice(&u32::try_from(ts / 1_000_000).unwrap().to_le_bytes());
-            f.extend_from_slice(&u32::try_from(ts % 1_000_000).unwrap().to_le_bytes());
-            f.extend_from_slice(&u32::try_from(d.len()).unwrap().to_le_bytes());
-            f.extend_from_slice(&u32::try_from(d.len()).unwrap().to_le_bytes());
-            f.extend_from_slice(d);
-        }
-        f
+    fn pcap(recs: &[(u64, &[u8])]) -> Vec<u8> {
+        super::write_us(recs)
     }
 
     /// A big-endian pcapng with one nanosecond interface.

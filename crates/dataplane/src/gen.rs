@@ -68,7 +68,7 @@ impl Generator {
         count: u32,
         reverse: bool,
     ) -> Result<Duration, BpfError> {
-        self.run_at(iface, frame, flows, first, count, u32::from(reverse), 0)
+        self.run_cfg(iface, frame, flows, first, count, u32::from(reverse), 0, 0)
     }
 
     /// [`Self::send`] at `rate` frames per second (paced in the program:
@@ -111,21 +111,7 @@ impl Generator {
         reverse: u32,
         mode: u32,
     ) -> Result<Duration, BpfError> {
-        self.run_at(iface, frame, flows, 0, count, reverse, mode)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_at(
-        &self,
-        iface: &str,
-        frame: &[u8],
-        flows: u32,
-        first: u32,
-        count: u32,
-        reverse: u32,
-        mode: u32,
-    ) -> Result<Duration, BpfError> {
-        self.run_cfg(iface, frame, flows, first, count, reverse, mode, 0)
+        self.run_cfg(iface, frame, flows, 0, count, reverse, mode, 0)
     }
 
     #[allow(clippy::too_many_arguments)]

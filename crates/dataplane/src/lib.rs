@@ -6,6 +6,7 @@
 
 pub mod benchlab;
 pub mod bpf;
+pub mod fastreplay;
 pub mod fwd;
 pub mod gen;
 pub mod lab;

@@ -915,6 +915,19 @@ impl Offloader {
         self.installed.len()
     }
 
+    /// Which way a packet with tuple `t` arriving on `side` goes in its
+    /// offloaded flow: `Some(true)` the reply way, `Some(false)` the
+    /// original way, `None` when the program has no such flow.
+    pub fn direction(&self, t: &Tuple, side: Side) -> Option<bool> {
+        let v = self
+            .maps
+            .flows
+            .lookup(&key(t, side), MapFlags::ANY)
+            .ok()??;
+        let v: [u8; 4] = v.get(..4)?.try_into().ok()?;
+        Some(u32::from_ne_bytes(v) & 1 == 1)
+    }
+
     /// True if none is installed.
     pub fn is_empty(&self) -> bool {
         self.installed.is_empty()

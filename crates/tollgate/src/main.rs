@@ -46,6 +46,11 @@ enum Cmd {
         /// (every reply handed over); `round-robin`: packet i to worker i mod N.
         #[arg(long, default_value = "owner", value_parser = ["owner", "side", "round-robin"])]
         steer: String,
+        /// Put the XDP fast path in front (`offload = true`): Tollgate's XDP
+        /// program run with BPF_PROG_TEST_RUN forwards the established flows
+        /// handed to it. Root; one worker.
+        #[arg(long, conflicts_with = "workers")]
+        offload: bool,
     },
     /// Build a lab of network namespaces, run Tollgate on it, drive traffic
     /// through it, and remove everything on exit (also on Ctrl-C).
@@ -358,6 +363,7 @@ fn run() -> anyhow::Result<ExitCode> {
             clock,
             workers,
             steer,
+            offload,
         } => {
             let steer = match steer.as_str() {
                 "side" => tollgate::replay::Steer::Side,
@@ -380,15 +386,19 @@ fn run() -> anyhow::Result<ExitCode> {
                 )),
                 None => Box::new(BufWriter::new(std::io::stdout().lock())),
             };
-            let res = tollgate::replay::replay_sharded(
-                &cfg,
-                &bytes,
-                &inside,
-                clock,
-                usize::from(workers),
-                steer,
-                &mut w,
-            );
+            let res = if offload {
+                tollgate::replay::replay_offload(&cfg, &bytes, &inside, clock, &mut w)
+            } else {
+                tollgate::replay::replay_sharded(
+                    &cfg,
+                    &bytes,
+                    &inside,
+                    clock,
+                    usize::from(workers),
+                    steer,
+                    &mut w,
+                )
+            };
             w.flush()?;
             match res {
                 Ok(sum) => {

@@ -35,6 +35,8 @@ pub struct Summary {
     pub handoffs: u64,
     /// Expectation messages between workers.
     pub messages: u64,
+    /// With the XDP fast path: packets it forwarded itself.
+    pub offloaded: Option<u64>,
 }
 
 /// Which worker receives each packet of a sharded replay (what the NIC's
@@ -72,6 +74,9 @@ impl std::fmt::Display for Summary {
             "conntrack: found {} new {} invalid {} insert_failed {} drop {} early_drop {} search_restart {} expired {}; {} connections",
             s.found, s.new, s.invalid, s.insert_failed, s.drop, s.early_drop, s.search_restart, s.expired, self.connections
         )?;
+        if let Some(n) = self.offloaded {
+            write!(f, "\nfast path: {n} packets forwarded by the XDP program")?;
+        }
         if self.workers > 1 {
             write!(
                 f,
@@ -97,6 +102,9 @@ pub enum ReplayError {
     /// Writing the output failed.
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
+    /// The XDP fast path could not be set up or run.
+    #[error("{0}")]
+    Offload(String),
 }
 
 /// Where L3 starts in a record, or why there is no IP packet.
@@ -212,6 +220,96 @@ pub fn replay_sharded(
     let mut shards = Shards::new(workers, &cfg.conntrack, &cfg.policy);
     let n = shards.workers();
     let mut sum = Summary::default();
+    run_capture(
+        cfg,
+        pcap,
+        inside,
+        clock,
+        out,
+        &mut sum,
+        |i, side, l3, now| {
+            let rx = match steer {
+                Steer::Owner => shards.owner(l3).unwrap_or(0),
+                Steer::Side if side == Side::Inside => 0,
+                Steer::Side => n - 1,
+                Steer::RoundRobin => i % n,
+            };
+            Ok(shards.process(rx, side, l3, now).1)
+        },
+    )?;
+    for w in 0..n {
+        add_stats(&mut sum, shards.pipeline(w));
+    }
+    sum.workers = n;
+    sum.handoffs = shards.handoffs;
+    sum.messages = shards.messages;
+    Ok(sum)
+}
+
+/// [`replay_with_clock`] with the XDP fast path in front of the pipeline
+/// (`offload = true`): each packet goes through Tollgate's XDP program first
+/// (run with `BPF_PROG_TEST_RUN`), which forwards the established flows the
+/// pipeline handed it, exactly as a worker does; the output must not
+/// differ from the replay without it. Root only; moves the calling thread
+/// into a network namespace of its own. The summary's `offloaded` counts
+/// the packets the program forwarded.
+pub fn replay_offload(
+    cfg: &control::Config,
+    pcap: &[u8],
+    inside: &[Prefix],
+    clock: Clock,
+    out: &mut impl Write,
+) -> Result<Summary, ReplayError> {
+    let pipeline = conntrack::Pipeline::new(cfg.conntrack.clone(), cfg.policy.clone());
+    let mut fast = dataplane::fastreplay::FastReplay::new(pipeline)
+        .map_err(|e| ReplayError::Offload(e.to_string()))?;
+    let mut sum = Summary::default();
+    run_capture(
+        cfg,
+        pcap,
+        inside,
+        clock,
+        out,
+        &mut sum,
+        |_, side, l3, now| {
+            fast.process(side, l3, now)
+                .map_err(|e| ReplayError::Offload(e.to_string()))
+        },
+    )?;
+    fast.finish();
+    add_stats(&mut sum, fast.pipeline());
+    sum.workers = 1;
+    sum.offloaded = Some(fast.forwarded);
+    Ok(sum)
+}
+
+fn add_stats(sum: &mut Summary, p: &conntrack::Pipeline) {
+    let ct = p.conntrack();
+    let (a, b) = (&mut sum.conntrack, ct.stats());
+    a.found += b.found;
+    a.new += b.new;
+    a.invalid += b.invalid;
+    a.insert_failed += b.insert_failed;
+    a.drop += b.drop;
+    a.early_drop += b.early_drop;
+    a.search_restart += b.search_restart;
+    a.expired += b.expired;
+    a.frag_followed += b.frag_followed;
+    a.source_limit += b.source_limit;
+    sum.connections += ct.len();
+}
+
+/// Reads the capture and writes a line per packet; `ip(index, side, l3,
+/// now)` decides each IP packet.
+fn run_capture(
+    cfg: &control::Config,
+    pcap: &[u8],
+    inside: &[Prefix],
+    clock: Clock,
+    out: &mut impl Write,
+    sum: &mut Summary,
+    mut ip: impl FnMut(usize, Side, &[u8], u64) -> Result<conntrack::PacketResult, ReplayError>,
+) -> Result<(), ReplayError> {
     let cap = Capture::new(pcap).map_err(|err| ReplayError::Capture { err, read: 0 })?;
     let mut last_now = 0;
     for (i, rec) in cap.enumerate() {
@@ -230,13 +328,7 @@ pub fn replay_sharded(
         let line = match l3_of(rec.link_type, rec.data) {
             L3::Ip(l3) => {
                 let side = side_of(l3, inside);
-                let rx = match steer {
-                    Steer::Owner => shards.owner(l3).unwrap_or(0),
-                    Steer::Side if side == Side::Inside => 0,
-                    Steer::Side => n - 1,
-                    Steer::RoundRobin => i % n,
-                };
-                let (_, r) = shards.process(rx, side, l3, now);
+                let r = ip(i, side, l3, now)?;
                 Line {
                     side,
                     verdict: r.verdict,
@@ -270,25 +362,7 @@ pub fn replay_sharded(
         }
         write_line(out, i as u64, &line)?;
     }
-    for w in 0..n {
-        let ct = shards.pipeline(w).conntrack();
-        let (a, b) = (&mut sum.conntrack, ct.stats());
-        a.found += b.found;
-        a.new += b.new;
-        a.invalid += b.invalid;
-        a.insert_failed += b.insert_failed;
-        a.drop += b.drop;
-        a.early_drop += b.early_drop;
-        a.search_restart += b.search_restart;
-        a.expired += b.expired;
-        a.frag_followed += b.frag_followed;
-        a.source_limit += b.source_limit;
-        sum.connections += ct.len();
-    }
-    sum.workers = n;
-    sum.handoffs = shards.handoffs;
-    sum.messages = shards.messages;
-    Ok(sum)
+    Ok(())
 }
 
 /// Where the core's `now` comes from during a replay.

@@ -53,6 +53,32 @@ fn kdiff_set() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every capture under tests/data (`dir/file` and its path), sorted.
+fn captures() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(root().join("tests/data"))
+        .unwrap()
+        .flatten()
+    {
+        if !dir.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "pcap" || e == "pcapng") {
+                let rel = format!(
+                    "{}/{}",
+                    dir.file_name().to_string_lossy(),
+                    p.file_name().unwrap().to_string_lossy()
+                );
+                out.push((rel, p));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 const DEFAULT_INSIDE: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
 
 #[test]
@@ -62,54 +88,36 @@ fn golden_listings() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut checked = 0;
     let mut failures = Vec::new();
-    let mut dirs: Vec<_> = std::fs::read_dir(root().join("tests/data"))
-        .unwrap()
-        .flatten()
-        .collect();
-    dirs.sort_by_key(|d| d.path());
-    for dir in dirs.iter().filter(|d| d.path().is_dir()) {
-        let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
-        files.sort_by_key(|f| f.path());
-        for f in files {
-            let p = f.path();
-            if !p.extension().is_some_and(|e| e == "pcap" || e == "pcapng") {
-                continue;
+    for (rel, p) in captures() {
+        let inside = inside_of.get(&rel).map_or(DEFAULT_INSIDE, String::as_str);
+        let got: String = replay(&cfg, &p, inside)
+            .iter()
+            .map(|v| format!("{v}\n"))
+            .collect();
+        let golden = root()
+            .join("tests/golden")
+            .join(format!("{}.jsonl", rel.replace('/', "__")));
+        if update {
+            std::fs::write(&golden, &got).unwrap();
+        } else {
+            let want = std::fs::read_to_string(&golden).unwrap_or_else(|_| {
+                panic!(
+                    "no golden listing {}: run with UPDATE_GOLDEN=1",
+                    golden.display()
+                )
+            });
+            if want != got {
+                let first = want
+                    .lines()
+                    .zip(got.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(want.lines().count().min(got.lines().count()));
+                failures.push(format!(
+                    "{rel}: differs from its golden listing at packet {first}"
+                ));
             }
-            let rel = format!(
-                "{}/{}",
-                dir.file_name().to_string_lossy(),
-                p.file_name().unwrap().to_string_lossy()
-            );
-            let inside = inside_of.get(&rel).map_or(DEFAULT_INSIDE, String::as_str);
-            let got: String = replay(&cfg, &p, inside)
-                .iter()
-                .map(|v| format!("{v}\n"))
-                .collect();
-            let golden = root()
-                .join("tests/golden")
-                .join(format!("{}.jsonl", rel.replace('/', "__")));
-            if update {
-                std::fs::write(&golden, &got).unwrap();
-            } else {
-                let want = std::fs::read_to_string(&golden).unwrap_or_else(|_| {
-                    panic!(
-                        "no golden listing {}: run with UPDATE_GOLDEN=1",
-                        golden.display()
-                    )
-                });
-                if want != got {
-                    let first = want
-                        .lines()
-                        .zip(got.lines())
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(want.lines().count().min(got.lines().count()));
-                    failures.push(format!(
-                        "{rel}: differs from its golden listing at packet {first}"
-                    ));
-                }
-            }
-            checked += 1;
         }
+        checked += 1;
     }
     assert!(checked >= 50, "only {checked} captures found");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -363,67 +371,50 @@ fn shards_give_the_same_answers() {
     let cfg = control::load(&root().join("tests/kdiff/strict.toml")).unwrap();
     let mut checked = 0;
     let (mut handoffs, mut messages) = (0, 0);
-    let mut dirs: Vec<_> = std::fs::read_dir(root().join("tests/data"))
-        .unwrap()
-        .flatten()
-        .filter(|d| d.path().is_dir())
-        .collect();
-    dirs.sort_by_key(|d| d.path());
-    for dir in dirs {
-        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-            let p = f.path();
-            if !p.extension().is_some_and(|e| e == "pcap" || e == "pcapng") {
-                continue;
-            }
-            let rel = format!(
-                "{}/{}",
-                dir.file_name().to_string_lossy(),
-                p.file_name().unwrap().to_string_lossy()
+    for (rel, p) in captures() {
+        let inside = inside_of.get(&rel).map_or(DEFAULT_INSIDE, String::as_str);
+        let inside = tollgate::replay::parse_inside(inside).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let run = |workers, steer| {
+            let mut out = Vec::new();
+            let sum = replay_sharded(
+                &cfg,
+                &bytes,
+                &inside,
+                Clock::Capture,
+                workers,
+                steer,
+                &mut out,
             );
-            let inside = inside_of.get(&rel).map_or(DEFAULT_INSIDE, String::as_str);
-            let inside = tollgate::replay::parse_inside(inside).unwrap();
-            let bytes = std::fs::read(&p).unwrap();
-            let run = |workers, steer| {
-                let mut out = Vec::new();
-                let sum = replay_sharded(
-                    &cfg,
-                    &bytes,
-                    &inside,
-                    Clock::Capture,
-                    workers,
-                    steer,
-                    &mut out,
-                );
-                (String::from_utf8(out).unwrap(), sum.ok())
-            };
-            let (one, _) = run(1, Steer::Owner);
-            for workers in [2, 3] {
-                for steer in [Steer::Owner, Steer::Side, Steer::RoundRobin] {
-                    let (many, sum) = run(workers, steer);
-                    if let Some(s) = sum {
-                        handoffs += s.handoffs;
-                        messages += s.messages;
-                        if steer == Steer::Owner {
-                            assert_eq!(
-                                s.handoffs, 0,
-                                "{rel}: symmetric steering hands nothing over"
-                            );
-                        }
-                    }
-                    if one != many {
-                        let first = one
-                            .lines()
-                            .zip(many.lines())
-                            .position(|(a, b)| a != b)
-                            .unwrap_or(0);
-                        panic!(
-                            "{rel}: {workers} workers, {steer:?}: packet {first} differs:\n  one:  {}\n  many: {}",
-                            one.lines().nth(first).unwrap_or(""),
-                            many.lines().nth(first).unwrap_or("")
+            (String::from_utf8(out).unwrap(), sum.ok())
+        };
+        let (one, _) = run(1, Steer::Owner);
+        for workers in [2, 3] {
+            for steer in [Steer::Owner, Steer::Side, Steer::RoundRobin] {
+                let (many, sum) = run(workers, steer);
+                if let Some(s) = sum {
+                    handoffs += s.handoffs;
+                    messages += s.messages;
+                    if steer == Steer::Owner {
+                        assert_eq!(
+                            s.handoffs, 0,
+                            "{rel}: symmetric steering hands nothing over"
                         );
                     }
-                    checked += one.lines().count();
                 }
+                if one != many {
+                    let first = one
+                        .lines()
+                        .zip(many.lines())
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    panic!(
+                        "{rel}: {workers} workers, {steer:?}: packet {first} differs:\n  one:  {}\n  many: {}",
+                        one.lines().nth(first).unwrap_or(""),
+                        many.lines().nth(first).unwrap_or("")
+                    );
+                }
+                checked += one.lines().count();
             }
         }
     }
@@ -432,4 +423,70 @@ fn shards_give_the_same_answers() {
         handoffs > 1_000 && messages > 10,
         "{handoffs} handoffs, {messages} messages"
     );
+}
+
+/// The XDP fast path (`offload = true`): every capture replayed with
+/// Tollgate's XDP program in front of the pipeline (run with
+/// BPF_PROG_TEST_RUN, its offload table kept as a worker keeps it) gives
+/// exactly the answers of the pipeline alone, on the capture's clock and on
+/// the kernel differential's (a microsecond per packet). Root only: loading
+/// BPF.
+#[test]
+fn fast_path_gives_the_same_answers() {
+    use tollgate::replay::{replay_offload, replay_with_clock, Clock};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the BPF tests as root"
+        );
+        eprintln!("SKIPPED: loading BPF needs root");
+        return;
+    }
+    // replay_offload moves its thread into a network namespace of its own.
+    std::thread::spawn(|| {
+        let inside_of: BTreeMap<String, String> = kdiff_set().into_iter().collect();
+        let cfg = control::load(&root().join("tests/kdiff/strict.toml")).unwrap();
+        let (mut checked, mut forwarded) = (0, 0);
+        for (rel, p) in captures() {
+            let inside = inside_of.get(&rel).map_or(DEFAULT_INSIDE, String::as_str);
+            let inside = tollgate::replay::parse_inside(inside).unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            for clock in [Clock::Capture, Clock::Index] {
+                let mut slow = Vec::new();
+                let a = replay_with_clock(&cfg, &bytes, &inside, clock, &mut slow);
+                let mut fast = Vec::new();
+                let b = replay_offload(&cfg, &bytes, &inside, clock, &mut fast);
+                let (slow, fast) = (String::from_utf8(slow).unwrap(), String::from_utf8(fast).unwrap());
+                if slow != fast {
+                    let first = slow
+                        .lines()
+                        .zip(fast.lines())
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    panic!(
+                        "{rel} ({clock:?}): packet {first} differs with the fast path:\n  slow: {}\n  fast: {}",
+                        slow.lines().nth(first).unwrap_or(""),
+                        fast.lines().nth(first).unwrap_or("")
+                    );
+                }
+                assert_eq!(a.is_ok(), b.is_ok(), "{rel}: {a:?} / {b:?}");
+                if let Ok(s) = b {
+                    forwarded += s.offloaded.unwrap_or(0);
+                    let a = a.unwrap();
+                    assert_eq!(
+                        (s.packets, s.accepted, s.connections),
+                        (a.packets, a.accepted, a.connections),
+                        "{rel}: summaries"
+                    );
+                }
+            }
+            checked += 1;
+}
+        eprintln!("{checked} captures, {forwarded} packets forwarded by the XDP program");
+        assert!(checked >= 50, "only {checked} captures found");
+        assert!(forwarded > 200, "the program took part: {forwarded}");
+    })
+    .join()
+    .expect("fast path replay thread");
 }

@@ -11,20 +11,14 @@ use conntrack::packet::tcp_flags::{ACK, SYN};
 const C: [u8; 4] = [10, 0, 0, 1];
 const S: [u8; 4] = [192, 0, 2, 1];
 
+/// The frames as a capture, a microsecond apart from t = 1 s.
 fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut f = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&65535u32.to_le_bytes());
-    f.extend_from_slice(&1u32.to_le_bytes());
-    for (i, d) in frames.iter().enumerate() {
-        f.extend_from_slice(&1u32.to_le_bytes());
-        f.extend_from_slice(&u32::try_from(i).unwrap().to_le_bytes());
-        let len = u32::try_from(d.len()).unwrap();
-        f.extend_from_slice(&len.to_le_bytes());
-        f.extend_from_slice(&len.to_le_bytes());
-        f.extend_from_slice(d);
-    }
-    f
+    let recs: Vec<(u64, &[u8])> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (1_000_000 + i as u64, &d[..]))
+        .collect();
+    capture::pcap::write_us(&recs)
 }
 
 fn run(frames: &[Vec<u8>]) -> Vec<serde_json::Value> {

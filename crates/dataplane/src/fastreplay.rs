@@ -1,0 +1,207 @@
+//! The XDP fast path driven packet by packet, without NICs: Tollgate's XDP
+//! program run with `BPF_PROG_TEST_RUN` in front of a pipeline, the offload
+//! table kept by the worker's own [`Offloader`], as a worker with
+//! `offload = true` does, after every packet with empty rings. A packet the
+//! program forwards itself (`XDP_REDIRECT`) is accepted as established; any
+//! other goes through the pipeline, which may then hand its flow to the
+//! program. `tollgate replay --offload` and the kernel differential with
+//! the fast path on run on this. Root only (loading BPF).
+//!
+//! Clocks: the program stamps packets with the kernel's monotonic clock, the
+//! pipeline runs on the caller's `now` (a capture's timestamps, say). Before
+//! each packet the offloader's clock is set to `now`; when `now` leaps ahead
+//! of the real time elapsed (an idle gap in a capture), every flow is taken
+//! back first, so that the last-seen times the program recorded are read on
+//! the clock they were written with and timeouts stay exact.
+
+use std::time::Instant;
+
+use conntrack::packet::{self, ParseOptions};
+use conntrack::policy::{Action, Side};
+use conntrack::{CtState, PacketResult, Pipeline};
+
+use crate::bpf::{action, XdpProgram};
+use crate::offload::Offloader;
+
+/// A leap of the caller's clock ahead of real time beyond which flows are
+/// taken back before the packet (ns).
+const LEAP_NS: u64 = 1_000_000;
+
+/// The program and a pipeline behind it.
+pub struct FastReplay {
+    prog: XdpProgram,
+    off: Offloader,
+    pipeline: Pipeline,
+    /// The interface index standing for the side that is not lo's.
+    other: i32,
+    epoch: Instant,
+    last_now: u64,
+    last_real: u64,
+    /// Packets the program forwarded itself.
+    pub forwarded: u64,
+    /// Packets it gave the pipeline.
+    pub punted: u64,
+    /// Times every flow was taken back for a leap of the clock.
+    pub leaps: u64,
+}
+
+/// Why the fast path could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FastReplayError {
+    /// Not root, or no BPF.
+    #[error("the XDP fast path needs root (BPF_PROG_TEST_RUN, a network namespace): {0}")]
+    Setup(String),
+    /// A test run failed.
+    #[error("running the XDP program: {0}")]
+    Run(String),
+}
+
+impl FastReplay {
+    /// Moves the calling thread into a network namespace of its own, where
+    /// lo and a veth pair stand for the two ports, loads the program with
+    /// the fast path on and puts it in front of `pipeline`.
+    pub fn new(mut pipeline: Pipeline) -> Result<FastReplay, FastReplayError> {
+        let setup = |e: String| FastReplayError::Setup(e);
+        // SAFETY: unshare only moves this thread into a new network namespace.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        if r != 0 {
+            return Err(setup(format!(
+                "unshare: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let ok = std::process::Command::new("ip")
+            .args([
+                "link", "add", "tgfra", "type", "veth", "peer", "name", "tgfrb",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(setup("creating a veth pair (ip link add)".into()));
+        }
+        let other = crate::bpf::ifindex("tgfra").map_err(|e| setup(e.to_string()))?;
+        let mut prog = XdpProgram::load().map_err(|e| setup(e.to_string()))?;
+        let checksum = pipeline.conntrack().config().checksum;
+        prog.set_side(0, 1).map_err(|e| setup(e.to_string()))?;
+        prog.set_side(1, other).map_err(|e| setup(e.to_string()))?;
+        prog.set_offload(true, checksum)
+            .map_err(|e| setup(e.to_string()))?;
+        prog.set_redirect(true).map_err(|e| setup(e.to_string()))?;
+        let maps = prog.offload_maps().map_err(|e| setup(e.to_string()))?;
+        let off = Offloader::new(maps, 0, 1);
+        pipeline
+            .conntrack_mut()
+            .set_fast_path(Some(off.reclaimer()));
+        Ok(FastReplay {
+            prog,
+            off,
+            pipeline,
+            other,
+            epoch: Instant::now(),
+            last_now: 0,
+            last_real: 0,
+            forwarded: 0,
+            punted: 0,
+            leaps: 0,
+        })
+    }
+
+    /// The pipeline (its table holds offloaded flows as the core sees them:
+    /// [`Self::finish`] takes them back first).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Takes every flow back from the program.
+    pub fn finish(&mut self) {
+        self.off.clear(&mut self.pipeline);
+    }
+
+    /// One IP packet arriving on `side` at `now`: the program first, the
+    /// pipeline if the program gives it up.
+    pub fn process(
+        &mut self,
+        side: Side,
+        l3: &[u8],
+        now: u64,
+    ) -> Result<PacketResult, FastReplayError> {
+        let real = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let expected = self
+            .last_now
+            .saturating_add(real.saturating_sub(self.last_real));
+        if now > expected.saturating_add(LEAP_NS) && !self.off.is_empty() {
+            self.off.clear(&mut self.pipeline);
+            self.leaps += 1;
+        }
+        self.off.set_clock(now);
+        (self.last_now, self.last_real) = (now, real);
+        // The program tells the sides apart by ingress interface, and a test
+        // run's ingress is lo: make lo the side wanted.
+        let run = |e: crate::bpf::BpfError| FastReplayError::Run(e.to_string());
+        match side {
+            Side::Inside => {
+                self.prog.set_side(1, self.other).map_err(run)?;
+                self.prog.set_side(0, 1).map_err(run)?;
+            }
+            Side::Outside => {
+                self.prog.set_side(0, self.other).map_err(run)?;
+                self.prog.set_side(1, 1).map_err(run)?;
+            }
+        }
+        let frame = conntrack::build::ethernet(l3, &[]);
+        let (rv, meta) = self.prog.test_run_meta(&frame).map_err(run)?;
+        let result = if rv == action::REDIRECT {
+            self.forwarded += 1;
+            PacketResult {
+                verdict: Action::Accept,
+                state: CtState::Established,
+                reply: self.reply(side, l3),
+                reason: None,
+            }
+        } else {
+            if rv != action::PASS {
+                return Err(FastReplayError::Run(format!("XDP action {rv}")));
+            }
+            self.punted += 1;
+            if let Some(m) = meta {
+                let m = u64::from_le_bytes(m);
+                // A packet the program saw while its flow was pending.
+                if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
+                    let slot = u32::try_from(m >> 32).unwrap_or(u32::MAX);
+                    let dir = u8::try_from((m >> 24) & 0xff).unwrap_or(0);
+                    self.off.pending_done(slot, dir);
+                }
+            }
+            let mut out = [PacketResult {
+                verdict: Action::Drop,
+                state: CtState::Invalid,
+                reply: false,
+                reason: None,
+            }];
+            self.pipeline.process_batch(&[(side, l3)], now, &mut out);
+            self.off.end_batch();
+            let r = out[0];
+            if r.verdict == Action::Accept && r.state == CtState::Established {
+                let conn = self.pipeline.batch_conns()[0];
+                self.off
+                    .consider(&mut self.pipeline, side, &[conn], &[r.reply], now);
+            }
+            r
+        };
+        // Both "rings" are empty after each packet: pending flows may go.
+        self.off.collect_gone(&mut self.pipeline);
+        self.off.drained(0);
+        self.off.drained(1);
+        self.off.publish_all(&self.pipeline, now);
+        Ok(result)
+    }
+
+    /// Whether a packet the program forwarded went the reply way: its
+    /// tuple's key in the program's table says.
+    fn reply(&self, side: Side, l3: &[u8]) -> bool {
+        packet::parse(l3, ParseOptions::default())
+            .ok()
+            .and_then(|p| self.off.direction(&p.tuple, side))
+            .unwrap_or(false)
+    }
+}
