@@ -43,6 +43,9 @@ pub struct FastReplay {
     pub punted: u64,
     /// Times every flow was taken back for a leap of the clock.
     pub leaps: u64,
+    /// Hold pending flows: as if the RX rings were never found empty, so
+    /// that the program never takes a flow over (tests of that wait).
+    pub hold: bool,
 }
 
 /// Why the fast path could not be set up.
@@ -103,6 +106,7 @@ impl FastReplay {
             forwarded: 0,
             punted: 0,
             leaps: 0,
+            hold: false,
         })
     }
 
@@ -110,6 +114,40 @@ impl FastReplay {
     /// [`Self::finish`] takes them back first).
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// The offloader and the pipeline, for what a worker does between
+    /// packets (timers, listings, a policy reload).
+    pub fn parts(&mut self) -> (&mut Offloader, &mut Pipeline) {
+        (&mut self.off, &mut self.pipeline)
+    }
+
+    /// The program (its punt counters).
+    pub fn program(&self) -> &XdpProgram {
+        &self.prog
+    }
+
+    /// The program, to run or configure it directly (measurements).
+    pub fn program_mut(&mut self) -> &mut XdpProgram {
+        &mut self.prog
+    }
+
+    /// Makes the next test runs arrive on `side`: the program tells the
+    /// sides apart by ingress interface, and a test run's ingress is lo.
+    pub fn ingress(&mut self, side: Side) -> Result<(), FastReplayError> {
+        let run = |e: crate::bpf::BpfError| FastReplayError::Run(e.to_string());
+        let (lo, other) = match side {
+            Side::Inside => (0, 1),
+            Side::Outside => (1, 0),
+        };
+        // The other side first: the two never share an interface.
+        self.prog.set_side(other, self.other).map_err(run)?;
+        self.prog.set_side(lo, 1).map_err(run)
+    }
+
+    /// The offloader.
+    pub fn offloader(&self) -> &Offloader {
+        &self.off
     }
 
     /// Takes every flow back from the program.
@@ -135,19 +173,8 @@ impl FastReplay {
         }
         self.off.set_clock(now);
         (self.last_now, self.last_real) = (now, real);
-        // The program tells the sides apart by ingress interface, and a test
-        // run's ingress is lo: make lo the side wanted.
+        self.ingress(side)?;
         let run = |e: crate::bpf::BpfError| FastReplayError::Run(e.to_string());
-        match side {
-            Side::Inside => {
-                self.prog.set_side(1, self.other).map_err(run)?;
-                self.prog.set_side(0, 1).map_err(run)?;
-            }
-            Side::Outside => {
-                self.prog.set_side(0, self.other).map_err(run)?;
-                self.prog.set_side(1, 1).map_err(run)?;
-            }
-        }
         let frame = conntrack::build::ethernet(l3, &[]);
         let (rv, meta) = self.prog.test_run_meta(&frame).map_err(run)?;
         let result = if rv == action::REDIRECT {
@@ -190,9 +217,11 @@ impl FastReplay {
         };
         // Both "rings" are empty after each packet: pending flows may go.
         self.off.collect_gone(&mut self.pipeline);
-        self.off.drained(0);
-        self.off.drained(1);
-        self.off.publish_all(&self.pipeline, now);
+        if !self.hold {
+            self.off.drained(0);
+            self.off.drained(1);
+            self.off.publish_all(&self.pipeline, now);
+        }
         Ok(result)
     }
 

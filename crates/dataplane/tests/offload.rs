@@ -15,9 +15,9 @@ use std::time::Instant;
 use conntrack::build::{ethernet, Pkt};
 use conntrack::packet::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 use conntrack::policy::{Action, Policy, Rule, Side};
-use conntrack::{Config, CtState, Pipeline};
-use dataplane::bpf::{action, XdpProgram};
-use dataplane::offload::Offloader;
+use conntrack::{Config, Pipeline};
+use dataplane::bpf::action;
+use dataplane::fastreplay::FastReplay;
 
 const A: [u8; 4] = [10, 9, 0, 1];
 const B: [u8; 4] = [10, 9, 0, 2];
@@ -44,59 +44,26 @@ fn cfg() -> Config {
     }
 }
 
-/// The program in a network namespace of this thread's own (lo and a dummy
-/// interface stand for the two sides), the offloaded pipeline and the
-/// reference.
+/// The program in front of a pipeline, in a network namespace of this
+/// thread's own ([`FastReplay`]: a worker with offload on, packet by packet),
+/// and a reference pipeline that sees every packet.
 struct Bench {
-    prog: XdpProgram,
-    off: Offloader,
-    fast: Pipeline,
+    fr: FastReplay,
     reference: Pipeline,
     start: Instant,
     /// Added to the clock (to age flows without waiting).
     shift: u64,
-    /// Packets the program forwarded itself.
-    forwarded_fast: u64,
-    /// Packets it gave the slow path.
-    punted: u64,
-    /// Hold pending flows (as if the RX rings were never found empty).
-    hold: bool,
 }
 
 impl Bench {
     fn new(policy: Policy, cfg: Config) -> Bench {
-        // SAFETY: unshare only moves this thread into a new network namespace.
-        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
-        let ok = std::process::Command::new("ip")
-            .args([
-                "link", "add", "tgoffd", "type", "veth", "peer", "name", "tgoffe",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "creating a veth pair");
-        let dummy = dataplane::bpf::ifindex("tgoffd").expect("dummy");
-        let mut prog = XdpProgram::load().expect("program loads");
-        prog.set_side(0, 1).unwrap();
-        prog.set_side(1, dummy).unwrap();
-        prog.set_offload(true, cfg.checksum).unwrap();
-        prog.set_redirect(true).unwrap();
-        let off = Offloader::new(prog.offload_maps().expect("maps"), 0, 1);
-        let mut fast = Pipeline::new(cfg.clone(), policy.clone());
-        fast.conntrack_mut().set_fast_path(Some(off.reclaimer()));
-        let b = Bench {
-            prog,
-            off,
-            fast,
+        Bench {
+            fr: FastReplay::new(Pipeline::new(cfg.clone(), policy.clone()))
+                .expect("fast path set up"),
             reference: Pipeline::new(cfg, policy),
             start: Instant::now(),
             shift: 0,
-            forwarded_fast: 0,
-            punted: 0,
-            hold: false,
-        };
-        b.off.set_clock(b.now());
-        b
+        }
     }
 
     fn now(&self) -> u64 {
@@ -106,90 +73,46 @@ impl Bench {
     /// Moves the clock `secs` ahead (nothing may be in the fast path: its
     /// clock cannot jump with ours).
     fn age(&mut self, secs: u64) {
-        assert!(self.off.is_empty(), "aging with flows in the fast path");
+        assert!(
+            self.fr.offloader().is_empty(),
+            "aging with flows in the fast path"
+        );
         self.shift += secs * 1_000_000_000;
-        self.off.set_clock(self.now());
     }
 
-    /// The program's ingress is lo (ifindex 1): make lo the side wanted.
-    fn enter_on(&mut self, side: Side) {
-        let dummy = dataplane::bpf::ifindex("tgoffd").unwrap();
-        match side {
-            Side::Inside => {
-                self.prog.set_side(1, dummy).unwrap();
-                self.prog.set_side(0, 1).unwrap();
-            }
-            Side::Outside => {
-                self.prog.set_side(0, dummy).unwrap();
-                self.prog.set_side(1, 1).unwrap();
-            }
-        }
+    /// Packets the program forwarded itself.
+    fn forwarded_fast(&self) -> u64 {
+        self.fr.forwarded
     }
 
     /// One packet: the program first, the slow path if it punts; returns the
     /// verdict and checks it against the reference's.
     fn send(&mut self, side: Side, ip: &[u8], what: &str) -> Action {
-        self.enter_on(side);
-        let frame = ethernet(ip, &[]);
         let now = self.now();
         let reference = self.reference.process(side, ip, now);
-        let (rv, meta) = self.prog.test_run_meta(&frame).expect("test run");
-        let got = if rv == action::REDIRECT {
-            self.forwarded_fast += 1;
-            Action::Accept
-        } else {
-            assert_eq!(rv, action::PASS, "{what}: XDP action {rv}");
-            self.punted += 1;
-            let mut out = [conntrack::PacketResult {
-                verdict: Action::Drop,
-                state: CtState::Invalid,
-                reply: false,
-                reason: None,
-            }];
-            if let Some(m) = meta {
-                let m = u64::from_le_bytes(m);
-                if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
-                    #[allow(clippy::cast_possible_truncation)]
-                    self.off.pending_done((m >> 32) as u32, (m >> 24) as u8);
-                }
-            }
-            self.fast.process_batch(&[(side, ip)], now, &mut out);
-            self.off.end_batch();
-            let r = out[0];
-            let conn = self.fast.batch_conns()[0];
-            if r.verdict == Action::Accept && r.state == CtState::Established {
-                self.off
-                    .consider(&mut self.fast, side, &[conn], &[r.reply], now);
-            }
+        let before = self.fr.forwarded;
+        let r = self.fr.process(side, ip, now).expect("test run");
+        let fast = self.fr.forwarded > before;
+        if !fast {
             assert_eq!(
                 (r.verdict, r.state, r.reason),
                 (reference.verdict, reference.state, reference.reason),
                 "{what}: slow path differs from the reference"
             );
-            r.verdict
-        };
-        assert_eq!(
-            got,
-            reference.verdict,
-            "{what}: verdict {got:?} (fast path: {}), reference {:?}",
-            rv == action::REDIRECT,
-            reference
-        );
-        // After each packet both RX rings are empty: pending flows may go.
-        self.off.collect_gone(&mut self.fast);
-        if !self.hold {
-            self.off.drained(0);
-            self.off.drained(1);
-            self.off.publish_all(&self.fast, now);
         }
-        got
+        assert_eq!(
+            r.verdict, reference.verdict,
+            "{what}: verdict {:?} (fast path: {fast}), reference {reference:?}",
+            r.verdict
+        );
+        r.verdict
     }
 
     /// Takes every connection back and compares the two tables.
     fn settle(&mut self) {
-        self.off.clear(&mut self.fast);
+        self.fr.finish();
         let now = self.now();
-        let mut a: Vec<_> = self.fast.conntrack().connections(now).collect();
+        let mut a: Vec<_> = self.fr.pipeline().conntrack().connections(now).collect();
         let mut b: Vec<_> = self.reference.conntrack().connections(now).collect();
         a.sort_by_key(|c| format!("{:?}", c.orig));
         b.sort_by_key(|c| format!("{:?}", c.orig));
@@ -215,7 +138,7 @@ impl Bench {
                 .filter(|(_, c)| c.state != Default::default())
                 .collect::<Vec<_>>()
         };
-        let (ta, tb) = (conns(&self.fast), conns(&self.reference));
+        let (ta, tb) = (conns(self.fr.pipeline()), conns(&self.reference));
         let sa: Vec<_> = ta.iter().map(|(_, c)| c.seen).collect();
         let sb: Vec<_> = tb.iter().map(|(_, c)| c.seen).collect();
         assert_eq!(sa, sb, "TCP window state");
@@ -362,11 +285,11 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
             b.send(side(from), &s, &format!("data {i}"));
         }
         assert!(
-            b.forwarded_fast > 20,
+            b.forwarded_fast() > 20,
             "fast path forwarded {}",
-            b.forwarded_fast
+            b.forwarded_fast()
         );
-        let before = b.forwarded_fast;
+        let before = b.forwarded_fast();
         // A segment far beyond the window: invalid on both paths (the program
         // hands it over and the flow with it).
         let bad = t.seg(0, ACK, t.nxt[0].wrapping_add(1 << 30), t.nxt[1], 10);
@@ -377,7 +300,7 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
             let s = t.data(from, 50);
             b.send(side(from), &s, &format!("data after {i}"));
         }
-        assert!(b.forwarded_fast > before + 5, "back on the fast path");
+        assert!(b.forwarded_fast() > before + 5, "back on the fast path");
         // A bad checksum, a SACK block, an URG: the slow path's.
         let mut s = t.data(0, 10);
         let l = s.len();
@@ -406,28 +329,35 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
         // Installed while its packets keep coming (the rings never empty):
         // they stay on the slow path, counted, until the worker has seen
         // every one; only then the program takes the flow.
-        b.hold = true;
+        b.fr.hold = true;
         let mut t = Tcp::open(&mut b, 40_002);
-        let fast_before = b.forwarded_fast;
+        let fast_before = b.forwarded_fast();
         for i in 0..6 {
             let s = t.data(i % 2, 64);
             b.send(side(i % 2), &s, "data while pending");
         }
         assert_eq!(
-            b.forwarded_fast, fast_before,
+            b.forwarded_fast(),
+            fast_before,
             "nothing forwarded while pending"
         );
-        assert!(b.prog.punts()[0] >= 4, "pending punts {:?}", b.prog.punts());
-        b.hold = false;
-        b.off.drained(0);
-        b.off.drained(1);
-        b.off.publish_all(&b.fast, b.now());
+        assert!(
+            b.fr.program().punts()[0] >= 4,
+            "pending punts {:?}",
+            b.fr.program().punts()
+        );
+        b.fr.hold = false;
+        let now = b.now();
+        let (off, p) = b.fr.parts();
+        off.drained(0);
+        off.drained(1);
+        off.publish_all(p, now);
         for i in 0..6 {
             let s = t.data(i % 2, 64);
             b.send(side(i % 2), &s, "data once active");
         }
         assert!(
-            b.forwarded_fast >= fast_before + 6,
+            b.forwarded_fast() >= fast_before + 6,
             "active after the pending packets"
         );
         b.settle();
@@ -448,9 +378,9 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
         b.settle();
         eprintln!(
             "fast path forwarded {}, slow path {}, punts {:?}",
-            b.forwarded_fast,
-            b.punted,
-            b.prog.punts()
+            b.forwarded_fast(),
+            b.fr.punted,
+            b.fr.program().punts()
         );
     });
 }
@@ -543,11 +473,11 @@ fn random_segments_get_the_slow_paths_verdicts() {
         }
         eprintln!(
             "fast path forwarded {}, slow path {}, punts {:?}",
-            b.forwarded_fast,
-            b.punted,
-            b.prog.punts()
+            b.forwarded_fast(),
+            b.fr.punted,
+            b.fr.program().punts()
         );
-        assert!(b.forwarded_fast > 300, "the fast path took part");
+        assert!(b.forwarded_fast() > 300, "the fast path took part");
     });
 }
 
@@ -569,9 +499,9 @@ fn udp_offload_timeouts_and_policy_reload() {
             b.send(Side::Outside, &back(i), "udp reply");
         }
         assert!(
-            b.forwarded_fast >= 30,
+            b.forwarded_fast() >= 30,
             "fast path forwarded {}",
-            b.forwarded_fast
+            b.forwarded_fast()
         );
         // A UDP packet with a bad checksum: dropped on both paths.
         let mut bad = out(9);
@@ -582,9 +512,10 @@ fn udp_offload_timeouts_and_policy_reload() {
             b.send(Side::Inside, &out(i), "udp again");
         }
         // Listing while offloaded: live counters.
-        b.off.refresh(&mut b.fast);
+        let (off, p) = b.fr.parts();
+        off.refresh(p);
         let now = b.now();
-        let live: Vec<_> = b.fast.conntrack().connections(now).collect();
+        let live: Vec<_> = b.fr.pipeline().conntrack().connections(now).collect();
         let reference: Vec<_> = b.reference.conntrack().connections(now).collect();
         assert_eq!(live.len(), 1);
         assert!(live[0].offloaded, "listed as offloaded");
@@ -593,20 +524,22 @@ fn udp_offload_timeouts_and_policy_reload() {
         // on both, the fast path's last packet counted.
         std::thread::sleep(std::time::Duration::from_millis(1500));
         let n = b.now();
-        b.fast.process_batch(&[], n, &mut []);
+        let (off, p) = b.fr.parts();
+        p.process_batch(&[], n, &mut []);
+        off.collect_gone(p);
         b.reference.process_batch(&[], n, &mut []);
-        b.off.collect_gone(&mut b.fast);
         assert_eq!(
-            b.fast.conntrack().len(),
+            b.fr.pipeline().conntrack().len(),
             1,
             "alive 1.5 s after its last packet"
         );
         std::thread::sleep(std::time::Duration::from_millis(1000));
         let n = b.now();
-        b.fast.process_batch(&[], n, &mut []);
+        let (off, p) = b.fr.parts();
+        p.process_batch(&[], n, &mut []);
+        off.collect_gone(p);
         b.reference.process_batch(&[], n, &mut []);
-        b.off.collect_gone(&mut b.fast);
-        assert_eq!(b.fast.conntrack().len(), 0, "expired");
+        assert_eq!(b.fr.pipeline().conntrack().len(), 0, "expired");
         assert_eq!(b.reference.conntrack().len(), 0);
         // A new flow, offloaded; then a policy that drops established UDP
         // replies: the next reply is dropped, not forwarded by the program.
@@ -618,15 +551,21 @@ fn udp_offload_timeouts_and_policy_reload() {
             b.send(Side::Inside, &out(i), "udp");
             b.send(Side::Outside, &back(i), "udp reply");
         }
-        assert!(b.fast.conntrack().connections(b.now()).any(|c| c.offloaded));
+        assert!(b
+            .fr
+            .pipeline()
+            .conntrack()
+            .connections(b.now())
+            .any(|c| c.offloaded));
         let mut p = strict();
         let mut no_replies = Rule::any(Action::Drop);
         no_replies.from = Some(Side::Outside);
         no_replies.proto = conntrack::policy::ProtoMatch::Proto(17);
         p.rules.insert(0, no_replies);
-        b.fast.set_policy(p.clone());
+        let (off, fast) = b.fr.parts();
+        fast.set_policy(p.clone());
+        off.collect_gone(fast);
         b.reference.set_policy(p);
-        b.off.collect_gone(&mut b.fast);
         assert_eq!(
             b.send(Side::Outside, &back(7), "reply after reload"),
             Action::Drop
@@ -712,7 +651,7 @@ fn corpus_captures_get_the_slow_paths_verdicts() {
                 total += 1;
             }
             b.settle();
-            fast += b.forwarded_fast;
+            fast += b.forwarded_fast();
             captures += 1;
         }
         eprintln!("{captures} captures, {total} packets, {fast} forwarded by the program");
@@ -742,24 +681,36 @@ fn fast_path_cost_per_packet() {
         for i in 0..3 {
             b.send(Side::Inside, &out(i), "udp");
         }
-        b.enter_on(Side::Inside);
+        b.fr.ingress(Side::Inside).unwrap();
         let frame = ethernet(&out(1), &[]);
-        let (rv, fast) = b.prog.test_run_timed(&frame, 1_000_000).unwrap();
+        let (rv, fast) =
+            b.fr.program_mut()
+                .test_run_timed(&frame, 1_000_000)
+                .unwrap();
         assert_eq!(rv, action::REDIRECT);
         let other = ethernet(&Pkt::udp4(A, 5001, B, 53).payload(&[0; 18]).build(), &[]);
-        let (_, miss) = b.prog.test_run_timed(&other, 1_000_000).unwrap();
+        let (_, miss) =
+            b.fr.program_mut()
+                .test_run_timed(&other, 1_000_000)
+                .unwrap();
         let mut t = Tcp::open(&mut b, 40_500);
         for i in 0..6 {
             let s = t.data(i % 2, 0);
             b.send(side(i % 2), &s, "ack");
         }
-        b.enter_on(Side::Inside);
+        b.fr.ingress(Side::Inside).unwrap();
         let ack = ethernet(&t.seg(0, ACK, t.nxt[0], t.nxt[1], 0), &[]);
-        let (rv, tcp) = b.prog.test_run_timed(&ack, 1_000_000).unwrap();
-        b.prog.set_offload(false, true).unwrap();
-        let (_, off) = b.prog.test_run_timed(&frame, 1_000_000).unwrap();
-        b.prog.set_offload(true, false).unwrap();
-        let (_, nock) = b.prog.test_run_timed(&frame, 1_000_000).unwrap();
+        let (rv, tcp) = b.fr.program_mut().test_run_timed(&ack, 1_000_000).unwrap();
+        b.fr.program_mut().set_offload(false, true).unwrap();
+        let (_, off) =
+            b.fr.program_mut()
+                .test_run_timed(&frame, 1_000_000)
+                .unwrap();
+        b.fr.program_mut().set_offload(true, false).unwrap();
+        let (_, nock) =
+            b.fr.program_mut()
+                .test_run_timed(&frame, 1_000_000)
+                .unwrap();
         eprintln!(
             "XDP program per packet: UDP fast path {fast:?} ({nock:?} without checksum checks), unknown flow {miss:?}, TCP ACK {tcp:?} (action {rv}); offload off {off:?}"
         );
