@@ -716,3 +716,72 @@ fn fast_path_cost_per_packet() {
         );
     });
 }
+
+/// What the program costs per packet when its tables are larger than the
+/// caches: N established UDP flows offloaded, then each flow's packet run
+/// once in turn (BPF_PROG_TEST_RUN's own timing of each run), for N = 1 000
+/// and 100 000. Printed, not asserted: run by hand with
+/// `cargo test --release -p dataplane --test offload -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn fast_path_cost_over_many_flows() {
+    isolated(|| {
+        for n in [1_000u16, 50_000] {
+            let mut c = cfg();
+            c.max_entries = 262_144;
+            let mut b = Bench::new(strict(), c);
+            // Flow i: client port 1024 + i (and a second server port past
+            // 50 000 flows).
+            let pkt = |i: u32, back: bool| {
+                let (cp, sp) = (1024 + (i % 50_000) as u16, 53 + (i / 50_000) as u16);
+                if back {
+                    Pkt::udp4(B, sp, A, cp).payload(&[0; 18]).build()
+                } else {
+                    Pkt::udp4(A, cp, B, sp).payload(&[0; 18]).build()
+                }
+            };
+            let flows = u32::from(n) * 2;
+            for i in 0..flows {
+                b.send(Side::Inside, &pkt(i, false), "out");
+                b.send(Side::Outside, &pkt(i, true), "back");
+            }
+            b.age(3);
+            for i in 0..flows {
+                b.send(Side::Inside, &pkt(i, false), "assured");
+                b.send(Side::Inside, &pkt(i, false), "offloaded");
+            }
+            let frames: Vec<_> = (0..flows).map(|i| ethernet(&pkt(i, false), &[])).collect();
+            let c = &b.fr.offloader().counters;
+            let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "{flows} flows: {} installed, {} activated, {} install failures, {} entries",
+                l(&c.installed),
+                l(&c.activated),
+                l(&c.install_failed),
+                l(&c.entries)
+            );
+            b.fr.ingress(Side::Inside).unwrap();
+            let (mut total, mut fast) = (std::time::Duration::ZERO, 0u32);
+            for _ in 0..3 {
+                for f in &frames {
+                    let (rv, t) = b.fr.program_mut().test_run_timed(f, 1).unwrap();
+                    total += t;
+                    fast += u32::from(rv == action::REDIRECT);
+                }
+            }
+            let runs = 3 * flows;
+            // The same number of runs of one flow's packet: the run's own
+            // overhead and the program with its data in the caches.
+            let mut hot = std::time::Duration::ZERO;
+            for _ in 0..runs {
+                hot += b.fr.program_mut().test_run_timed(&frames[0], 1).unwrap().1;
+            }
+            eprintln!(
+                "{flows} flows in turn: {:?} per packet ({fast} of {runs} runs forwarded by the program); one flow again and again: {:?}",
+                total / runs,
+                hot / runs
+            );
+            b.fr.finish();
+        }
+    });
+}
