@@ -20,7 +20,9 @@ struct tg_config {
 	__u32 ifindex[2];
 	/* 1: verify L4 checksums before forwarding, as the core does. */
 	__u32 checksum;
-	__u32 pad;
+	/* The key of `flows4`'s hash (random, chosen when the program is
+	 * loaded: no one outside can aim flows at one bucket). */
+	__u32 flows4_seed;
 };
 
 /* ---- the fast path (flow offload) ----
@@ -54,6 +56,61 @@ enum tg_flow_state {
 	 * the worker). */
 	TG_WITHDRAWN = 4,
 };
+
+/* IPv4 flows are found through `flows4` instead: an mmap-able array of
+ * buckets of four entries, indexed by a keyed hash of the tuple (struct
+ * tg_entry4 and tg_flows4_hash below). A lookup reads one cache line, where
+ * the hash map reads its bucket and then an element elsewhere; with many
+ * flows those are cache misses. The workers write the entries directly
+ * (no system call): claim a free entry by compare-and-swap on `meta`, fill
+ * in the tuple, then publish `meta` with VALID; remove by clearing VALID.
+ * A bucket with no free entry refuses the flow (it stays on the slow path).
+ * The program reads `meta` before and after the tuple and takes the entry
+ * only if it did not change (GEN changes with every reuse of an entry). */
+#define TG_FLOWS4_BUCKETS 524288
+#define TG_FLOWS4_WAYS 4
+#define TG_E4_VALID (1U << 31)
+#define TG_E4_CLAIMED (1U << 30)
+#define TG_E4_GEN_SHIFT 20
+#define TG_E4_GEN_MASK (0x3ffU << TG_E4_GEN_SHIFT)
+/* The tuple's protocol is UDP (else TCP) and its side is the outside. */
+#define TG_E4_UDP (1U << 19)
+#define TG_E4_SIDE (1U << 18)
+/* slot << 1 | direction, as the value of `flows`. */
+#define TG_E4_REF_MASK ((1U << 18) - 1)
+
+struct tg_entry4 {
+	/* As the packet carries them (network byte order), read as a word. */
+	__u32 src;
+	__u32 dst;
+	/* Source and destination port, likewise. */
+	__u32 ports;
+	__u32 meta;
+};
+
+struct tg_bucket4 {
+	struct tg_entry4 e[TG_FLOWS4_WAYS];
+};
+
+/* The bucket hash of an IPv4 tuple: its three words and the UDP/SIDE bits,
+ * mixed under the seed (user space computes the same). */
+static __always_inline __u32 tg_mix(__u32 h, __u32 w)
+{
+	h ^= w;
+	h *= 0x9e3779b1U;
+	return h ^ (h >> 16);
+}
+
+static __always_inline __u32 tg_flows4_hash(__u32 seed, __u32 src, __u32 dst, __u32 ports,
+					    __u32 want)
+{
+	__u32 h = tg_mix(tg_mix(tg_mix(tg_mix(seed, src), dst), ports), want);
+
+	h ^= h >> 13;
+	h *= 0x85ebca6bU;
+	h ^= h >> 16;
+	return h & (TG_FLOWS4_BUCKETS - 1);
+}
 
 /* A direction's tuple as its packets carry it, and the side they enter on. */
 struct tg_key {
@@ -127,6 +184,8 @@ struct tg_flow {
 };
 _Static_assert(sizeof(struct tg_flow) == 192, "struct tg_flow is 192 bytes");
 _Static_assert(sizeof(struct tg_key) == 40, "struct tg_key is 40 bytes");
+_Static_assert(sizeof(struct tg_bucket4) == 64, "a bucket is one cache line");
+_Static_assert(2 * TG_OFFLOAD_SLOTS <= TG_E4_REF_MASK + 1, "slot << 1 | dir fits in REF");
 
 /* Written by the program in front of every frame it gives an AF_XDP socket
  * while offload is on (XDP metadata). */

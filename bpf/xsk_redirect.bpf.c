@@ -47,6 +47,15 @@ struct {
 	__type(value, __u32);
 } flows SEC(".maps");
 
+/* IPv4 flows (tollgate.h): IPv6 ones are in `flows`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TG_FLOWS4_BUCKETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct tg_bucket4);
+} flows4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, TG_OFFLOAD_SLOTS);
@@ -102,6 +111,8 @@ struct pkt {
 	__u8 has_sack;
 	/* IP length (the core's byte count). */
 	__u32 ip_len;
+	/* IPv4 (looked up in flows4). */
+	__u8 v4;
 };
 
 static __always_inline __u16 fold(__u64 s)
@@ -246,6 +257,7 @@ __attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32
 		if ((ip[6] & 0x3f) || ip[7])
 			return 0;
 		proto = ip[9];
+		p->v4 = 1;
 		__builtin_memcpy(p->key.src, ip + 12, 4);
 		__builtin_memcpy(p->key.dst, ip + 16, 4);
 		p->ip_len = tot;
@@ -533,6 +545,44 @@ static __always_inline int forward_locked(struct xdp_md *ctx, struct tg_flow *f,
 	return bpf_redirect_map(&ports, side ^ 1, 0);
 }
 
+/* An IPv4 packet's entry in flows4: 1 and slot << 1 | dir in `ref`, or 0. */
+static __always_inline int find4(struct pkt *p, __u32 seed, __u32 *ref)
+{
+	__u32 src, dst, ports;
+
+	__builtin_memcpy(&src, p->key.src, 4);
+	__builtin_memcpy(&dst, p->key.dst, 4);
+	__builtin_memcpy(&ports, &p->key.sport, 4);
+	__u32 want = (p->key.proto == IPPROTO_UDP ? TG_E4_UDP : 0) |
+		     (p->key.side ? TG_E4_SIDE : 0);
+	__u32 b = tg_flows4_hash(seed, src, dst, ports, want);
+	struct tg_bucket4 *bk = bpf_map_lookup_elem(&flows4, &b);
+
+	if (!bk)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < TG_FLOWS4_WAYS; i++) {
+		struct tg_entry4 *e = &bk->e[i];
+		__u32 m = *(volatile __u32 *)&e->meta;
+
+		if (!(m & TG_E4_VALID) || (m & (TG_E4_UDP | TG_E4_SIDE)) != want)
+			continue;
+		/* Compiler barriers keep the reads in order (x86 and the
+		 * other strongly ordered CPUs keep loads in order; the worker
+		 * writes the tuple before it publishes meta). */
+		asm volatile("" ::: "memory");
+		if (e->src != src || e->dst != dst || e->ports != ports)
+			continue;
+		asm volatile("" ::: "memory");
+		/* The entry did not change while we read it. */
+		if (*(volatile __u32 *)&e->meta != m)
+			continue;
+		*ref = m & TG_E4_REF_MASK;
+		return 1;
+	}
+	return 0;
+}
+
 /* The fast path: XDP_REDIRECT to the other side, or -1 (with the metadata
  * set) for the slow path. */
 static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 side)
@@ -541,10 +591,17 @@ static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 s
 
 	if (!tg_parse(ctx, c->checksum, side, &p))
 		return -1;
-	__u32 *v = bpf_map_lookup_elem(&flows, &p.key);
-	if (!v)
-		return -1;
-	__u32 slot = *v >> 1, dir = *v & 1;
+	__u32 ref;
+	if (p.v4) {
+		if (!find4(&p, c->flows4_seed, &ref))
+			return -1;
+	} else {
+		__u32 *v = bpf_map_lookup_elem(&flows, &p.key);
+		if (!v)
+			return -1;
+		ref = *v;
+	}
+	__u32 slot = ref >> 1, dir = ref & 1;
 	struct tg_flow *f = bpf_map_lookup_elem(&flow_state, &slot);
 	if (!f)
 		return -1;

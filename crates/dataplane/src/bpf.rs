@@ -53,6 +53,22 @@ struct Config {
     offload: u32,
     ifindex: [u32; 2],
     checksum: u32,
+    flows4_seed: u32,
+}
+
+/// A random word from the kernel (the flows4 hash's key).
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    if n == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        // No entropy to be had: the time still differs between boxes.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+    }
 }
 
 /// The loaded program, its maps and the links attaching it.
@@ -91,7 +107,10 @@ impl XdpProgram {
         Ok(XdpProgram {
             skel,
             links: Vec::new(),
-            config: Config::default(),
+            config: Config {
+                flows4_seed: random_u32(),
+                ..Config::default()
+            },
         })
     }
 
@@ -166,7 +185,7 @@ impl XdpProgram {
             c.ifindex[0],
             c.ifindex[1],
             c.checksum,
-            0,
+            c.flows4_seed,
         ]
         .iter()
         .enumerate()
@@ -184,8 +203,10 @@ impl XdpProgram {
     pub fn offload_maps(&self) -> Result<crate::offload::Maps, BpfError> {
         crate::offload::Maps::new(
             &self.skel.maps.flows,
+            &self.skel.maps.flows4,
             &self.skel.maps.flow_state,
             &self.skel.maps.punts,
+            self.config.flows4_seed,
         )
         .map_err(|e| BpfError::Offload(e.to_string()))
     }

@@ -12,7 +12,10 @@
 //! each packet the offloader's clock is set to `now`; when `now` leaps ahead
 //! of the real time elapsed (an idle gap in a capture), every flow is taken
 //! back first, so that the last-seen times the program recorded are read on
-//! the clock they were written with and timeouts stay exact.
+//! the clock they were written with and timeouts stay exact. A leap is the
+//! offset between real time and `now` shrinking below the smallest seen so
+//! far: delays between the caller's reading of its clock and ours (this
+//! thread preempted) only ever grow the offset, so they never count.
 
 use std::time::Instant;
 
@@ -25,7 +28,7 @@ use crate::offload::Offloader;
 
 /// A leap of the caller's clock ahead of real time beyond which flows are
 /// taken back before the packet (ns).
-const LEAP_NS: u64 = 1_000_000;
+const LEAP_NS: i64 = 1_000_000;
 
 /// The program and a pipeline behind it.
 pub struct FastReplay {
@@ -35,8 +38,8 @@ pub struct FastReplay {
     /// The interface index standing for the side that is not lo's.
     other: i32,
     epoch: Instant,
-    last_now: u64,
-    last_real: u64,
+    /// The smallest real time minus `now` seen since the last leap.
+    offset: Option<i64>,
     /// Packets the program forwarded itself.
     pub forwarded: u64,
     /// Packets it gave the pipeline.
@@ -101,8 +104,7 @@ impl FastReplay {
             pipeline,
             other,
             epoch: Instant::now(),
-            last_now: 0,
-            last_real: 0,
+            offset: None,
             forwarded: 0,
             punted: 0,
             leaps: 0,
@@ -163,16 +165,20 @@ impl FastReplay {
         l3: &[u8],
         now: u64,
     ) -> Result<PacketResult, FastReplayError> {
-        let real = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let expected = self
-            .last_now
-            .saturating_add(real.saturating_sub(self.last_real));
-        if now > expected.saturating_add(LEAP_NS) && !self.off.is_empty() {
-            self.off.clear(&mut self.pipeline);
-            self.leaps += 1;
+        let real = i64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        let offset = real.saturating_sub(i64::try_from(now).unwrap_or(i64::MAX));
+        match self.offset {
+            Some(min) if offset < min.saturating_sub(LEAP_NS) => {
+                if !self.off.is_empty() {
+                    self.off.clear(&mut self.pipeline);
+                    self.leaps += 1;
+                }
+                self.offset = Some(offset);
+            }
+            Some(min) => self.offset = Some(min.min(offset)),
+            None => self.offset = Some(offset),
         }
         self.off.set_clock(now);
-        (self.last_now, self.last_real) = (now, real);
         self.ingress(side)?;
         let run = |e: crate::bpf::BpfError| FastReplayError::Run(e.to_string());
         let frame = conntrack::build::ethernet(l3, &[]);

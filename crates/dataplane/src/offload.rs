@@ -14,7 +14,7 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use conntrack::pipeline::OffloadPlan;
@@ -148,54 +148,271 @@ impl Region {
     }
 }
 
+/// `TG_FLOWS4_BUCKETS` (bpf/tollgate.h).
+const FLOWS4_BUCKETS: u32 = 524_288;
+const E4_VALID: u32 = 1 << 31;
+const E4_CLAIMED: u32 = 1 << 30;
+const E4_GEN_SHIFT: u32 = 20;
+const E4_GEN_MASK: u32 = 0x3ff << E4_GEN_SHIFT;
+const E4_UDP: u32 = 1 << 19;
+const E4_SIDE: u32 = 1 << 18;
+const E4_REF_MASK: u32 = (1 << 18) - 1;
+
+/// `flows4` mapped: buckets of four entries of four words (src, dst,
+/// ports, meta), as bpf/tollgate.h lays them out.
+struct Index4 {
+    ptr: NonNull<[AtomicU32; 16]>,
+    len: usize,
+}
+
+// SAFETY: shared memory only ever accessed through atomics.
+unsafe impl Send for Index4 {}
+// SAFETY: as for Send.
+unsafe impl Sync for Index4 {}
+
+impl Drop for Index4 {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Maps::new`, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len * 64);
+        }
+    }
+}
+
+/// How a tuple entering on a side is found by the program: IPv4 in
+/// `flows4` (its three words and the UDP/SIDE bits of `meta`), IPv6 in the
+/// `flows` hash map (`struct tg_key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowKey {
+    V4 {
+        src: u32,
+        dst: u32,
+        ports: u32,
+        want: u32,
+    },
+    V6([u8; 40]),
+}
+
+/// `tg_mix` (bpf/tollgate.h).
+fn mix(h: u32, w: u32) -> u32 {
+    let h = (h ^ w).wrapping_mul(0x9e37_79b1);
+    h ^ (h >> 16)
+}
+
+/// `tg_flows4_hash` (bpf/tollgate.h): the bucket of an IPv4 key.
+fn flows4_hash(seed: u32, src: u32, dst: u32, ports: u32, want: u32) -> u32 {
+    let mut h = mix(mix(mix(mix(seed, src), dst), ports), want);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 16;
+    h & (FLOWS4_BUCKETS - 1)
+}
+
+impl Index4 {
+    fn bucket(&self, seed: u32, k: (u32, u32, u32, u32)) -> &[AtomicU32; 16] {
+        let b = flows4_hash(seed, k.0, k.1, k.2, k.3) as usize % self.len;
+        // SAFETY: `b < len`: inside the mapping, 64-byte aligned (page-aligned
+        // mapping, 64-byte values); AtomicU32 has u32's layout; the program
+        // only reads these words.
+        unsafe { &*self.ptr.as_ptr().add(b) }
+    }
+
+    /// Publishes `k -> rf` in a free entry of its bucket; false if the
+    /// bucket is full.
+    fn insert(&self, seed: u32, k: (u32, u32, u32, u32), rf: u32) -> bool {
+        let b = self.bucket(seed, k);
+        for e in b.chunks_exact(4) {
+            let m = e[3].load(Ordering::Acquire);
+            if m & (E4_VALID | E4_CLAIMED) != 0 {
+                continue;
+            }
+            // Claimed (other workers write this bucket too).
+            if e[3]
+                .compare_exchange(
+                    m,
+                    E4_CLAIMED | (m & E4_GEN_MASK),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            e[0].store(k.0, Ordering::Relaxed);
+            e[1].store(k.1, Ordering::Relaxed);
+            e[2].store(k.2, Ordering::Relaxed);
+            let gen = (m & E4_GEN_MASK).wrapping_add(1 << E4_GEN_SHIFT) & E4_GEN_MASK;
+            e[3].store(E4_VALID | gen | k.3 | (rf & E4_REF_MASK), Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// The entry of `k`, as (entry's words, its meta).
+    fn find(&self, seed: u32, k: (u32, u32, u32, u32)) -> Option<(&[AtomicU32], u32)> {
+        let b = self.bucket(seed, k);
+        b.chunks_exact(4).find_map(|e| {
+            let m = e[3].load(Ordering::Acquire);
+            let hit = m & E4_VALID != 0
+                && m & (E4_UDP | E4_SIDE) == k.3
+                && e[0].load(Ordering::Relaxed) == k.0
+                && e[1].load(Ordering::Relaxed) == k.1
+                && e[2].load(Ordering::Relaxed) == k.2;
+            hit.then_some((e, m))
+        })
+    }
+
+    /// Removes `k` (only its owner removes it).
+    fn remove(&self, seed: u32, k: (u32, u32, u32, u32)) {
+        if let Some((e, m)) = self.find(seed, k) {
+            e[3].store(m & E4_GEN_MASK, Ordering::Release);
+        }
+    }
+}
+
 /// The program's offload maps as user space holds them.
 #[derive(Clone)]
 pub struct Maps {
     flows: Arc<MapHandle>,
+    flows4: Arc<Index4>,
+    seed: u32,
     punts: Arc<MapHandle>,
     region: Arc<Region>,
 }
 
+/// Maps `len` values of `size` bytes of an mmap-able array map.
+fn map_shared<T>(fd: i32, len: usize, size: usize) -> std::io::Result<NonNull<T>> {
+    // SAFETY: a shared read-write mapping of an mmap-able array map of
+    // `len` values of `size` bytes (the kernel checks the size); no
+    // existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len * size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    NonNull::new(p.cast::<T>()).ok_or_else(|| std::io::Error::other("mmap returned null"))
+}
+
 impl Maps {
-    /// Maps `flow_state` and keeps a handle on `flows`.
-    pub fn new<T: std::fmt::Debug, U: std::fmt::Debug, V: std::fmt::Debug>(
+    /// Maps `flow_state` and `flows4` and keeps a handle on `flows`;
+    /// `seed` is the program's `flows4_seed`.
+    pub fn new<T: std::fmt::Debug, T4: std::fmt::Debug, U: std::fmt::Debug, V: std::fmt::Debug>(
         flows: &libbpf_rs::MapImpl<'_, T>,
+        flows4: &libbpf_rs::MapImpl<'_, T4>,
         flow_state: &libbpf_rs::MapImpl<'_, U>,
         punts: &libbpf_rs::MapImpl<'_, V>,
+        seed: u32,
     ) -> std::io::Result<Maps> {
         let h = MapHandle::try_from(flows).map_err(std::io::Error::other)?;
         let punts = MapHandle::try_from(punts).map_err(std::io::Error::other)?;
+        let buckets = FLOWS4_BUCKETS as usize;
+        let p4 = map_shared(flows4.as_fd().as_raw_fd(), buckets, 64)?;
+        let flows4 = Arc::new(Index4 {
+            ptr: p4,
+            len: buckets,
+        });
         let len = SLOTS as usize;
-        let bytes = len * std::mem::size_of::<FlowRaw>();
-        let fd = flow_state.as_fd().as_raw_fd();
-        // SAFETY: a shared read-write mapping of an mmap-able array map of
-        // `len` values of 192 bytes (the kernel checks the size); no
-        // existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<FlowRaw>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        let ptr = map_shared(
+            flow_state.as_fd().as_raw_fd(),
+            len,
+            std::mem::size_of::<FlowRaw>(),
+        )?;
         Ok(Maps {
             flows: Arc::new(h),
+            flows4,
+            seed,
             punts: Arc::new(punts),
             region: Arc::new(Region { ptr, len }),
         })
     }
 }
 
+impl Maps {
+    /// Publishes `k -> rf` (slot << 1 | direction) to the program.
+    fn put(&self, k: &FlowKey, rf: u32) -> bool {
+        match k {
+            FlowKey::V4 {
+                src,
+                dst,
+                ports,
+                want,
+            } => self
+                .flows4
+                .insert(self.seed, (*src, *dst, *ports, *want), rf),
+            FlowKey::V6(k) => self
+                .flows
+                .update(k, &rf.to_ne_bytes(), MapFlags::ANY)
+                .is_ok(),
+        }
+    }
+
+    /// Takes `k` away from the program.
+    fn del(&self, k: &FlowKey) {
+        match k {
+            FlowKey::V4 {
+                src,
+                dst,
+                ports,
+                want,
+            } => self.flows4.remove(self.seed, (*src, *dst, *ports, *want)),
+            FlowKey::V6(k) => {
+                let _ = self.flows.delete(k);
+            }
+        }
+    }
+
+    /// What the program finds for `k`: slot << 1 | direction.
+    fn get(&self, k: &FlowKey) -> Option<u32> {
+        match k {
+            FlowKey::V4 {
+                src,
+                dst,
+                ports,
+                want,
+            } => self
+                .flows4
+                .find(self.seed, (*src, *dst, *ports, *want))
+                .map(|(_, m)| m & E4_REF_MASK),
+            FlowKey::V6(k) => {
+                let v = self.flows.lookup(k, MapFlags::ANY).ok()??;
+                let v: [u8; 4] = v.get(..4)?.try_into().ok()?;
+                Some(u32::from_ne_bytes(v))
+            }
+        }
+    }
+}
+
+/// How the program finds a tuple entering on `side`.
+fn key(t: &Tuple, side: Side) -> FlowKey {
+    if t.family == Family::V4 {
+        // An IPv4 address lives in the low 32 bits; the program reads the
+        // packet's bytes as native words.
+        #[allow(clippy::cast_possible_truncation)]
+        let (s, d) = (t.src.0 as u32, t.dst.0 as u32);
+        let [a, b] = t.src_port.to_be_bytes();
+        let [c, d2] = t.dst_port.to_be_bytes();
+        let udp = if t.proto == 17 { E4_UDP } else { 0 };
+        let outside = if side == Side::Outside { E4_SIDE } else { 0 };
+        return FlowKey::V4 {
+            src: u32::from_ne_bytes(s.to_be_bytes()),
+            dst: u32::from_ne_bytes(d.to_be_bytes()),
+            ports: u32::from_ne_bytes([a, b, c, d2]),
+            want: udp | outside,
+        };
+    }
+    FlowKey::V6(key6(t, side))
+}
+
 /// `struct tg_key` of a tuple entering on `side`.
-fn key(t: &Tuple, side: Side) -> [u8; 40] {
+fn key6(t: &Tuple, side: Side) -> [u8; 40] {
     let mut k = [0u8; 40];
     match t.family {
         Family::V4 => {
@@ -445,7 +662,7 @@ pub struct Offloader {
     base: u32,
     cap: u32,
     /// Installed connections: the keys to delete.
-    keys: Vec<Option<[[u8; 40]; 2]>>,
+    keys: Vec<Option<[FlowKey; 2]>>,
     /// Drain epochs of each side's RX ring at install, per connection.
     epochs: Vec<[u64; 2]>,
     /// When each connection was installed (the core's clock).
@@ -572,12 +789,7 @@ impl Offloader {
     /// Readies slot of connection `conn` for `plan` (pending, window state
     /// to come) and returns the two keys to insert; `None` if it cannot take
     /// it (no slot, or the slot is still being freed).
-    fn prepare(
-        &mut self,
-        p: &mut Pipeline,
-        conn: u32,
-        plan: &OffloadPlan,
-    ) -> Option<[[u8; 40]; 2]> {
+    fn prepare(&mut self, p: &mut Pipeline, conn: u32, plan: &OffloadPlan) -> Option<[FlowKey; 2]> {
         if conn >= self.cap {
             p.conntrack_mut().offload_refuse(conn);
             self.counters.install_failed.fetch_add(1, Ordering::Relaxed);
@@ -605,9 +817,13 @@ impl Offloader {
     }
 
     /// A prepared install the map refused: undone, not asked again.
-    fn fail(&mut self, p: &mut Pipeline, conn: u32, keys: &[[u8; 40]; 2]) {
+    fn fail(&mut self, p: &mut Pipeline, conn: u32, keys: &[FlowKey; 2]) {
+        let slot = self.base + conn;
         for k in keys {
-            let _ = self.maps.flows.delete(k);
+            // Only what this install put there.
+            if self.maps.get(k).is_some_and(|v| v >> 1 == slot) {
+                self.maps.del(k);
+            }
         }
         if let Some(ctl) = self.maps.region.ctl(self.base + conn) {
             ctl.store(0, Ordering::Release);
@@ -618,7 +834,7 @@ impl Offloader {
 
     /// A prepared install whose keys are in the map: the core hands the
     /// connection over.
-    fn finish(&mut self, p: &mut Pipeline, conn: u32, keys: [[u8; 40]; 2], now: u64) {
+    fn finish(&mut self, p: &mut Pipeline, conn: u32, keys: [FlowKey; 2], now: u64) {
         self.keys[conn as usize] = Some(keys);
         self.epochs[conn as usize] = self.drained;
         self.since[conn as usize] = now;
@@ -637,8 +853,8 @@ impl Offloader {
         };
         let slot = self.base + conn;
         let ok = keys.iter().enumerate().all(|(dir, k)| {
-            let v = (slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes();
-            self.maps.flows.update(k, &v, MapFlags::ANY).is_ok()
+            self.maps
+                .put(k, slot << 1 | u32::try_from(dir).unwrap_or(0))
         });
         if ok {
             self.finish(p, conn, keys, now);
@@ -772,7 +988,10 @@ impl Offloader {
             withdraw(&region, slot);
             if let Some(keys) = self.keys[conn as usize].take() {
                 for k in &keys {
-                    kbuf.extend_from_slice(k);
+                    match k {
+                        FlowKey::V6(k) => kbuf.extend_from_slice(k),
+                        k => self.maps.del(k),
+                    }
                 }
                 self.counters.removed.fetch_add(1, Ordering::Relaxed);
                 self.counters.entries.fetch_sub(1, Ordering::Relaxed);
@@ -844,7 +1063,7 @@ impl Offloader {
         reply: &[bool],
         now: u64,
     ) {
-        let mut batch: Vec<(u32, [[u8; 40]; 2])> = Vec::new();
+        let mut batch: Vec<(u32, [FlowKey; 2])> = Vec::new();
         for (&conn, &r) in conns.iter().zip(reply) {
             if conn == u32::MAX || conn >= self.cap || p.conntrack().is_offloaded(conn) {
                 continue;
@@ -858,31 +1077,42 @@ impl Offloader {
         if batch.is_empty() {
             return;
         }
-        let mut kbuf = Vec::with_capacity(batch.len() * 80);
-        let mut vbuf = Vec::with_capacity(batch.len() * 8);
-        for (conn, keys) in &batch {
+        // IPv4 keys go straight into flows4; IPv6 ones into the hash map,
+        // all in one system call.
+        let mut kbuf = Vec::new();
+        let mut vbuf = Vec::new();
+        let mut put4 = vec![true; batch.len()];
+        for (i, (conn, keys)) in batch.iter().enumerate() {
             let slot = self.base + conn;
             for (dir, k) in keys.iter().enumerate() {
-                kbuf.extend_from_slice(k);
-                vbuf.extend_from_slice(
-                    &(slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes(),
-                );
+                let rf = slot << 1 | u32::try_from(dir).unwrap_or(0);
+                match k {
+                    FlowKey::V6(k) => {
+                        kbuf.extend_from_slice(k);
+                        vbuf.extend_from_slice(&rf.to_ne_bytes());
+                    }
+                    k => put4[i] &= self.maps.put(k, rf),
+                }
             }
         }
-        let n = u32::try_from(batch.len() * 2).unwrap_or(u32::MAX);
-        let all = self
-            .maps
-            .flows
-            .update_batch(&kbuf, &vbuf, n, MapFlags::ANY, MapFlags::ANY)
-            .is_ok();
-        for (conn, keys) in batch {
+        let n = u32::try_from(kbuf.len() / 40).unwrap_or(u32::MAX);
+        let all = n == 0
+            || self
+                .maps
+                .flows
+                .update_batch(&kbuf, &vbuf, n, MapFlags::ANY, MapFlags::ANY)
+                .is_ok();
+        for ((conn, keys), ok4) in batch.into_iter().zip(put4) {
             let slot = self.base + conn;
             // After a failed batch, one by one: some may have gone in.
-            let ok = all
-                || keys.iter().enumerate().all(|(dir, k)| {
-                    let v = (slot << 1 | u32::try_from(dir).unwrap_or(0)).to_ne_bytes();
-                    self.maps.flows.update(k, &v, MapFlags::ANY).is_ok()
-                });
+            let ok = ok4
+                && (all
+                    || keys.iter().enumerate().all(|(dir, k)| {
+                        !matches!(k, FlowKey::V6(_))
+                            || self
+                                .maps
+                                .put(k, slot << 1 | u32::try_from(dir).unwrap_or(0))
+                    }));
             if ok {
                 self.finish(p, conn, keys, now);
             } else {
@@ -919,13 +1149,7 @@ impl Offloader {
     /// offloaded flow: `Some(true)` the reply way, `Some(false)` the
     /// original way, `None` when the program has no such flow.
     pub fn direction(&self, t: &Tuple, side: Side) -> Option<bool> {
-        let v = self
-            .maps
-            .flows
-            .lookup(&key(t, side), MapFlags::ANY)
-            .ok()??;
-        let v: [u8; 4] = v.get(..4)?.try_into().ok()?;
-        Some(u32::from_ne_bytes(v) & 1 == 1)
+        self.maps.get(&key(t, side)).map(|v| v & 1 == 1)
     }
 
     /// True if none is installed.

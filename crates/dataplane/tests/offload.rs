@@ -754,11 +754,13 @@ fn fast_path_cost_over_many_flows() {
             let c = &b.fr.offloader().counters;
             let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
             eprintln!(
-                "{flows} flows: {} installed, {} activated, {} install failures, {} entries",
+                "{flows} flows: {} installed, {} activated, {} install failures, {} entries, {} removed; punts {:?}",
                 l(&c.installed),
                 l(&c.activated),
                 l(&c.install_failed),
-                l(&c.entries)
+                l(&c.entries),
+                l(&c.removed),
+                b.fr.program().punts()
             );
             b.fr.ingress(Side::Inside).unwrap();
             let (mut total, mut fast) = (std::time::Duration::ZERO, 0u32);
