@@ -611,14 +611,23 @@ impl Conntrack {
     }
 
     /// Batch helper, stage 2: start loading the entry the index slot of `hash`
-    /// points to (usually the right one: the first probe hits at load <= 1/2).
+    /// points to (usually the right one: the first probe hits at load <= 1/2),
+    /// every cache line of it: a packet reads all of them.
     pub fn prefetch_entry(&self, hash: u64) {
         if let Some(e) = self
             .index
             .first(hash)
             .and_then(|i| self.entries.get(i as usize))
         {
-            prefetch(e);
+            let p = core::ptr::from_ref(e).cast::<u8>();
+            let size = core::mem::size_of::<Entry>();
+            let mut off = 0;
+            while off < size {
+                prefetch_addr(p.wrapping_add(off));
+                off += 64;
+            }
+            // The line of the last byte, when the entry straddles one more.
+            prefetch_addr(p.wrapping_add(size - 1));
         }
     }
 
