@@ -556,6 +556,7 @@ impl Conntrack {
     /// Finds the entry holding `t` in either direction. Compares the stored
     /// original tuple field by field with the packet's tuple and with its
     /// inverse, without building either as a new value.
+    #[inline(always)]
     fn lookup(&self, t: &Tuple, hash: u64) -> Option<(u32, Direction)> {
         let (src, dst) = (split(t.src), split(t.dst));
         let v6 = t.family == Family::V6;
@@ -666,16 +667,24 @@ impl Conntrack {
     /// Sets an entry's deadline. The wheel is only touched when the deadline moves
     /// earlier than the bucket the entry sits in; later deadlines are found lazily
     /// when that bucket fires, so a busy flow costs one store per packet.
+    #[inline]
     fn set_deadline(&mut self, idx: u32, deadline: u64) {
         let e = &mut self.entries[idx as usize];
         e.deadline = deadline;
         if e.status & status::CONFIRMED != 0
             && tick_of(deadline).wrapping_sub(e.ttick) > u32::MAX / 2
         {
-            let t = self.clamp_tick(deadline);
-            self.wheel_unlink(idx);
-            self.wheel_link(idx, t);
+            self.relink(idx, deadline);
         }
+    }
+
+    /// Moves a confirmed entry to the wheel bucket of an earlier deadline.
+    #[cold]
+    #[inline(never)]
+    fn relink(&mut self, idx: u32, deadline: u64) {
+        let t = self.clamp_tick(deadline);
+        self.wheel_unlink(idx);
+        self.wheel_link(idx, t);
     }
 
     /// Tick to link a deadline at: never behind the wheel's cursor.
@@ -879,6 +888,7 @@ impl Conntrack {
         t
     }
 
+    #[inline(always)]
     fn track_flow(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         let t = &pkt.tuple;
         let hash = hash.unwrap_or_else(|| self.hash(&t.key()));
@@ -933,6 +943,7 @@ impl Conntrack {
 
     /// A packet of an existing entry. `None` means "restart": the caller destroys
     /// the entry and processes the packet as new.
+    #[inline(always)]
     fn existing(&mut self, idx: u32, dir: Direction, pkt: &Packet<'_>, now: u64) -> Option<Track> {
         let (st, helper_code, master_helper) = {
             let e = &self.entries[idx as usize];
