@@ -190,8 +190,11 @@ impl Default for L4State {
     }
 }
 
-/// One connection.
+/// One connection: what a packet reads and writes. 160 bytes aligned to 32,
+/// so every entry spans exactly three cache lines (at 168 bytes, half of them
+/// straddled four).
 #[derive(Clone, Debug, Default)]
+#[repr(align(32))]
 struct Entry {
     orig: Stored,
     status: u8,
@@ -209,12 +212,26 @@ struct Entry {
     tprev: u32,
     /// Absolute wheel tick the entry is linked at.
     ttick: u32,
-    /// First of this connection's expectations (a master's list).
-    exp_head: u32,
     /// Helper of the master, for an expected connection (policy matches on it).
     master_helper: u8,
+}
+
+/// What only helpers and expectations use of a connection, beside its
+/// [`Entry`] so the packet path does not load it. `NONE` in both while the
+/// entry is free.
+#[derive(Clone, Copy, Debug)]
+struct Ext {
+    /// First of this connection's expectations (a master's list).
+    exp_head: u32,
     /// Slot of this connection's helper state, `NONE` if none.
     help: u32,
+}
+
+impl Ext {
+    const NONE: Ext = Ext {
+        exp_head: NONE,
+        help: NONE,
+    };
 }
 
 fn helper_code(h: Option<HelperKind>) -> u8 {
@@ -350,6 +367,8 @@ pub struct Conntrack {
     cfg: Config,
     stats: Stats,
     entries: Vec<Entry>,
+    /// Per entry, what helpers and expectations use.
+    ext: Vec<Ext>,
     index: Index,
     free: u32,
     /// Entries in use (confirmed or pending).
@@ -440,9 +459,8 @@ impl Conntrack {
             };
             e.tnext = next;
             e.tprev = NONE;
-            e.exp_head = NONE;
-            e.help = NONE;
         }
+        let ext = crate::mem::huge_vec(cap as usize, Ext::NONE);
         // Load factor at most 3/4 even when full: with 32-bit tags in the slots a
         // probe reads entries only on a tag match, and 8 slots share a cache line.
         let slots = (cap as usize + cap as usize / 3 + 1).next_power_of_two();
@@ -454,6 +472,7 @@ impl Conntrack {
             cfg,
             stats: Stats::default(),
             entries,
+            ext,
             index: Index::new(slots),
             free: 0,
             count: 0,
@@ -542,6 +561,7 @@ impl Conntrack {
     /// index and wheel; the fragment table is separate and fixed).
     pub fn bytes_per_entry(&self) -> usize {
         let total = self.entries.capacity() * core::mem::size_of::<Entry>()
+            + self.ext.capacity() * core::mem::size_of::<Ext>()
             + self.index.capacity() * 8
             + self.wheel.capacity() * 4;
         total / self.entries.len().max(1)
@@ -769,10 +789,9 @@ impl Conntrack {
             status: status::USED,
             tnext: NONE,
             tprev: NONE,
-            exp_head: NONE,
-            help: NONE,
             ..Entry::default()
         };
+        self.ext[idx as usize] = Ext::NONE;
         self.count += 1;
         Ok(idx)
     }
@@ -805,11 +824,11 @@ impl Conntrack {
             }
             self.index_remove(idx);
         }
-        let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
+        let head = core::mem::replace(&mut self.ext[idx as usize].exp_head, NONE);
         if head != NONE {
             self.expects.remove_all(head);
         }
-        let help = core::mem::replace(&mut self.entries[idx as usize].help, NONE);
+        let help = core::mem::replace(&mut self.ext[idx as usize].help, NONE);
         if help != NONE {
             self.helper_destroyed(idx, help);
             self.helps.release(help);
@@ -1361,9 +1380,9 @@ impl Conntrack {
             return Err(ExpectError::NoMaster);
         }
         let policy = self.cfg.expect_policy[spec.helper as usize];
-        let mut head = self.entries[conn as usize].exp_head;
+        let mut head = self.ext[conn as usize].exp_head;
         let r = self.expects.add(conn, &mut head, spec, policy, now);
-        self.entries[conn as usize].exp_head = head;
+        self.ext[conn as usize].exp_head = head;
         r
     }
 
@@ -1401,7 +1420,7 @@ impl Conntrack {
         let head = if master == expect::MIRROR {
             &mut dummy
         } else {
-            &mut self.entries[master as usize].exp_head
+            &mut self.ext[master as usize].exp_head
         };
         if announce {
             self.expects.remove(slot, head);
