@@ -234,6 +234,16 @@ impl Ext {
     };
 }
 
+impl Entry {
+    /// True if `deadline` falls before the wheel bucket a confirmed entry
+    /// sits in (so the wheel must be relinked; later deadlines wait lazily).
+    #[inline]
+    fn before_its_bucket(&self, deadline: u64) -> bool {
+        self.status & status::CONFIRMED != 0
+            && tick_of(deadline).wrapping_sub(self.ttick) > u32::MAX / 2
+    }
+}
+
 fn helper_code(h: Option<HelperKind>) -> u8 {
     h.map_or(0, |h| h as u8 + 1)
 }
@@ -691,9 +701,7 @@ impl Conntrack {
     fn set_deadline(&mut self, idx: u32, deadline: u64) {
         let e = &mut self.entries[idx as usize];
         e.deadline = deadline;
-        if e.status & status::CONFIRMED != 0
-            && tick_of(deadline).wrapping_sub(e.ttick) > u32::MAX / 2
-        {
+        if e.before_its_bucket(deadline) {
             self.relink(idx, deadline);
         }
     }
@@ -1055,14 +1063,27 @@ impl Conntrack {
             L4::Icmp(_) => Some(timeout_ns(self.icmp_timeout(pkt.tuple.family))),
             L4::Other { .. } | L4::Fragment => Some(timeout_ns(self.cfg.timeouts.generic)),
         };
+        // The deadline, the counters and the status in one borrow of the
+        // entry; the wheel (separate fields) is relinked after, if need be.
+        let e = &mut self.entries[idx as usize];
+        let mut relink = None;
         if let Some(tmo) = timeout {
-            self.set_deadline(idx, now + tmo);
+            let deadline = now + tmo;
+            e.deadline = deadline;
+            if e.before_its_bucket(deadline) {
+                relink = Some(deadline);
+            }
         }
-        self.account(idx, dir, pkt);
+        e.packets[dir.index()] += 1;
+        e.bytes[dir.index()] += u64::from(pkt.ip_len);
         if dir == Direction::Reply {
-            self.entries[idx as usize].status |= status::SEEN_REPLY;
+            e.status |= status::SEEN_REPLY;
         }
-        if self.entries[idx as usize].status & status::OFFLOADED != 0 {
+        let offloaded = e.status & status::OFFLOADED != 0;
+        if let Some(deadline) = relink {
+            self.relink(idx, deadline);
+        }
+        if offloaded {
             // Still offloaded (pending, or a packet the fast path had
             // already passed): if the connection left the state the fast
             // path handles (a FIN), it goes back to the slow path.
