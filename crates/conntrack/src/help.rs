@@ -116,7 +116,7 @@ impl Conntrack {
             return;
         };
         match self.helps.alloc() {
-            Some(h) => self.entries[idx as usize].help = h,
+            Some(h) => self.ext[idx as usize].help = h,
             None => self.help_stats.no_state[kind as usize] += 1,
         }
     }
@@ -131,7 +131,8 @@ impl Conntrack {
         let Some(e) = self.entries.get(idx as usize) else {
             return;
         };
-        if e.status & status::CONFIRMED == 0 || e.help == NONE {
+        let help = self.ext[idx as usize].help;
+        if e.status & status::CONFIRMED == 0 || help == NONE {
             return;
         }
         // Related ICMP errors carry the master's tuple, not helper payload.
@@ -142,7 +143,7 @@ impl Conntrack {
             return;
         };
         let orig = e.orig.tuple();
-        let help = e.help as usize;
+        let help = help as usize;
         let from_client = !track.reply;
         // At most 16 announcements per packet (SIP: 8 streams, RTP and RTCP).
         let mut asks: [Option<ExpectSpec>; 16] = [None; 16];
@@ -455,7 +456,7 @@ impl Conntrack {
         }
         if end_call {
             // BYE or CANCEL: the call's media expectations go.
-            let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
+            let head = core::mem::replace(&mut self.ext[idx as usize].exp_head, NONE);
             if head != NONE {
                 self.expects.remove_all(head);
             }

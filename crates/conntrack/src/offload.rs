@@ -81,8 +81,8 @@ impl Conntrack {
         if e.status & need != need
             || e.status & (status::OFFLOADED | status::NO_OFFLOAD) != 0
             || e.helper != 0
-            || e.help != NONE
-            || e.exp_head != NONE
+            || self.ext[conn as usize].help != NONE
+            || self.ext[conn as usize].exp_head != NONE
         {
             return None;
         }

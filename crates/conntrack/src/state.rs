@@ -211,10 +211,9 @@ impl Conntrack {
             tnext: NONE,
             tprev: NONE,
             ttick: 0,
-            exp_head: NONE,
             master_helper,
-            help: NONE,
         };
+        self.ext[idx as usize] = super::Ext::NONE;
         self.index.insert(hash, idx);
         let tick = self.clamp_tick(deadline);
         self.wheel_link(idx, tick);

@@ -190,8 +190,11 @@ impl Default for L4State {
     }
 }
 
-/// One connection.
+/// One connection: what a packet reads and writes. 160 bytes aligned to 32,
+/// so every entry spans exactly three cache lines (at 168 bytes, half of them
+/// straddled four).
 #[derive(Clone, Debug, Default)]
+#[repr(align(32))]
 struct Entry {
     orig: Stored,
     status: u8,
@@ -209,12 +212,36 @@ struct Entry {
     tprev: u32,
     /// Absolute wheel tick the entry is linked at.
     ttick: u32,
-    /// First of this connection's expectations (a master's list).
-    exp_head: u32,
     /// Helper of the master, for an expected connection (policy matches on it).
     master_helper: u8,
+}
+
+/// What only helpers and expectations use of a connection, beside its
+/// [`Entry`] so the packet path does not load it. `NONE` in both while the
+/// entry is free.
+#[derive(Clone, Copy, Debug)]
+struct Ext {
+    /// First of this connection's expectations (a master's list).
+    exp_head: u32,
     /// Slot of this connection's helper state, `NONE` if none.
     help: u32,
+}
+
+impl Ext {
+    const NONE: Ext = Ext {
+        exp_head: NONE,
+        help: NONE,
+    };
+}
+
+impl Entry {
+    /// True if `deadline` falls before the wheel bucket a confirmed entry
+    /// sits in (so the wheel must be relinked; later deadlines wait lazily).
+    #[inline]
+    fn before_its_bucket(&self, deadline: u64) -> bool {
+        self.status & status::CONFIRMED != 0
+            && tick_of(deadline).wrapping_sub(self.ttick) > u32::MAX / 2
+    }
 }
 
 fn helper_code(h: Option<HelperKind>) -> u8 {
@@ -350,6 +377,8 @@ pub struct Conntrack {
     cfg: Config,
     stats: Stats,
     entries: Vec<Entry>,
+    /// Per entry, what helpers and expectations use.
+    ext: Vec<Ext>,
     index: Index,
     free: u32,
     /// Entries in use (confirmed or pending).
@@ -440,9 +469,8 @@ impl Conntrack {
             };
             e.tnext = next;
             e.tprev = NONE;
-            e.exp_head = NONE;
-            e.help = NONE;
         }
+        let ext = crate::mem::huge_vec(cap as usize, Ext::NONE);
         // Load factor at most 3/4 even when full: with 32-bit tags in the slots a
         // probe reads entries only on a tag match, and 8 slots share a cache line.
         let slots = (cap as usize + cap as usize / 3 + 1).next_power_of_two();
@@ -454,6 +482,7 @@ impl Conntrack {
             cfg,
             stats: Stats::default(),
             entries,
+            ext,
             index: Index::new(slots),
             free: 0,
             count: 0,
@@ -542,6 +571,7 @@ impl Conntrack {
     /// index and wheel; the fragment table is separate and fixed).
     pub fn bytes_per_entry(&self) -> usize {
         let total = self.entries.capacity() * core::mem::size_of::<Entry>()
+            + self.ext.capacity() * core::mem::size_of::<Ext>()
             + self.index.capacity() * 8
             + self.wheel.capacity() * 4;
         total / self.entries.len().max(1)
@@ -556,6 +586,7 @@ impl Conntrack {
     /// Finds the entry holding `t` in either direction. Compares the stored
     /// original tuple field by field with the packet's tuple and with its
     /// inverse, without building either as a new value.
+    #[inline(always)]
     fn lookup(&self, t: &Tuple, hash: u64) -> Option<(u32, Direction)> {
         let (src, dst) = (split(t.src), split(t.dst));
         let v6 = t.family == Family::V6;
@@ -611,14 +642,23 @@ impl Conntrack {
     }
 
     /// Batch helper, stage 2: start loading the entry the index slot of `hash`
-    /// points to (usually the right one: the first probe hits at load <= 1/2).
+    /// points to (usually the right one: the first probe hits at load <= 1/2),
+    /// every cache line of it: a packet reads all of them.
     pub fn prefetch_entry(&self, hash: u64) {
         if let Some(e) = self
             .index
             .first(hash)
             .and_then(|i| self.entries.get(i as usize))
         {
-            prefetch(e);
+            let p = core::ptr::from_ref(e).cast::<u8>();
+            let size = core::mem::size_of::<Entry>();
+            let mut off = 0;
+            while off < size {
+                prefetch_addr(p.wrapping_add(off));
+                off += 64;
+            }
+            // The line of the last byte, when the entry straddles one more.
+            prefetch_addr(p.wrapping_add(size - 1));
         }
     }
 
@@ -657,16 +697,22 @@ impl Conntrack {
     /// Sets an entry's deadline. The wheel is only touched when the deadline moves
     /// earlier than the bucket the entry sits in; later deadlines are found lazily
     /// when that bucket fires, so a busy flow costs one store per packet.
+    #[inline]
     fn set_deadline(&mut self, idx: u32, deadline: u64) {
         let e = &mut self.entries[idx as usize];
         e.deadline = deadline;
-        if e.status & status::CONFIRMED != 0
-            && tick_of(deadline).wrapping_sub(e.ttick) > u32::MAX / 2
-        {
-            let t = self.clamp_tick(deadline);
-            self.wheel_unlink(idx);
-            self.wheel_link(idx, t);
+        if e.before_its_bucket(deadline) {
+            self.relink(idx, deadline);
         }
+    }
+
+    /// Moves a confirmed entry to the wheel bucket of an earlier deadline.
+    #[cold]
+    #[inline(never)]
+    fn relink(&mut self, idx: u32, deadline: u64) {
+        let t = self.clamp_tick(deadline);
+        self.wheel_unlink(idx);
+        self.wheel_link(idx, t);
     }
 
     /// Tick to link a deadline at: never behind the wheel's cursor.
@@ -751,10 +797,9 @@ impl Conntrack {
             status: status::USED,
             tnext: NONE,
             tprev: NONE,
-            exp_head: NONE,
-            help: NONE,
             ..Entry::default()
         };
+        self.ext[idx as usize] = Ext::NONE;
         self.count += 1;
         Ok(idx)
     }
@@ -787,11 +832,11 @@ impl Conntrack {
             }
             self.index_remove(idx);
         }
-        let head = core::mem::replace(&mut self.entries[idx as usize].exp_head, NONE);
+        let head = core::mem::replace(&mut self.ext[idx as usize].exp_head, NONE);
         if head != NONE {
             self.expects.remove_all(head);
         }
-        let help = core::mem::replace(&mut self.entries[idx as usize].help, NONE);
+        let help = core::mem::replace(&mut self.ext[idx as usize].help, NONE);
         if help != NONE {
             self.helper_destroyed(idx, help);
             self.helps.release(help);
@@ -870,6 +915,7 @@ impl Conntrack {
         t
     }
 
+    #[inline(always)]
     fn track_flow(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         let t = &pkt.tuple;
         let hash = hash.unwrap_or_else(|| self.hash(&t.key()));
@@ -924,6 +970,7 @@ impl Conntrack {
 
     /// A packet of an existing entry. `None` means "restart": the caller destroys
     /// the entry and processes the packet as new.
+    #[inline(always)]
     fn existing(&mut self, idx: u32, dir: Direction, pkt: &Packet<'_>, now: u64) -> Option<Track> {
         let (st, helper_code, master_helper) = {
             let e = &self.entries[idx as usize];
@@ -1016,14 +1063,27 @@ impl Conntrack {
             L4::Icmp(_) => Some(timeout_ns(self.icmp_timeout(pkt.tuple.family))),
             L4::Other { .. } | L4::Fragment => Some(timeout_ns(self.cfg.timeouts.generic)),
         };
+        // The deadline, the counters and the status in one borrow of the
+        // entry; the wheel (separate fields) is relinked after, if need be.
+        let e = &mut self.entries[idx as usize];
+        let mut relink = None;
         if let Some(tmo) = timeout {
-            self.set_deadline(idx, now + tmo);
+            let deadline = now + tmo;
+            e.deadline = deadline;
+            if e.before_its_bucket(deadline) {
+                relink = Some(deadline);
+            }
         }
-        self.account(idx, dir, pkt);
+        e.packets[dir.index()] += 1;
+        e.bytes[dir.index()] += u64::from(pkt.ip_len);
         if dir == Direction::Reply {
-            self.entries[idx as usize].status |= status::SEEN_REPLY;
+            e.status |= status::SEEN_REPLY;
         }
-        if self.entries[idx as usize].status & status::OFFLOADED != 0 {
+        let offloaded = e.status & status::OFFLOADED != 0;
+        if let Some(deadline) = relink {
+            self.relink(idx, deadline);
+        }
+        if offloaded {
             // Still offloaded (pending, or a packet the fast path had
             // already passed): if the connection left the state the fast
             // path handles (a FIN), it goes back to the slow path.
@@ -1341,9 +1401,9 @@ impl Conntrack {
             return Err(ExpectError::NoMaster);
         }
         let policy = self.cfg.expect_policy[spec.helper as usize];
-        let mut head = self.entries[conn as usize].exp_head;
+        let mut head = self.ext[conn as usize].exp_head;
         let r = self.expects.add(conn, &mut head, spec, policy, now);
-        self.entries[conn as usize].exp_head = head;
+        self.ext[conn as usize].exp_head = head;
         r
     }
 
@@ -1381,7 +1441,7 @@ impl Conntrack {
         let head = if master == expect::MIRROR {
             &mut dummy
         } else {
-            &mut self.entries[master as usize].exp_head
+            &mut self.ext[master as usize].exp_head
         };
         if announce {
             self.expects.remove(slot, head);

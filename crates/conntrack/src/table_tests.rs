@@ -840,3 +840,10 @@ fn per_source_limit() {
         assert!(!accept(&mut ct, &udp(A, 2000 + p, B, 53), 201 * S).must_drop);
     }
 }
+
+#[test]
+fn entry_is_five_half_lines() {
+    // Three cache lines exactly, wherever an entry starts (see `Entry`).
+    assert_eq!(core::mem::size_of::<Entry>(), 160);
+    assert_eq!(core::mem::align_of::<Entry>(), 32);
+}

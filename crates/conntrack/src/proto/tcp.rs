@@ -142,7 +142,27 @@ pub enum Index {
 
 impl Index {
     /// The column of a segment with these flags.
+    #[inline]
     pub fn of(flags: u8) -> Index {
+        use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
+        /// [`Index::slow_of`] of every combination of the four flags that matter.
+        const TABLE: [Index; 32] = {
+            let mut t = [Index::None; 32];
+            let mut i = 0;
+            while i < 32 {
+                // `i < 32`: the cast cannot truncate.
+                #[allow(clippy::cast_possible_truncation)]
+                let f = i as u8;
+                t[i] = Index::slow_of(f);
+                i += 1;
+            }
+            t
+        };
+        TABLE[usize::from(flags & (ACK | FIN | RST | SYN))]
+    }
+
+    /// [`Index::of`] by the kernel's chain of tests.
+    const fn slow_of(flags: u8) -> Index {
         use crate::packet::tcp_flags::*;
         if flags & RST != 0 {
             Index::Rst
@@ -604,6 +624,7 @@ fn init_sender(conn: &mut TcpConn, dir: usize, seg: &TcpSeg<'_>, end: u32) {
 }
 
 /// Van Rooij's window tracking (`tcp_in_window`).
+#[inline(always)]
 fn in_window(
     conn: &mut TcpConn,
     dir: usize,
@@ -820,6 +841,7 @@ pub fn new_conn(seg: &TcpSeg<'_>, cfg: &TcpConfig) -> Result<(TcpConn, u32), Dro
 }
 
 /// Runs one segment through an existing entry (`tcp_packet`).
+#[inline(always)]
 pub fn packet(
     conn: &mut TcpConn,
     dir: Direction,
@@ -827,9 +849,29 @@ pub fn packet(
     ctx: TcpCtx,
     cfg: &TcpConfig,
 ) -> TcpVerdict {
-    use crate::packet::tcp_flags::RST;
     let d = dir.index();
     let index = Index::of(seg.flags);
+    if index == Index::Ack && conn.state == TcpState::Established {
+        // The common case, an ACK on an established connection: the state table
+        // says ESTABLISHED in both directions and none of the special cases
+        // below applies (they need another state or another flag).
+        let es = TcpState::Established;
+        return window_and_state(conn, d, Index::Ack, es, es, false, seg, ctx, cfg);
+    }
+    packet_by_table(conn, dir, index, seg, ctx, cfg)
+}
+
+/// [`packet`] of any segment, through the state table.
+#[inline(never)]
+fn packet_by_table(
+    conn: &mut TcpConn,
+    dir: Direction,
+    index: Index,
+    seg: &TcpSeg<'_>,
+    ctx: TcpCtx,
+    cfg: &TcpConfig,
+) -> TcpVerdict {
+    let d = dir.index();
     let mut old_state = conn.state;
     let mut new_state = match TABLE[d][index as usize][old_state as usize] {
         To(s) => Some(s),
@@ -991,7 +1033,36 @@ pub fn packet(
     let Some(new_state) = new_state else {
         return TcpVerdict::Ignore;
     };
+    window_and_state(
+        conn,
+        d,
+        index,
+        old_state,
+        new_state,
+        skip_window,
+        seg,
+        ctx,
+        cfg,
+    )
+}
 
+/// The rest of [`packet`] once the state table has spoken: the window check,
+/// the state change and the timeout. Inlined into both callers, so the
+/// established-ACK path gets a copy specialised for its constants.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn window_and_state(
+    conn: &mut TcpConn,
+    d: usize,
+    index: Index,
+    old_state: TcpState,
+    new_state: TcpState,
+    skip_window: bool,
+    seg: &TcpSeg<'_>,
+    ctx: TcpCtx,
+    cfg: &TcpConfig,
+) -> TcpVerdict {
+    use crate::packet::tcp_flags::RST;
     if !skip_window {
         match in_window(conn, d, index, seg, cfg) {
             Window::Accept => {}
@@ -1067,6 +1138,13 @@ mod tests {
     use crate::packet::tcp_flags::*;
     use proptest::prelude::*;
     use Direction::{Original as O, Reply as R};
+
+    #[test]
+    fn index_table_matches_the_chain_of_tests() {
+        for f in 0..=u8::MAX {
+            assert_eq!(Index::of(f), Index::slow_of(f), "flags {f:#04x}");
+        }
+    }
 
     fn seg(flags: u8, seq: u32, ack: u32, win: u16, payload: &'static [u8]) -> TcpSeg<'static> {
         TcpSeg {
@@ -1427,6 +1505,52 @@ mod tests {
     }
 
     proptest! {
+        /// The established-ACK shortcut of [`packet`] gives the verdict and the
+        /// state the state table gives, whatever the windows, flags and context.
+        #[test]
+        fn shortcut_matches_state_table(
+            segs in proptest::collection::vec(
+                (any::<bool>(), 0u8..8, -70_000i32..70_000, -70_000i32..70_000, any::<u16>(), 0usize..3, any::<bool>()),
+                1..80,
+            ),
+            liberal in any::<bool>(),
+            sack in any::<bool>(),
+        ) {
+            static P: [u8; 2000] = [0; 2000];
+            let mut c = Conn::handshake(1_000_000, 2_000_000);
+            c.cfg.be_liberal = liberal;
+            for (reply, pick, dseq, dack, win, len, ctx_flip) in segs {
+                // Mostly plain ACKs, near where each side's sequence space is.
+                let flags = [ACK, ACK, ACK | PSH, ACK, ACK | FIN, ACK | RST, SYN, ACK][usize::from(pick)];
+                let dir = if reply { R } else { O };
+                let (mine, theirs) = (c.c.seen[dir.index()], c.c.seen[1 - dir.index()]);
+                let mut s = seg(
+                    flags,
+                    mine.end.wrapping_add_signed(dseq / 64),
+                    theirs.end.wrapping_add_signed(dack / 64),
+                    win,
+                    &P[..[0, 1, 1500][len]],
+                );
+                if sack {
+                    s.sack_max = Some(theirs.end.wrapping_add_signed(dack / 32));
+                }
+                let ctx = if ctx_flip {
+                    TcpCtx { seen_reply: !c.ctx.seen_reply, assured: c.ctx.assured }
+                } else {
+                    c.ctx
+                };
+                let mut by_table = c.c;
+                let expect = packet_by_table(&mut by_table, dir, Index::of(s.flags), &s, ctx, &c.cfg);
+                let got = packet(&mut c.c, dir, &s, ctx, &c.cfg);
+                prop_assert_eq!(got, expect);
+                prop_assert_eq!(c.c, by_table);
+                if let TcpVerdict::Accept { set_assured, .. } = got {
+                    c.ctx.assured |= set_assured;
+                    c.ctx.seen_reply |= dir == R;
+                }
+            }
+        }
+
         /// Arbitrary segments never panic, and an invalid verdict leaves the
         /// connection exactly as it was.
         #[test]
