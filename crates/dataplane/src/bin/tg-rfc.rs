@@ -30,12 +30,35 @@ use dataplane::plot::{Bars, Series};
 const FLOWS: u32 = 1024;
 const SIZES: [usize; 3] = [64, 512, 1518];
 const SERVER: &str = "10.77.0.2";
-/// Table size for the capacity test, Tollgate's and the kernel's.
+/// Table size for the capacity test, Tollgate's and the kernel's, when the
+/// process may hold twice as many sockets (both ends).
 const CAPACITY: u32 = 32_768;
+
+impl Args {
+    /// Sizes the connection tests to `fds` open files (both ends of every
+    /// connection are in this process).
+    fn size_for(&mut self, fds: u64) {
+        let pairs = usize::try_from(fds.saturating_sub(512) / 2).unwrap_or(usize::MAX);
+        let teardown = if self.quick { 4000 } else { 10_000 };
+        self.teardown = teardown.min(pairs / 1000 * 1000).max(1000);
+        // The capacity test opens an eighth more than the table holds.
+        let fits = u32::try_from(pairs * 8 / 9).unwrap_or(u32::MAX);
+        let want = if self.quick { CAPACITY / 4 } else { CAPACITY };
+        let mut cap = 1024;
+        while cap * 2 <= want.min(fits) {
+            cap *= 2;
+        }
+        self.capacity = cap;
+    }
+}
 
 struct Args {
     out: PathBuf,
     quick: bool,
+    /// Connections of the tear-down test.
+    teardown: usize,
+    /// Table size of the capacity test.
+    capacity: u32,
     /// Which parts run: throughput, connections, latency.
     only: Vec<String>,
 }
@@ -52,6 +75,8 @@ fn args() -> Result<Args, String> {
     let mut a = Args {
         out: PathBuf::from("bench/results"),
         quick: false,
+        teardown: 0,
+        capacity: 0,
         only: PARTS.iter().map(|p| (*p).to_string()).collect(),
     };
     let mut it = std::env::args().skip(1);
@@ -473,8 +498,9 @@ fn connections(
     lab: &Arc<Lab>,
     fwd: Forwarder,
     port: u16,
-    quick: bool,
+    args: &Args,
 ) -> Result<Connections, String> {
+    let quick = args.quick;
     let mut c = Connections::default();
     {
         let running = Running::start(lab, fwd, Options::default())?;
@@ -483,11 +509,11 @@ fn connections(
     }
     {
         let running = Running::start(lab, fwd, Options::default())?;
-        c.teardown_rate = teardown_rate(lab, port + 1, if quick { 4000 } else { 10_000 })?;
+        c.teardown_rate = teardown_rate(lab, port + 1, args.teardown)?;
         running.stop()?;
     }
     if fwd != Forwarder::Bridge {
-        let limit = if quick { CAPACITY / 4 } else { CAPACITY };
+        let limit = args.capacity;
         let guard = match fwd {
             Forwarder::Kernel { .. } => Some(ConntrackMax::set(limit)?),
             _ => None,
@@ -577,9 +603,10 @@ fn latency(
     result?.pop().ok_or_else(|| "no client".to_string())?
 }
 
-/// Lets this process hold the capacity test's sockets (both ends, about
-/// 75 000): root may raise the hard limit up to `fs.nr_open`.
-fn raise_fd_limit() {
+/// Lets this process hold the connection tests' sockets (both ends): root
+/// may raise the hard limit up to `fs.nr_open` where it has the capability.
+/// Returns the limit it got.
+fn raise_fd_limit() -> u64 {
     let want: libc::rlim_t = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -592,16 +619,21 @@ fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit read and write the structs we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
+            return 1024;
         }
         let raised = libc::rlimit {
             rlim_cur: want.max(lim.rlim_cur),
             rlim_max: want.max(lim.rlim_max),
         };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            // Not root: as far as the hard limit goes.
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return raised.rlim_cur;
+        }
+        // As far as the hard limit goes.
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            lim.rlim_cur
+        } else {
+            1024
         }
     }
 }
@@ -745,9 +777,9 @@ fn part_connections(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'stati
         }
         eprintln!("tg-rfc: connections, {}", fwd.label());
         let port = 9000 + 10 * u16::try_from(conns.len()).unwrap_or(0);
-        conns.push(connections(lab, fwd, port, args.quick));
+        conns.push(connections(lab, fwd, port, args));
     }
-    let limit = if args.quick { CAPACITY / 4 } else { CAPACITY };
+    let limit = args.capacity;
     say(md, String::new());
     say(md, "## TCP connections (RFC 9693)".into());
     say(md, String::new());
@@ -761,7 +793,7 @@ fn part_connections(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'stati
              set to {limit} entries (Tollgate's `max_entries`, the kernel's `nf_conntrack_max`, \
              restored after), each checked with a byte both ways; the plain bridge keeps no table.",
             if args.quick { 1.5 } else { 3.0 },
-            if args.quick { 4000 } else { 10_000 },
+            args.teardown,
         ),
     );
     say(md, String::new());
@@ -902,14 +934,15 @@ fn part_latency(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static> {
 }
 
 fn main() {
-    let args = match args() {
+    let mut args = match args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
         }
     };
-    raise_fd_limit();
+    let fds = raise_fd_limit();
+    args.size_for(fds);
     Lab::clean_stale();
     ConntrackMax::recover();
     let lab = match Lab::build() {
@@ -1008,5 +1041,38 @@ fn main() {
     if failed > 0 {
         eprintln!("tg-rfc: {failed} measurement(s) failed: see the tables");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_tests_fit_the_open_file_limit() {
+        let mut a = Args {
+            out: PathBuf::new(),
+            quick: false,
+            teardown: 0,
+            capacity: 0,
+            only: Vec::new(),
+        };
+        a.size_for(1 << 20);
+        assert_eq!((a.teardown, a.capacity), (10_000, 32_768));
+        for fds in [20_000u64, 4096, 1024] {
+            a.size_for(fds);
+            let pairs = (fds - 512) / 2;
+            assert!(a.teardown as u64 <= pairs.max(1000), "{fds}: {}", a.teardown);
+            assert!(
+                u64::from(a.capacity) * 9 / 8 <= pairs.max(1152),
+                "{fds}: {}",
+                a.capacity
+            );
+        }
+        a.size_for(20_000);
+        assert_eq!((a.teardown, a.capacity), (9_000, 8_192));
+        a.quick = true;
+        a.size_for(1 << 20);
+        assert_eq!((a.teardown, a.capacity), (4_000, 8_192));
     }
 }
