@@ -106,6 +106,10 @@ impl Running {
     /// Sets `fwd` up between the lab's sides and waits until it runs.
     pub fn start(lab: &Arc<Lab>, fwd: Forwarder, opts: Options) -> Result<Running, String> {
         let stop = Arc::new(AtomicBool::new(false));
+        // The forwarder threads say when their sockets and programs are in
+        // place: traffic sent before would be lost (and a flow whose first
+        // packets were lost is never set up as the bench means it).
+        let (ready, up) = std::sync::mpsc::channel::<()>();
         let mut run = Running {
             lab: lab.clone(),
             fwd,
@@ -127,7 +131,7 @@ impl Running {
             }
             Forwarder::Two => {
                 set_rps(lab, "0");
-                run.worker = Some(two_up(lab, opts, &stop));
+                run.worker = Some(two_up(lab, opts, &stop, ready));
             }
             Forwarder::Ovs => {
                 set_rps(lab, "0");
@@ -141,12 +145,17 @@ impl Running {
                     fwd == Forwarder::Offload,
                     opts,
                     &stop,
+                    ready,
                 ));
             }
             Forwarder::Xdp => {
                 set_rps(lab, "0");
-                run.worker = Some(xdp_up(lab, &stop));
+                run.worker = Some(xdp_up(lab, &stop, ready));
             }
+        }
+        if run.worker.is_some() {
+            // Until the thread is ready, or gone (it failed: said below).
+            let _ = up.recv_timeout(Duration::from_secs(30));
         }
         std::thread::sleep(Duration::from_millis(400));
         if run.worker.as_ref().is_some_and(JoinHandle::is_finished) {
@@ -368,12 +377,17 @@ fn open_retrying<T, E: std::fmt::Display>(
 }
 
 /// Attaches the plain XDP forwarder in the box namespace until `stop`.
-fn xdp_up(lab: &Arc<Lab>, stop: &Arc<AtomicBool>) -> JoinHandle<Result<Option<String>, String>> {
+fn xdp_up(
+    lab: &Arc<Lab>,
+    stop: &Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<()>,
+) -> JoinHandle<Result<Option<String>, String>> {
     let (l, s) = (lab.clone(), stop.clone());
     std::thread::spawn(move || {
         l.enter_box().map_err(|e| e.to_string())?;
         let f =
             crate::fwd::PlainForwarder::attach(&l.inside, &l.outside).map_err(|e| e.to_string())?;
+        let _ = ready.send(());
         while !s.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -389,6 +403,7 @@ fn tollgate_up(
     offload: bool,
     opts: Options,
     stop: &Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<()>,
 ) -> JoinHandle<Result<Option<String>, String>> {
     let (l, s) = (lab.clone(), stop.clone());
     std::thread::spawn(move || {
@@ -398,6 +413,7 @@ fn tollgate_up(
         let mut w = open_retrying(|| {
             Worker::open(&cfg, new_pipeline(opts), Arc::new(Counters::default()))
         })?;
+        let _ = ready.send(());
         w.run(&s);
         Ok(w.offload_counters().map(|o| {
             let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -418,6 +434,7 @@ fn two_up(
     lab: &Arc<Lab>,
     opts: Options,
     stop: &Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<()>,
 ) -> JoinHandle<Result<Option<String>, String>> {
     let (l, s) = (lab.clone(), stop.clone());
     std::thread::spawn(move || {
@@ -436,6 +453,7 @@ fn two_up(
             let cs = vec![Arc::new(Counters::default()), Arc::new(Counters::default())];
             crate::worker::open_workers(&cfg, &[0, 1], pipes, cs, Some(fabric.clone()))
         })?;
+        let _ = ready.send(());
         let epoch = std::time::Instant::now();
         let mut threads = Vec::new();
         for ((i, mut w), (_, inbox)) in workers.into_iter().enumerate().zip(boxes) {

@@ -1062,7 +1062,11 @@ mod tests {
         for fds in [20_000u64, 4096, 1024] {
             a.size_for(fds);
             let pairs = (fds - 512) / 2;
-            assert!(a.teardown as u64 <= pairs.max(1000), "{fds}: {}", a.teardown);
+            assert!(
+                a.teardown as u64 <= pairs.max(1000),
+                "{fds}: {}",
+                a.teardown
+            );
             assert!(
                 u64::from(a.capacity) * 9 / 8 <= pairs.max(1152),
                 "{fds}: {}",
