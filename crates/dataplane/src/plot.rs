@@ -10,6 +10,9 @@ pub struct Series {
     pub name: String,
     /// One value per group.
     pub values: Vec<Option<f64>>,
+    /// Its color (CSS), the same in every chart of a report; `None`: the
+    /// palette's, by position.
+    pub color: Option<&'static str>,
 }
 
 /// A grouped bar chart.
@@ -89,17 +92,25 @@ impl Bars<'_> {
             w / 2.0,
             escape(self.title)
         );
-        // Value axis: five gridlines.
+        // Value axis: five gridlines, labelled with as many decimals as
+        // their step needs.
+        let step = ymax / 5.0;
+        let decimals = if step >= 1.0 {
+            0
+        } else if step >= 0.1 {
+            1
+        } else {
+            2
+        };
         for i in 0..=5 {
             let v = ymax * f64::from(i) / 5.0;
             let y = top + plot_h - plot_h * f64::from(i) / 5.0;
             let _ = write!(
                 s,
-                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{v:.decimals$}</text>"##,
                 left + plot_w,
                 left - 6.0,
                 y + 4.0,
-                short(v)
             );
         }
         let _ = write!(
@@ -131,7 +142,7 @@ impl Bars<'_> {
                             r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}: {}</title></rect>"#,
                             top + plot_h - bh,
                             bar_w * 0.92,
-                            COLORS[i % COLORS.len()],
+                            series.color.unwrap_or(COLORS[i % COLORS.len()]),
                             escape(&series.name),
                             short(v)
                         );
@@ -168,7 +179,7 @@ impl Bars<'_> {
                 s,
                 r#"<rect x="{left}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
                 y - 10.0,
-                COLORS[i % COLORS.len()],
+                series.color.unwrap_or(COLORS[i % COLORS.len()]),
                 left + 18.0,
                 y,
                 escape(&series.name)
@@ -208,10 +219,12 @@ mod tests {
                 Series {
                     name: "kernel & co".into(),
                     values: vec![Some(0.3), Some(0.2)],
+                    color: None,
                 },
                 Series {
                     name: "Tollgate".into(),
                     values: vec![Some(0.9), None],
+                    color: Some("#123456"),
                 },
             ],
         }
@@ -224,6 +237,11 @@ mod tests {
         );
         assert!(chart.contains("a &lt; b") && chart.contains("kernel &amp; co"));
         assert!(chart.contains("n/a"));
+        assert_eq!(
+            chart.matches("#123456").count(),
+            2,
+            "a bar and its legend key"
+        );
         assert!(!chart.contains("NaN") && !chart.contains("inf"));
     }
 }

@@ -651,6 +651,19 @@ fn failure(e: &str) -> String {
     }
 }
 
+/// Each forwarder's color, the same in every chart.
+fn color_of(label: &str) -> Option<&'static str> {
+    Some(match label {
+        "Linux bridge, no conntrack" => "#9d9d9d",
+        "Linux bridge + conntrack" => "#4e79a7",
+        "Tollgate" => "#f28e2b",
+        "Tollgate, busy_poll = true" => "#edc948",
+        "Tollgate + XDP fast path" => "#59a14f",
+        "plain XDP redirect" => "#e15759",
+        _ => return None,
+    })
+}
+
 /// Prints a line of the report and keeps it for `rfc.md`.
 fn say(md: &mut String, line: String) {
     println!("{line}");
@@ -753,6 +766,7 @@ fn part_throughput(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static
             .zip(&tp)
             .map(|(f, row)| Series {
                 name: f.label().into(),
+                color: color_of(f.label()),
                 values: row
                     .iter()
                     .map(|r| r.as_ref().ok().map(|t| t.zero_loss / 1e6))
@@ -828,6 +842,7 @@ fn part_connections(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'stati
             .zip(&conns)
             .map(|(f, c)| Series {
                 name: f.label().into(),
+                color: color_of(f.label()),
                 values: match c {
                     Ok(c) => vec![Some(c.setup_rate / 1e3), Some(c.teardown_rate / 1e3)],
                     Err(_) => vec![None, None],
@@ -924,6 +939,7 @@ fn part_latency(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static> {
             .zip(&lats)
             .map(|((_, _, label), l)| Series {
                 name: (*label).into(),
+                color: color_of(label),
                 values: pcts
                     .iter()
                     .map(|&q| l.as_ref().ok().and_then(|(v, _)| percentile(v, q)))
