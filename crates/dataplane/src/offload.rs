@@ -83,31 +83,60 @@ struct FlowRaw {
 const _: () = assert!(std::mem::size_of::<FlowRaw>() == 192);
 const _: () = assert!(std::mem::size_of::<TcpDirRaw>() == 20);
 
-/// The `flow_state` array, mapped into this process.
-struct Region {
-    ptr: NonNull<FlowRaw>,
+/// An mmap-able array map mapped into this process: `len` values of `T`.
+struct Mapped<T> {
+    ptr: NonNull<T>,
     len: usize,
 }
 
-// SAFETY: the region is plain shared memory; every access goes through
-// `slot_ptr` with the ownership rules of the module documentation (the
-// `ctl` word is only touched atomically).
-unsafe impl Send for Region {}
+// SAFETY: plain shared memory; every access follows the ownership rules of
+// the module documentation (what the program writes too is only touched
+// atomically or whole).
+unsafe impl<T> Send for Mapped<T> {}
 // SAFETY: as for Send.
-unsafe impl Sync for Region {}
+unsafe impl<T> Sync for Mapped<T> {}
 
-impl Drop for Region {
+impl<T> Mapped<T> {
+    /// Maps the `len` values of the array map behind `fd`.
+    fn new(fd: i32, len: usize) -> std::io::Result<Mapped<T>> {
+        let bytes = len * std::mem::size_of::<T>();
+        // SAFETY: a shared read-write mapping of an mmap-able array map of
+        // `len` values of `T` (the kernel checks the size); no existing
+        // memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<T>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(Mapped { ptr, len })
+    }
+}
+
+impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are the mapping made in `Maps::new`, unmapped
-        // once (the Region is dropped once, after its last user).
+        // SAFETY: `ptr`/`len` are the mapping made in `new`, unmapped once
+        // (dropped once, after its last user).
         unsafe {
             libc::munmap(
                 self.ptr.as_ptr().cast(),
-                self.len * std::mem::size_of::<FlowRaw>(),
+                self.len * std::mem::size_of::<T>(),
             );
         }
     }
 }
+
+/// The `flow_state` array.
+type Region = Mapped<FlowRaw>;
 
 impl Region {
     fn slot_ptr(&self, slot: u32) -> Option<*mut FlowRaw> {
@@ -158,26 +187,9 @@ const E4_UDP: u32 = 1 << 19;
 const E4_SIDE: u32 = 1 << 18;
 const E4_REF_MASK: u32 = (1 << 18) - 1;
 
-/// `flows4` mapped: buckets of four entries of four words (src, dst,
-/// ports, meta), as bpf/tollgate.h lays them out.
-struct Index4 {
-    ptr: NonNull<[AtomicU32; 16]>,
-    len: usize,
-}
-
-// SAFETY: shared memory only ever accessed through atomics.
-unsafe impl Send for Index4 {}
-// SAFETY: as for Send.
-unsafe impl Sync for Index4 {}
-
-impl Drop for Index4 {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `Maps::new`, unmapped once.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len * 64);
-        }
-    }
-}
+/// `flows4`: buckets of four entries of four words (src, dst, ports,
+/// meta), as bpf/tollgate.h lays them out; the program only reads them.
+type Index4 = Mapped<[AtomicU32; 16]>;
 
 /// How a tuple entering on a side is found by the program: IPv4 in
 /// `flows4` (its three words and the UDP/SIDE bits of `meta`), IPv6 in the
@@ -280,27 +292,6 @@ pub struct Maps {
     region: Arc<Region>,
 }
 
-/// Maps `len` values of `size` bytes of an mmap-able array map.
-fn map_shared<T>(fd: i32, len: usize, size: usize) -> std::io::Result<NonNull<T>> {
-    // SAFETY: a shared read-write mapping of an mmap-able array map of
-    // `len` values of `size` bytes (the kernel checks the size); no
-    // existing memory is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len * size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    NonNull::new(p.cast::<T>()).ok_or_else(|| std::io::Error::other("mmap returned null"))
-}
-
 impl Maps {
     /// Maps `flow_state` and `flows4` and keeps a handle on `flows`;
     /// `seed` is the program's `flows4_seed`.
@@ -313,24 +304,17 @@ impl Maps {
     ) -> std::io::Result<Maps> {
         let h = MapHandle::try_from(flows).map_err(std::io::Error::other)?;
         let punts = MapHandle::try_from(punts).map_err(std::io::Error::other)?;
-        let buckets = FLOWS4_BUCKETS as usize;
-        let p4 = map_shared(flows4.as_fd().as_raw_fd(), buckets, 64)?;
-        let flows4 = Arc::new(Index4 {
-            ptr: p4,
-            len: buckets,
-        });
-        let len = SLOTS as usize;
-        let ptr = map_shared(
-            flow_state.as_fd().as_raw_fd(),
-            len,
-            std::mem::size_of::<FlowRaw>(),
-        )?;
+        let flows4 = Arc::new(Index4::new(
+            flows4.as_fd().as_raw_fd(),
+            FLOWS4_BUCKETS as usize,
+        )?);
+        let region = Region::new(flow_state.as_fd().as_raw_fd(), SLOTS as usize)?;
         Ok(Maps {
             flows: Arc::new(h),
             flows4,
             seed,
             punts: Arc::new(punts),
-            region: Arc::new(Region { ptr, len }),
+            region: Arc::new(region),
         })
     }
 }
@@ -1165,5 +1149,83 @@ impl Offloader {
             }
         }
         self.collect_gone(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `buckets` buckets of `flows4`'s layout in anonymous shared memory.
+    fn index(buckets: usize) -> Index4 {
+        let name = std::ffi::CString::new("tg-flows4-test").unwrap_or_default();
+        // SAFETY: memfd_create takes a valid C string; ftruncate sizes the
+        // new file.
+        let fd = unsafe {
+            let fd = libc::memfd_create(name.as_ptr(), 0);
+            assert!(fd >= 0, "memfd_create");
+            assert_eq!(libc::ftruncate(fd, (buckets * 64) as libc::off_t), 0);
+            fd
+        };
+        let idx = Index4::new(fd, buckets).expect("mapped");
+        // SAFETY: our own fd; the mapping keeps the memory.
+        unsafe { libc::close(fd) };
+        idx
+    }
+
+    fn k(port: u32, want: u32) -> (u32, u32, u32, u32) {
+        (0x0100_000a, 0x0200_000a, port, want)
+    }
+
+    #[test]
+    fn flows4_entries_claimed_found_and_freed() {
+        // One bucket: every key lands in it.
+        let idx = index(1);
+        for p in 0..4 {
+            assert!(idx.insert(7, k(p, 0), p * 2 + 1), "entry {p}");
+        }
+        assert!(!idx.insert(7, k(9, 0), 99), "a full bucket refuses");
+        for p in 0..4 {
+            let (_, m) = idx.find(7, k(p, 0)).expect("found");
+            assert_eq!(m & E4_REF_MASK, p * 2 + 1);
+            assert_ne!(m & E4_VALID, 0);
+        }
+        // The UDP and SIDE bits are part of the key.
+        assert!(idx.find(7, k(1, E4_UDP)).is_none());
+        assert!(idx.find(7, k(1, E4_SIDE)).is_none());
+        // A freed entry takes another key, one generation on.
+        let (_, before) = idx.find(7, k(2, 0)).expect("found");
+        idx.remove(7, k(2, 0));
+        assert!(idx.find(7, k(2, 0)).is_none());
+        assert!(idx.insert(7, k(9, E4_UDP), 42));
+        let (_, after) = idx.find(7, k(9, E4_UDP)).expect("found");
+        assert_eq!(after & E4_REF_MASK, 42);
+        assert_ne!(
+            after & E4_GEN_MASK,
+            before & E4_GEN_MASK,
+            "generation moved"
+        );
+        // Removing a key that is not there changes nothing.
+        idx.remove(7, k(5, 0));
+        for p in [0, 1, 3] {
+            assert!(idx.find(7, k(p, 0)).is_some());
+        }
+    }
+
+    #[test]
+    fn flows4_hash_spreads_keys_and_depends_on_the_seed() {
+        let mut seen = std::collections::HashSet::new();
+        for p in 0..1000u32 {
+            seen.insert(flows4_hash(1, 0x0100_000a, 0x0200_000a, p << 16, 0));
+        }
+        assert!(seen.len() > 990, "{} buckets for 1000 ports", seen.len());
+        let moved = (0..1000u32)
+            .filter(|&p| {
+                flows4_hash(1, 0x0100_000a, 0x0200_000a, p, 0)
+                    != flows4_hash(2, 0x0100_000a, 0x0200_000a, p, 0)
+            })
+            .count();
+        assert!(moved > 990, "another seed, other buckets: {moved}");
+        assert!(flows4_hash(u32::MAX, u32::MAX, u32::MAX, u32::MAX, u32::MAX) < FLOWS4_BUCKETS);
     }
 }
