@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use conntrack::policy::Action;
 use conntrack::{Config, Pipeline};
 
 use crate::gen::Generator;
 use crate::lab::Lab;
-use crate::{Counters, Worker, WorkerConfig};
+use crate::{Counters, Worker};
 
 /// What forwards between the lab's two sides.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -344,19 +343,6 @@ fn new_pipeline(opts: Options) -> Pipeline {
     )
 }
 
-fn worker_config(lab: &Lab, bypass: bool, offload: bool, busy_poll: bool) -> WorkerConfig {
-    WorkerConfig {
-        inside: lab.inside.clone(),
-        outside: lab.outside.clone(),
-        queue: 0,
-        non_ip: Action::Accept,
-        bypass,
-        offload,
-        busy_poll,
-        mode: crate::xsk::XdpMode::Auto,
-    }
-}
-
 /// Retries `open` for a while: the previous measurement's sockets are
 /// released by the kernel a little after they are closed.
 fn open_retrying<T, E: std::fmt::Display>(
@@ -409,7 +395,7 @@ fn tollgate_up(
     std::thread::spawn(move || {
         Lab::pin(1);
         l.enter_box().map_err(|e| e.to_string())?;
-        let cfg = worker_config(&l, bypass, offload, opts.busy_poll);
+        let cfg = l.worker_config(bypass, offload, opts.busy_poll);
         let mut w = open_retrying(|| {
             Worker::open(&cfg, new_pipeline(opts), Arc::new(Counters::default()))
         })?;
@@ -439,7 +425,7 @@ fn two_up(
     let (l, s) = (lab.clone(), stop.clone());
     std::thread::spawn(move || {
         l.enter_box().map_err(|e| e.to_string())?;
-        let cfg = worker_config(&l, false, false, opts.busy_poll);
+        let cfg = l.worker_config(false, false, opts.busy_poll);
         let mut boxes = Vec::new();
         for i in 0..2 {
             boxes.push(crate::mailbox(i, 64).map_err(|e| e.to_string())?);

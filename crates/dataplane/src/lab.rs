@@ -187,6 +187,26 @@ impl Lab {
         }
     }
 
+    /// A worker's configuration for queue 0 of the lab's two interfaces
+    /// (non-IP frames accepted, sockets in the mode the driver offers).
+    pub fn worker_config(
+        &self,
+        bypass: bool,
+        offload: bool,
+        busy_poll: bool,
+    ) -> crate::WorkerConfig {
+        crate::WorkerConfig {
+            inside: self.inside.clone(),
+            outside: self.outside.clone(),
+            queue: 0,
+            non_ip: conntrack::policy::Action::Accept,
+            bypass,
+            offload,
+            busy_poll,
+            mode: crate::xsk::XdpMode::Auto,
+        }
+    }
+
     /// Removes the lab (idempotent).
     pub fn teardown(&mut self) {
         if !self.up {

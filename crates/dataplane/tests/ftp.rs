@@ -3,16 +3,18 @@
 //! inside open only FTP control connections. Passive (EPSV) and active (EPRT)
 //! transfers succeed with the FTP helper and fail without it.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{is_root, Running};
 use conntrack::policy::{Action, Policy, PortRange, ProtoMatch, Rule, Side, StateSet};
 use conntrack::tuple::ipproto;
 use conntrack::{Config, CtState, HelperKind, Pipeline};
 use dataplane::lab::Lab;
-use dataplane::{Counters, Worker, WorkerConfig};
+use dataplane::Counters;
 
 fn policy(helper: bool) -> Policy {
     let mut inv = Rule::any(Action::Drop);
@@ -32,31 +34,6 @@ fn policy(helper: bool) -> Policy {
         rules: vec![inv, est, ftp],
         default: Action::Drop,
     }
-}
-
-/// Stops the worker and the server when the test ends, passing or failing.
-struct Running {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    server: Option<Child>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Transfers a file passively and actively over IPv4 or IPv6; returns
@@ -88,28 +65,12 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
     )
     .expect("vsftpd.conf");
     std::fs::create_dir_all("/var/run/vsftpd/empty").expect("vsftpd empty dir");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (l, s) = (lab.clone(), stop.clone());
-    let thread = std::thread::spawn(move || {
-        l.enter_box().expect("enter box");
-        let cfg = WorkerConfig {
-            inside: l.inside.clone(),
-            outside: l.outside.clone(),
-            queue: 0,
-            non_ip: Action::Accept,
-            bypass: false,
-            offload: false,
-            busy_poll: false,
-            mode: dataplane::xsk::XdpMode::Auto,
-        };
-        let mut w = Worker::open(
-            &cfg,
-            Pipeline::new(Config::default(), policy(helper)),
-            Arc::new(Counters::default()),
-        )
-        .expect("worker");
-        w.run(&s);
-    });
+    let mut running = Running::worker(
+        &lab,
+        Pipeline::new(Config::default(), policy(helper)),
+        Arc::new(Counters::default()),
+        false,
+    );
     let server = Command::new("ip")
         .args(["netns", "exec", &lab.server, "vsftpd"])
         .arg(&conf)
@@ -117,11 +78,7 @@ port_enable=YES\nconnect_from_port_20=YES\nxferlog_enable=NO\nsecure_chroot_dir=
         .stderr(Stdio::null())
         .spawn()
         .expect("vsftpd");
-    let running = Running {
-        stop,
-        thread: Some(thread),
-        server: Some(server),
-    };
+    running.server = Some(server);
     std::thread::sleep(Duration::from_millis(700));
     let fetch = |active: bool| {
         let out = root.join(if active { "active.out" } else { "passive.out" });

@@ -2,14 +2,17 @@
 //! Tollgate, a TCP transfer from inside, and a strict policy that blocks what
 //! the outside starts.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{is_root, Running};
 use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
 use conntrack::{Config, CtState, Pipeline};
 use dataplane::lab::Lab;
-use dataplane::{Counters, Worker, WorkerConfig};
+use dataplane::{Counters, Worker};
 
 fn strict() -> Policy {
     let mut inv = Rule::any(Action::Drop);
@@ -26,27 +29,6 @@ fn strict() -> Policy {
         rules: vec![inv, est, new],
         default: Action::Drop,
     }
-}
-
-/// Stops and joins the worker when the test ends, passing or failing, so the
-/// lab (dropped after it) is always removed.
-struct Running {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]
@@ -77,37 +59,17 @@ fn lab_run(offload: bool) {
     }
     Lab::clean_stale();
     let lab = Arc::new(Lab::build().expect("lab"));
-    let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
     // UMEM frames the worker accounts for once it has stopped.
     let accounted = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let (l, s, c, acc) = (
-        lab.clone(),
-        stop.clone(),
-        counters.clone(),
-        accounted.clone(),
-    );
-    let thread = std::thread::spawn(move || {
-        l.enter_box().expect("enter box");
-        let cfg = WorkerConfig {
-            inside: l.inside.clone(),
-            outside: l.outside.clone(),
-            queue: 0,
-            non_ip: Action::Accept,
-            bypass: false,
-            offload,
-            busy_poll: false,
-            mode: dataplane::xsk::XdpMode::Auto,
-        };
+    let (l, c, acc) = (lab.clone(), counters.clone(), accounted.clone());
+    let running = Running::in_box(&lab, move |stop| {
+        let cfg = l.worker_config(false, offload, false);
         let mut w =
             Worker::open(&cfg, Pipeline::new(Config::default(), strict()), c).expect("worker");
-        w.run(&s);
+        w.run(stop);
         acc.store(w.frames_accounted(), Ordering::Relaxed);
     });
-    let running = Running {
-        stop: stop.clone(),
-        thread: Some(thread),
-    };
     std::thread::sleep(Duration::from_millis(500));
     let (ok, out) = lab.exec(&lab.client, &["ping", "-c", "3", "-W", "2", "10.77.0.2"]);
     assert!(ok, "ping inside -> outside: {out}");

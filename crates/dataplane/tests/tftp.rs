@@ -2,16 +2,18 @@
 //! it as root): tftpd-hpa outside answers from a new port, which passes only
 //! as a connection the TFTP helper expected.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{is_root, Running};
 use conntrack::policy::{Action, Policy, PortRange, ProtoMatch, Rule, Side, StateSet};
 use conntrack::tuple::ipproto;
 use conntrack::{Config, CtState, HelperKind, Pipeline};
 use dataplane::lab::Lab;
-use dataplane::{Counters, Worker, WorkerConfig};
+use dataplane::Counters;
 
 fn policy(helper: bool) -> Policy {
     let mut est = Rule::any(Action::Accept);
@@ -31,30 +33,6 @@ fn policy(helper: bool) -> Policy {
     }
 }
 
-struct Running {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    server: Option<Child>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn fetch(helper: bool) -> bool {
     let lab = Arc::new(Lab::build().expect("lab"));
     let root = std::env::temp_dir().join(format!("tgtftp-{}-{helper}", std::process::id()));
@@ -64,28 +42,12 @@ fn fetch(helper: bool) -> bool {
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
         .collect();
     std::fs::write(root.join("file.bin"), &payload).expect("file");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (l, s) = (lab.clone(), stop.clone());
-    let thread = std::thread::spawn(move || {
-        l.enter_box().expect("enter box");
-        let cfg = WorkerConfig {
-            inside: l.inside.clone(),
-            outside: l.outside.clone(),
-            queue: 0,
-            non_ip: Action::Accept,
-            bypass: false,
-            offload: false,
-            busy_poll: false,
-            mode: dataplane::xsk::XdpMode::Auto,
-        };
-        let mut w = Worker::open(
-            &cfg,
-            Pipeline::new(Config::default(), policy(helper)),
-            Arc::new(Counters::default()),
-        )
-        .expect("worker");
-        w.run(&s);
-    });
+    let mut running = Running::worker(
+        &lab,
+        Pipeline::new(Config::default(), policy(helper)),
+        Arc::new(Counters::default()),
+        false,
+    );
     let server = Command::new("ip")
         .args([
             "netns",
@@ -104,11 +66,7 @@ fn fetch(helper: bool) -> bool {
         .stderr(Stdio::null())
         .spawn()
         .expect("in.tftpd");
-    let running = Running {
-        stop,
-        thread: Some(thread),
-        server: Some(server),
-    };
+    running.server = Some(server);
     std::thread::sleep(Duration::from_millis(700));
     let out = root.join("got.bin");
     let out_s = out.display().to_string();

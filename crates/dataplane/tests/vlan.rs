@@ -7,15 +7,18 @@
 //! tagged IP packet never bypasses the policy); three tags are dropped as
 //! too deep.
 
+mod common;
+
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conntrack::policy::{Action, Policy};
+use common::{is_root, Running};
+use conntrack::policy::Policy;
 use conntrack::{Config, DropReason, Pipeline};
 use dataplane::lab::Lab;
-use dataplane::{Counters, Worker, WorkerConfig};
+use dataplane::Counters;
 
 /// Writes one TCP SYN from `src` to `dst` (port 7100) on eth0, inside the
 /// given 802.1Q/802.1ad tags (outermost first), to `dst_mac`.
@@ -45,25 +48,6 @@ s.send(hdr + b"\x08\x00" + ip + tcp)
 
 fn strict() -> Policy {
     dataplane::lab::strict_policy()
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Running {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Injects the SYN from `from` (the lab's client or server namespace) and
@@ -135,29 +119,13 @@ fn tagged_frames_are_tracked_and_filtered() {
     let lab = Arc::new(Lab::build().expect("lab"));
     let script = std::env::temp_dir().join(format!("tgvlan-{}.py", std::process::id()));
     std::fs::write(&script, INJECT).expect("script");
-    let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
-    let (l, s, c) = (lab.clone(), stop.clone(), counters.clone());
-    let thread = std::thread::spawn(move || {
-        l.enter_box().expect("enter box");
-        let cfg = WorkerConfig {
-            inside: l.inside.clone(),
-            outside: l.outside.clone(),
-            queue: 0,
-            non_ip: Action::Accept,
-            bypass: false,
-            offload: false,
-            busy_poll: false,
-            mode: dataplane::xsk::XdpMode::Auto,
-        };
-        let mut w =
-            Worker::open(&cfg, Pipeline::new(Config::default(), strict()), c).expect("worker");
-        w.run(&s);
-    });
-    let running = Running {
-        stop,
-        thread: Some(thread),
-    };
+    let running = Running::worker(
+        &lab,
+        Pipeline::new(Config::default(), strict()),
+        counters.clone(),
+        false,
+    );
     std::thread::sleep(Duration::from_millis(500));
     let policy_drops =
         || counters.drop_reasons[DropReason::PolicyDefault.index()].load(Ordering::Relaxed);
