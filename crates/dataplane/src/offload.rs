@@ -229,9 +229,15 @@ impl Index4 {
         unsafe { &*self.ptr.as_ptr().add(b) }
     }
 
-    /// Publishes `k -> rf` in a free entry of its bucket; false if the
-    /// bucket is full.
+    /// Publishes `k -> rf` in a free entry of its bucket (or in place of
+    /// `k`'s entry, as a map update would: never two entries for one key);
+    /// false if the bucket is full.
     fn insert(&self, seed: u32, k: (u32, u32, u32, u32), rf: u32) -> bool {
+        if let Some((e, m)) = self.find(seed, k) {
+            let gen = (m & E4_GEN_MASK).wrapping_add(1 << E4_GEN_SHIFT) & E4_GEN_MASK;
+            e[3].store(E4_VALID | gen | k.3 | (rf & E4_REF_MASK), Ordering::Release);
+            return true;
+        }
         let b = self.bucket(seed, k);
         for e in b.chunks_exact(4) {
             let m = e[3].load(Ordering::Acquire);
@@ -1185,6 +1191,11 @@ mod tests {
             assert!(idx.insert(7, k(p, 0), p * 2 + 1), "entry {p}");
         }
         assert!(!idx.insert(7, k(9, 0), 99), "a full bucket refuses");
+        // A key already there is updated in place, not added again.
+        assert!(idx.insert(7, k(3, 0), 77), "full, but the key is there");
+        let (_, m) = idx.find(7, k(3, 0)).expect("found");
+        assert_eq!(m & E4_REF_MASK, 77);
+        assert!(idx.insert(7, k(3, 0), 3 * 2 + 1));
         for p in 0..4 {
             let (_, m) = idx.find(7, k(p, 0)).expect("found");
             assert_eq!(m & E4_REF_MASK, p * 2 + 1);
