@@ -191,17 +191,15 @@ const E4_REF_MASK: u32 = (1 << 18) - 1;
 /// meta), as bpf/tollgate.h lays them out; the program only reads them.
 type Index4 = Mapped<[AtomicU32; 16]>;
 
+/// An IPv4 key of `flows4`: source, destination and ports as the packet
+/// carries them (read as native words), and the UDP/SIDE bits of `meta`.
+type Key4 = (u32, u32, u32, u32);
+
 /// How a tuple entering on a side is found by the program: IPv4 in
-/// `flows4` (its three words and the UDP/SIDE bits of `meta`), IPv6 in the
-/// `flows` hash map (`struct tg_key`).
+/// `flows4`, IPv6 in the `flows` hash map (`struct tg_key`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FlowKey {
-    V4 {
-        src: u32,
-        dst: u32,
-        ports: u32,
-        want: u32,
-    },
+    V4(Key4),
     V6([u8; 40]),
 }
 
@@ -221,7 +219,7 @@ fn flows4_hash(seed: u32, src: u32, dst: u32, ports: u32, want: u32) -> u32 {
 }
 
 impl Index4 {
-    fn bucket(&self, seed: u32, k: (u32, u32, u32, u32)) -> &[AtomicU32; 16] {
+    fn bucket(&self, seed: u32, k: Key4) -> &[AtomicU32; 16] {
         let b = flows4_hash(seed, k.0, k.1, k.2, k.3) as usize % self.len;
         // SAFETY: `b < len`: inside the mapping, 64-byte aligned (page-aligned
         // mapping, 64-byte values); AtomicU32 has u32's layout; the program
@@ -232,7 +230,7 @@ impl Index4 {
     /// Publishes `k -> rf` in a free entry of its bucket (or in place of
     /// `k`'s entry, as a map update would: never two entries for one key);
     /// false if the bucket is full.
-    fn insert(&self, seed: u32, k: (u32, u32, u32, u32), rf: u32) -> bool {
+    fn insert(&self, seed: u32, k: Key4, rf: u32) -> bool {
         if let Some((e, m)) = self.find(seed, k) {
             let gen = (m & E4_GEN_MASK).wrapping_add(1 << E4_GEN_SHIFT) & E4_GEN_MASK;
             e[3].store(E4_VALID | gen | k.3 | (rf & E4_REF_MASK), Ordering::Release);
@@ -267,7 +265,7 @@ impl Index4 {
     }
 
     /// The entry of `k`, as (entry's words, its meta).
-    fn find(&self, seed: u32, k: (u32, u32, u32, u32)) -> Option<(&[AtomicU32], u32)> {
+    fn find(&self, seed: u32, k: Key4) -> Option<(&[AtomicU32], u32)> {
         let b = self.bucket(seed, k);
         b.chunks_exact(4).find_map(|e| {
             let m = e[3].load(Ordering::Acquire);
@@ -281,7 +279,7 @@ impl Index4 {
     }
 
     /// Removes `k` (only its owner removes it).
-    fn remove(&self, seed: u32, k: (u32, u32, u32, u32)) {
+    fn remove(&self, seed: u32, k: Key4) {
         if let Some((e, m)) = self.find(seed, k) {
             e[3].store(m & E4_GEN_MASK, Ordering::Release);
         }
@@ -329,14 +327,7 @@ impl Maps {
     /// Publishes `k -> rf` (slot << 1 | direction) to the program.
     fn put(&self, k: &FlowKey, rf: u32) -> bool {
         match k {
-            FlowKey::V4 {
-                src,
-                dst,
-                ports,
-                want,
-            } => self
-                .flows4
-                .insert(self.seed, (*src, *dst, *ports, *want), rf),
+            FlowKey::V4(k) => self.flows4.insert(self.seed, *k, rf),
             FlowKey::V6(k) => self
                 .flows
                 .update(k, &rf.to_ne_bytes(), MapFlags::ANY)
@@ -347,12 +338,7 @@ impl Maps {
     /// Takes `k` away from the program.
     fn del(&self, k: &FlowKey) {
         match k {
-            FlowKey::V4 {
-                src,
-                dst,
-                ports,
-                want,
-            } => self.flows4.remove(self.seed, (*src, *dst, *ports, *want)),
+            FlowKey::V4(k) => self.flows4.remove(self.seed, *k),
             FlowKey::V6(k) => {
                 let _ = self.flows.delete(k);
             }
@@ -362,14 +348,9 @@ impl Maps {
     /// What the program finds for `k`: slot << 1 | direction.
     fn get(&self, k: &FlowKey) -> Option<u32> {
         match k {
-            FlowKey::V4 {
-                src,
-                dst,
-                ports,
-                want,
-            } => self
+            FlowKey::V4(k) => self
                 .flows4
-                .find(self.seed, (*src, *dst, *ports, *want))
+                .find(self.seed, *k)
                 .map(|(_, m)| m & E4_REF_MASK),
             FlowKey::V6(k) => {
                 let v = self.flows.lookup(k, MapFlags::ANY).ok()??;
@@ -391,12 +372,12 @@ fn key(t: &Tuple, side: Side) -> FlowKey {
         let [c, d2] = t.dst_port.to_be_bytes();
         let udp = if t.proto == 17 { E4_UDP } else { 0 };
         let outside = if side == Side::Outside { E4_SIDE } else { 0 };
-        return FlowKey::V4 {
-            src: u32::from_ne_bytes(s.to_be_bytes()),
-            dst: u32::from_ne_bytes(d.to_be_bytes()),
-            ports: u32::from_ne_bytes([a, b, c, d2]),
-            want: udp | outside,
-        };
+        return FlowKey::V4((
+            u32::from_ne_bytes(s.to_be_bytes()),
+            u32::from_ne_bytes(d.to_be_bytes()),
+            u32::from_ne_bytes([a, b, c, d2]),
+            udp | outside,
+        ));
     }
     FlowKey::V6(key6(t, side))
 }
@@ -1179,7 +1160,7 @@ mod tests {
         idx
     }
 
-    fn k(port: u32, want: u32) -> (u32, u32, u32, u32) {
+    fn k(port: u32, want: u32) -> Key4 {
         (0x0100_000a, 0x0200_000a, port, want)
     }
 
