@@ -14,6 +14,8 @@ use conntrack::{Config, CtState, Pipeline};
 use dataplane::lab::Lab;
 use dataplane::{Counters, Worker};
 
+/// The lab's strict policy, and untracked packets (IPv6 neighbour
+/// discovery: ping6 needs it) accepted.
 fn strict() -> Policy {
     let mut inv = Rule::any(Action::Drop);
     inv.states = StateSet::default().with(CtState::Invalid);

@@ -12,6 +12,9 @@
 // Test helpers may panic on broken fixtures: that is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::pcap;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -706,16 +709,6 @@ fn converse(client: &[Step], server: &[Step]) -> Vec<Wire> {
         }
         assert!(moved, "deadlock at client step {ci}, server step {si}");
     }
-}
-
-/// The frames as a capture, a microsecond apart from t = 1 s.
-fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
-    let recs: Vec<(u64, &[u8])> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (1_000_000 + i as u64, &d[..]))
-        .collect();
-    capture::pcap::write_us(&recs)
 }
 
 /// Replays frames through Tollgate with the TRex benchmark config, the

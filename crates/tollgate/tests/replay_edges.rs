@@ -5,21 +5,14 @@
 // Test helpers may panic on broken fixtures: that is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::pcap;
 use conntrack::build::{ethernet, Pkt};
 use conntrack::packet::tcp_flags::{ACK, SYN};
 
 const C: [u8; 4] = [10, 0, 0, 1];
 const S: [u8; 4] = [192, 0, 2, 1];
-
-/// The frames as a capture, a microsecond apart from t = 1 s.
-fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
-    let recs: Vec<(u64, &[u8])> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (1_000_000 + i as u64, &d[..]))
-        .collect();
-    capture::pcap::write_us(&recs)
-}
 
 fn run(frames: &[Vec<u8>]) -> Vec<serde_json::Value> {
     let cfg = control::parse(

@@ -216,3 +216,13 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
+
+/// The frames as a capture, a microsecond apart from t = 1 s.
+pub fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+    let recs: Vec<(u64, &[u8])> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (1_000_000 + i as u64, &d[..]))
+        .collect();
+    capture::pcap::write_us(&recs)
+}
