@@ -1,5 +1,7 @@
 //! Drives the table with established-flow packets for instruction-level
-//! profiling: `valgrind --tool=callgrind target/release/examples/ct_profile 10000 1000000 [tcp]`.
+//! profiling: `valgrind --tool=callgrind target/release/examples/ct_profile 10000 1000000 [tcp]`;
+//! with `new` instead of `tcp`, N new TCP connections (SYN, confirm, expiry)
+//! with about FLOWS live, as the `new_connection` benchmark runs them.
 
 use conntrack::packet::{tcp_flags, Packet, TcpSeg, L4};
 use conntrack::table::{Config, Conntrack};
@@ -12,7 +14,12 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let tcp = args.next().as_deref() == Some("tcp");
+    let mode = args.next();
+    if mode.as_deref() == Some("new") {
+        new_connections(flows, lookups);
+        return;
+    }
+    let tcp = mode.as_deref() == Some("tcp");
     let seg = |flags, seq, ack| {
         L4::Tcp(TcpSeg {
             seq,
@@ -75,4 +82,46 @@ fn main() {
         est += u32::from(t.state == conntrack::CtState::Established);
     }
     println!("{est} established of {lookups}");
+}
+
+/// SYNs of new connections, each confirmed, each expiring 120 s later while
+/// time advances so that about `live` stay in the table.
+fn new_connections(live: u32, n: u32) {
+    let mut ct = Conntrack::new(Config {
+        max_entries: live * 2,
+        hash_secret: HashSecret(1, 2),
+        ..Config::default()
+    });
+    let step = 120_000_000_000 / u64::from(live.max(1));
+    let mut now = 0u64;
+    for i in 0..n {
+        let p = Packet {
+            tuple: Tuple {
+                src: Addr::v4((0x0a00_0000 | (i >> 16)).to_be_bytes()),
+                dst: Addr::v4([192, 0, 2, 1]),
+                src_port: (i & 0xffff) as u16,
+                dst_port: 443,
+                proto: ipproto::TCP,
+                family: Family::V4,
+            },
+            ip_len: 52,
+            frag: None,
+            ip_options: false,
+            l4: L4::Tcp(TcpSeg {
+                seq: 1,
+                ack: 0,
+                flags: tcp_flags::SYN,
+                window: 65535,
+                wscale: Some(7),
+                sack_perm: true,
+                sack_max: None,
+                payload: b"",
+            }),
+        };
+        now += step;
+        ct.expire(now);
+        let t = ct.track(&p, now);
+        ct.confirm(&t, None, now);
+    }
+    println!("{} live, {} dropped", ct.len(), ct.stats().drop);
 }

@@ -142,7 +142,7 @@ impl Conntrack {
         let Some(kind) = super::helper_of(e.helper) else {
             return;
         };
-        let orig = e.orig.tuple();
+        let orig = e.orig.tuple(&self.v6hi[idx as usize]);
         let help = help as usize;
         let from_client = !track.reply;
         // At most 16 announcements per packet (SIP: 8 streams, RTP and RTCP).
@@ -515,7 +515,7 @@ impl Conntrack {
     /// Ends a PPTP call: its GRE connections go, its keys are forgotten
     /// (`pptp_destroy_siblings`). Expectations go with them.
     fn pptp_teardown(&mut self, master: u32, st: &PptpState, now: u64) {
-        let orig = self.entries[master as usize].orig.tuple();
+        let orig = self.orig(master);
         let tuples = Self::pptp_gre_tuples(&orig, st);
         self.expects
             .announce(crate::expect::ExpectMsg::GreTeardown {
@@ -526,7 +526,7 @@ impl Conntrack {
                 tuples,
             });
         for t in tuples {
-            let hash = self.hash(&t.key());
+            let hash = self.hash(&t);
             if let Some((idx, _)) = self.lookup(&t, hash) {
                 if idx != master {
                     // Killed lazily: it is already gone for every lookup, and the
@@ -574,7 +574,7 @@ impl Conntrack {
         tuples: &[Tuple; 2],
     ) {
         for t in tuples {
-            let hash = self.hash(&t.key());
+            let hash = self.hash(t);
             if let Some((idx, _)) = self.lookup(t, hash) {
                 self.entries[idx as usize].deadline = 0;
             }

@@ -28,6 +28,32 @@ fn id_of(slot: u64) -> u32 {
     low.wrapping_sub(1)
 }
 
+/// See [`Index::candidates`].
+pub struct Candidates<'a> {
+    slots: &'a [u64],
+    mask: usize,
+    pos: usize,
+    tag: u64,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = u32;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<u32> {
+        loop {
+            let s = *self.slots.get(self.pos)?;
+            if s == 0 {
+                return None;
+            }
+            self.pos = (self.pos + 1) & self.mask;
+            if s >> 32 == self.tag {
+                return Some(id_of(s));
+            }
+        }
+    }
+}
+
 impl Index {
     /// An index with at least `slots` slots (rounded up to a power of two).
     pub fn new(slots: usize) -> Index {
@@ -68,7 +94,7 @@ impl Index {
 
     /// Calls `f` on every id whose tag matches `hash`, in probe order, until `f`
     /// returns `Some`.
-    #[inline]
+    #[inline(always)]
     pub fn find<R>(&self, hash: u64, mut f: impl FnMut(u32) -> Option<R>) -> Option<R> {
         let tag = hash >> 32;
         let mut pos = home(hash, self.mask);
@@ -83,6 +109,19 @@ impl Index {
                 }
             }
             pos = (pos + 1) & self.mask;
+        }
+    }
+
+    /// The ids whose tag matches `hash`, in probe order: [`Self::find`] as an
+    /// iterator, for callers whose match test is too big for the compiler to
+    /// inline as a closure.
+    #[inline(always)]
+    pub fn candidates(&self, hash: u64) -> Candidates<'_> {
+        Candidates {
+            slots: &self.slots,
+            mask: self.mask,
+            pos: home(hash, self.mask),
+            tag: hash >> 32,
         }
     }
 

@@ -86,7 +86,7 @@ impl Conntrack {
         {
             return None;
         }
-        let orig = e.orig.tuple();
+        let orig = self.orig(conn);
         match (orig.proto, &e.l4) {
             (ipproto::TCP, L4State::Tcp(c)) if c.offloadable(&self.cfg.tcp) => {}
             (ipproto::UDP, L4State::Stream(_)) => {}

@@ -7,7 +7,7 @@
 //! Import checks every record (it is read from a file): a record that cannot
 //! be a connection is skipped and counted, never trusted.
 
-use super::{helper_of, status, Conntrack, Entry, L4State, Stored, NONE, SEC};
+use super::{helper_of, status, Conntrack, Entry, L4State, Ns, NONE, SEC};
 use crate::proto::tcp::{TcpConn, TCP_STATE_BYTES};
 use crate::tuple::{ipproto, Addr, Family, Tuple};
 
@@ -105,12 +105,12 @@ impl Conntrack {
     /// relative to `now`); returns how many.
     pub fn export_state(&self, now: u64, out: &mut Vec<u8>) -> usize {
         let mut n = 0;
-        for e in &self.entries {
+        for (e, hi) in self.entries.iter().zip(&self.v6hi) {
             if e.status & status::CONFIRMED == 0 || e.deadline <= now {
                 continue;
             }
             let mut r = [0u8; RECORD];
-            let t = e.orig.tuple();
+            let t = e.orig.tuple(hi);
             r[0..16].copy_from_slice(&t.src.0.to_le_bytes());
             r[16..32].copy_from_slice(&t.dst.0.to_le_bytes());
             r[32..34].copy_from_slice(&t.src_port.to_le_bytes());
@@ -132,7 +132,7 @@ impl Conntrack {
                 }
                 L4State::Stream(ts) => {
                     // Time left until the flow counts as a stream (may be past).
-                    let left = i128::from(*ts) - i128::from(now);
+                    let left = i128::from(ts.get()) - i128::from(now);
                     let left =
                         i64::try_from(left).unwrap_or(if left < 0 { i64::MIN } else { i64::MAX });
                     r[56..64].copy_from_slice(&left.to_le_bytes());
@@ -185,11 +185,11 @@ impl Conntrack {
                 a.copy_from_slice(&r[56..64]);
                 let rel = i64::from_le_bytes(a);
                 let ts = i128::from(now) + i128::from(rel);
-                L4State::Stream(u64::try_from(ts.max(0)).unwrap_or(u64::MAX))
+                L4State::Stream(Ns::new(u64::try_from(ts.max(0)).unwrap_or(u64::MAX)))
             }
             _ => return false,
         };
-        let hash = self.hash(&t.key());
+        let hash = self.hash(&t);
         if self.lookup(&t, hash).is_some() || self.free == NONE {
             return false;
         }
@@ -197,9 +197,7 @@ impl Conntrack {
             return false;
         };
         let deadline = now.saturating_add(left.min(MAX_LEFT_NS));
-        let e = &mut self.entries[idx as usize];
-        *e = Entry {
-            orig: Stored::from(&t),
+        self.entries[idx as usize] = Entry {
             status: status::USED
                 | status::CONFIRMED
                 | (r[38] & (status::SEEN_REPLY | status::ASSURED | status::EXPECTED)),
@@ -208,11 +206,11 @@ impl Conntrack {
             l4,
             packets: [u64_at(r, 64), u64_at(r, 72)],
             bytes: [u64_at(r, 80), u64_at(r, 88)],
-            tnext: NONE,
-            tprev: NONE,
             ttick: 0,
             master_helper,
+            ..Entry::default()
         };
+        self.set_orig(idx, &t);
         self.ext[idx as usize] = super::Ext::NONE;
         self.index.insert(hash, idx);
         let tick = self.clamp_tick(deadline);

@@ -21,7 +21,7 @@ use crate::packet::{Frag, Icmp, Packet, L4};
 use crate::proto::tcp::{self, TcpConfig, TcpConn, TcpCtx, TcpVerdict};
 use crate::reason::DropReason;
 use crate::timeouts::{Timeouts, SEC};
-use crate::tuple::{icmp_type_opens, ipproto, Addr, Direction, Family, FlowKey, HashSecret, Tuple};
+use crate::tuple::{icmp_type_opens, ipproto, Addr, Direction, Family, HashSecret, Tuple};
 use crate::{CtState, HelperKind};
 
 /// Conntrack configuration.
@@ -133,43 +133,98 @@ mod status {
     pub const NO_OFFLOAD: u8 = 64;
 }
 
-/// A tuple stored without `u128`'s 16-byte alignment, to keep entries small.
+/// The original tuple as an entry stores it: an IPv4 tuple whole (14
+/// bytes), an IPv6 one with the low 32 bits of each address only; the rest
+/// of an IPv6 address is in [`V6Hi`], beside the entries, so IPv4 lookups
+/// and the entry itself stay small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct Stored {
-    src: [u64; 2],
-    dst: [u64; 2],
+    src: u32,
+    dst: u32,
     src_port: u16,
     dst_port: u16,
     proto: u8,
     v6: bool,
 }
 
-fn split(a: Addr) -> [u64; 2] {
-    // Truncations are the point: the halves of a 128-bit address.
+/// The upper 96 bits of an entry's two addresses (zero for IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct V6Hi {
+    src: [u32; 3],
+    dst: [u32; 3],
+}
+
+/// An address as its upper 96 bits and its low 32.
+fn split(a: Addr) -> ([u32; 3], u32) {
+    // Truncations are the point: 32-bit pieces of a 128-bit address.
     #[allow(clippy::cast_possible_truncation)]
-    [(a.0 >> 64) as u64, a.0 as u64]
+    (
+        [(a.0 >> 96) as u32, (a.0 >> 64) as u32, (a.0 >> 32) as u32],
+        a.0 as u32,
+    )
+}
+
+fn join(hi: [u32; 3], lo: u32) -> Addr {
+    Addr(
+        u128::from(hi[0]) << 96
+            | u128::from(hi[1]) << 64
+            | u128::from(hi[2]) << 32
+            | u128::from(lo),
+    )
 }
 
 impl Stored {
-    fn from(t: &Tuple) -> Stored {
-        Stored {
-            src: split(t.src),
-            dst: split(t.dst),
-            src_port: t.src_port,
-            dst_port: t.dst_port,
-            proto: t.proto,
-            v6: t.family == Family::V6,
-        }
+    fn from(t: &Tuple) -> (Stored, V6Hi) {
+        let (src_hi, src) = split(t.src);
+        let (dst_hi, dst) = split(t.dst);
+        (
+            Stored {
+                src,
+                dst,
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                proto: t.proto,
+                v6: t.family == Family::V6,
+            },
+            V6Hi {
+                src: src_hi,
+                dst: dst_hi,
+            },
+        )
     }
-    fn tuple(&self) -> Tuple {
+    fn tuple(&self, hi: &V6Hi) -> Tuple {
         Tuple {
-            src: Addr(u128::from(self.src[0]) << 64 | u128::from(self.src[1])),
-            dst: Addr(u128::from(self.dst[0]) << 64 | u128::from(self.dst[1])),
+            src: join(hi.src, self.src),
+            dst: join(hi.dst, self.dst),
             src_port: self.src_port,
             dst_port: self.dst_port,
             proto: self.proto,
             family: if self.v6 { Family::V6 } else { Family::V4 },
         }
+    }
+}
+
+/// Timer wheel links of an entry; `next` doubles as the free-list link.
+/// Beside the entries: only the wheel and the free list walk them.
+#[derive(Clone, Copy, Debug)]
+struct Links {
+    next: u32,
+    prev: u32,
+}
+
+/// A time in ns kept as two 32-bit halves (alignment 4, so that it shares
+/// its bytes with the TCP state in [`L4State`] without widening the entry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ns([u32; 2]);
+
+impl Ns {
+    fn new(ns: u64) -> Ns {
+        // Truncations split the value into its halves.
+        #[allow(clippy::cast_possible_truncation)]
+        Ns([(ns >> 32) as u32, ns as u32])
+    }
+    fn get(self) -> u64 {
+        u64::from(self.0[0]) << 32 | u64::from(self.0[1])
     }
 }
 
@@ -181,20 +236,21 @@ enum L4State {
     Tcp(TcpConn),
     /// UDP and GRE: time (ns) after which a replied flow counts as a stream
     /// (the kernel's `stream_ts`).
-    Stream(u64),
+    Stream(Ns),
 }
 
 impl Default for L4State {
     fn default() -> Self {
-        L4State::Stream(0)
+        L4State::Stream(Ns::default())
     }
 }
 
-/// One connection: what a packet reads and writes. 160 bytes aligned to 32,
-/// so every entry spans exactly three cache lines (at 168 bytes, half of them
-/// straddled four).
+/// One connection: what a packet reads and writes, in two cache lines
+/// (128 bytes aligned to 64). What a packet of an IPv4 connection does not
+/// need is beside it: the upper bits of IPv6 addresses ([`V6Hi`]), the timer
+/// wheel's links ([`Links`]), helper and expectation links ([`Ext`]).
 #[derive(Clone, Debug, Default)]
-#[repr(align(32))]
+#[repr(align(64))]
 struct Entry {
     orig: Stored,
     status: u8,
@@ -207,9 +263,6 @@ struct Entry {
     /// Packets and bytes per direction.
     packets: [u64; 2],
     bytes: [u64; 2],
-    /// Timer wheel links; `tnext` doubles as the free-list link.
-    tnext: u32,
-    tprev: u32,
     /// Absolute wheel tick the entry is linked at.
     ttick: u32,
     /// Helper of the master, for an expected connection (policy matches on it).
@@ -379,6 +432,10 @@ pub struct Conntrack {
     entries: Vec<Entry>,
     /// Per entry, what helpers and expectations use.
     ext: Vec<Ext>,
+    /// Per entry, its timer wheel (or free list) links.
+    links: Vec<Links>,
+    /// Per entry, the upper bits of its addresses.
+    v6hi: Vec<V6Hi>,
     index: Index,
     free: u32,
     /// Entries in use (confirmed or pending).
@@ -458,19 +515,23 @@ impl Conntrack {
     /// A table with the given configuration, all memory allocated now.
     pub fn new(cfg: Config) -> Self {
         let cap = cfg.max_entries.max(1);
-        let mut entries = crate::mem::huge_vec(cap as usize, Entry::default());
-        for (i, e) in entries.iter_mut().enumerate() {
+        let entries = crate::mem::huge_vec(cap as usize, Entry::default());
+        let mut links = crate::mem::huge_vec(
+            cap as usize,
+            Links {
+                next: NONE,
+                prev: NONE,
+            },
+        );
+        for (i, l) in links.iter_mut().enumerate() {
             // `i + 1 < cap <= u32::MAX`, so the cast cannot truncate.
             #[allow(clippy::cast_possible_truncation)]
-            let next = if i + 1 < cap as usize {
-                i as u32 + 1
-            } else {
-                NONE
-            };
-            e.tnext = next;
-            e.tprev = NONE;
+            if i + 1 < cap as usize {
+                l.next = i as u32 + 1;
+            }
         }
         let ext = crate::mem::huge_vec(cap as usize, Ext::NONE);
+        let v6hi = crate::mem::huge_vec(cap as usize, V6Hi::default());
         // Load factor at most 3/4 even when full: with 32-bit tags in the slots a
         // probe reads entries only on a tag match, and 8 slots share a cache line.
         let slots = (cap as usize + cap as usize / 3 + 1).next_power_of_two();
@@ -483,6 +544,8 @@ impl Conntrack {
             stats: Stats::default(),
             entries,
             ext,
+            links,
+            v6hi,
             index: Index::new(slots),
             free: 0,
             count: 0,
@@ -525,7 +588,11 @@ impl Conntrack {
             self.events.lost += 1;
             return;
         }
-        let mut conn = info_of(&self.entries[idx as usize], self.now);
+        let mut conn = info_of(
+            &self.entries[idx as usize],
+            &self.v6hi[idx as usize],
+            self.now,
+        );
         if kind == EventKind::Destroy {
             conn.expires_in = 0;
         }
@@ -572,6 +639,8 @@ impl Conntrack {
     pub fn bytes_per_entry(&self) -> usize {
         let total = self.entries.capacity() * core::mem::size_of::<Entry>()
             + self.ext.capacity() * core::mem::size_of::<Ext>()
+            + self.links.capacity() * core::mem::size_of::<Links>()
+            + self.v6hi.capacity() * core::mem::size_of::<V6Hi>()
             + self.index.capacity() * 8
             + self.wheel.capacity() * 4;
         total / self.entries.len().max(1)
@@ -579,8 +648,9 @@ impl Conntrack {
 
     // ---------------------------------------------------------------- index
 
-    fn hash(&self, key: &FlowKey) -> u64 {
-        key.hash(&self.cfg.hash_secret)
+    #[inline(always)]
+    fn hash(&self, t: &Tuple) -> u64 {
+        t.flow_hash(&self.cfg.hash_secret)
     }
 
     /// Finds the entry holding `t` in either direction. Compares the stored
@@ -588,7 +658,9 @@ impl Conntrack {
     /// inverse, without building either as a new value.
     #[inline(always)]
     fn lookup(&self, t: &Tuple, hash: u64) -> Option<(u32, Direction)> {
-        let (src, dst) = (split(t.src), split(t.dst));
+        // Truncations keep the low 32 bits, the part an entry holds.
+        #[allow(clippy::cast_possible_truncation)]
+        let (src, dst) = (t.src.0 as u32, t.dst.0 as u32);
         let v6 = t.family == Family::V6;
         // The inverse's ports: swapped, except for ICMP (same id, answer type).
         let (inv_sport, inv_dport) = if t.is_icmp() {
@@ -597,43 +669,75 @@ impl Conntrack {
         } else {
             (t.dst_port, t.src_port)
         };
-        let entries = &self.entries;
-        self.index.find(hash, |idx| {
-            let e = &entries.get(idx as usize)?.orig;
+        for idx in self.index.candidates(hash) {
+            let Some(e) = self.entries.get(idx as usize) else {
+                continue;
+            };
+            let e = &e.orig;
             if e.proto != t.proto || e.v6 != v6 {
-                return None;
+                continue;
             }
-            if e.src == src && e.dst == dst && e.src_port == t.src_port && e.dst_port == t.dst_port
+            // IPv4: the addresses are whole in the entry. IPv6: their upper
+            // bits too must match (one more line, for IPv6 only).
+            let hi = |a: Addr, b: Addr| {
+                !v6 || self
+                    .v6hi
+                    .get(idx as usize)
+                    .is_some_and(|h| h.src == split(a).0 && h.dst == split(b).0)
+            };
+            if e.src == src
+                && e.dst == dst
+                && e.src_port == t.src_port
+                && e.dst_port == t.dst_port
+                && hi(t.src, t.dst)
             {
-                Some((idx, Direction::Original))
-            } else if e.src == dst
+                return Some((idx, Direction::Original));
+            }
+            if e.src == dst
                 && e.dst == src
                 && e.src_port == inv_sport
                 && e.dst_port == inv_dport
+                && hi(t.dst, t.src)
             {
-                Some((idx, Direction::Reply))
-            } else {
-                None
+                return Some((idx, Direction::Reply));
             }
-        })
+        }
+        None
     }
 
     fn entry_hash(&self, idx: u32) -> u64 {
-        self.hash(&self.entries[idx as usize].orig.tuple().key())
+        self.hash(&self.orig(idx))
+    }
+
+    /// Entry `idx`'s original tuple.
+    fn orig(&self, idx: u32) -> Tuple {
+        self.entries[idx as usize]
+            .orig
+            .tuple(&self.v6hi[idx as usize])
+    }
+
+    /// Sets entry `idx`'s original tuple.
+    fn set_orig(&mut self, idx: u32, t: &Tuple) {
+        let (stored, hi) = Stored::from(t);
+        self.entries[idx as usize].orig = stored;
+        self.v6hi[idx as usize] = hi;
     }
 
     /// Removes entry `idx` from the index.
     fn index_remove(&mut self, idx: u32) {
         let hash = self.entry_hash(idx);
-        let (entries, secret) = (&self.entries, self.cfg.hash_secret);
+        let (entries, v6hi, secret) = (&self.entries, &self.v6hi, self.cfg.hash_secret);
         self.index.remove(hash, idx, |o| {
-            entries[o as usize].orig.tuple().key().hash(&secret)
+            entries[o as usize]
+                .orig
+                .tuple(&v6hi[o as usize])
+                .flow_hash(&secret)
         });
     }
 
     /// The flow hash of a packet's tuple, for [`Self::prefetch`] and [`Self::track_hashed`].
     pub fn flow_hash(&self, t: &Tuple) -> u64 {
-        self.hash(&t.key())
+        self.hash(t)
     }
 
     /// Batch helper, stage 1: start loading the index slot of `hash`.
@@ -650,15 +754,10 @@ impl Conntrack {
             .first(hash)
             .and_then(|i| self.entries.get(i as usize))
         {
+            // Entries are aligned to their two lines.
             let p = core::ptr::from_ref(e).cast::<u8>();
-            let size = core::mem::size_of::<Entry>();
-            let mut off = 0;
-            while off < size {
-                prefetch_addr(p.wrapping_add(off));
-                off += 64;
-            }
-            // The line of the last byte, when the entry straddles one more.
-            prefetch_addr(p.wrapping_add(size - 1));
+            prefetch_addr(p);
+            prefetch_addr(p.wrapping_add(64));
         }
     }
 
@@ -667,30 +766,27 @@ impl Conntrack {
     fn wheel_link(&mut self, idx: u32, tick: u32) {
         let b = tick as usize & (WHEEL - 1);
         let head = self.wheel[b];
-        {
-            let e = &mut self.entries[idx as usize];
-            e.ttick = tick;
-            e.tprev = NONE;
-            e.tnext = head;
-        }
+        self.entries[idx as usize].ttick = tick;
+        self.links[idx as usize] = Links {
+            next: head,
+            prev: NONE,
+        };
         if head != NONE {
-            self.entries[head as usize].tprev = idx;
+            self.links[head as usize].prev = idx;
         }
         self.wheel[b] = idx;
     }
 
     fn wheel_unlink(&mut self, idx: u32) {
-        let (prev, next, tick) = {
-            let e = &self.entries[idx as usize];
-            (e.tprev, e.tnext, e.ttick)
-        };
+        let Links { next, prev } = self.links[idx as usize];
+        let tick = self.entries[idx as usize].ttick;
         if prev == NONE {
             self.wheel[tick as usize & (WHEEL - 1)] = next;
         } else {
-            self.entries[prev as usize].tnext = next;
+            self.links[prev as usize].next = next;
         }
         if next != NONE {
-            self.entries[next as usize].tprev = prev;
+            self.links[next as usize].prev = prev;
         }
     }
 
@@ -746,7 +842,7 @@ impl Conntrack {
             let b = self.wheel_tick as usize & (WHEEL - 1);
             let mut cur = core::mem::replace(&mut self.wheel[b], NONE);
             while cur != NONE {
-                let next = self.entries[cur as usize].tnext;
+                let next = self.links[cur as usize].next;
                 let mut deadline = self.entries[cur as usize].deadline;
                 if deadline <= now && self.entries[cur as usize].status & status::OFFLOADED != 0 {
                     // The fast path may have kept it alive: ask it first.
@@ -791,12 +887,13 @@ impl Conntrack {
             return Err(DropReason::TableFull);
         }
         let idx = self.free;
-        let e = &mut self.entries[idx as usize];
-        self.free = e.tnext;
-        *e = Entry {
+        self.free = self.links[idx as usize].next;
+        self.links[idx as usize] = Links {
+            next: NONE,
+            prev: NONE,
+        };
+        self.entries[idx as usize] = Entry {
             status: status::USED,
-            tnext: NONE,
-            tprev: NONE,
             ..Entry::default()
         };
         self.ext[idx as usize] = Ext::NONE;
@@ -805,11 +902,11 @@ impl Conntrack {
     }
 
     fn release(&mut self, idx: u32) {
-        let free = self.free;
-        let e = &mut self.entries[idx as usize];
-        e.status = 0;
-        e.tnext = free;
-        e.tprev = NONE;
+        self.entries[idx as usize].status = 0;
+        self.links[idx as usize] = Links {
+            next: self.free,
+            prev: NONE,
+        };
         self.free = idx;
         self.count -= 1;
     }
@@ -826,9 +923,11 @@ impl Conntrack {
             if self.events.on {
                 self.emit(EventKind::Destroy, idx);
             }
-            if let Some(sc) = &mut self.sources {
-                let t = self.entries[idx as usize].orig.tuple();
-                sc.dec(t.family, t.src);
+            if self.sources.is_some() {
+                let t = self.orig(idx);
+                if let Some(sc) = &mut self.sources {
+                    sc.dec(t.family, t.src);
+                }
             }
             self.index_remove(idx);
         }
@@ -918,7 +1017,7 @@ impl Conntrack {
     #[inline(always)]
     fn track_flow(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         let t = &pkt.tuple;
-        let hash = hash.unwrap_or_else(|| self.hash(&t.key()));
+        let hash = hash.unwrap_or_else(|| self.hash(t));
         // At most one restart: a dead TCP entry replaced by a new connection.
         for _ in 0..2 {
             let Some((idx, dir)) = self.lookup(t, hash) else {
@@ -1114,7 +1213,7 @@ impl Conntrack {
             return timeout_ns(unreplied);
         }
         let stream_ts = match e.l4 {
-            L4State::Stream(ts) => ts,
+            L4State::Stream(ts) => ts.get(),
             L4State::Tcp(_) => 0,
         };
         if now > stream_ts {
@@ -1206,12 +1305,12 @@ impl Conntrack {
                 }
             }
         }
+        self.set_orig(idx, t);
         let e = &mut self.entries[idx as usize];
-        e.orig = Stored::from(t);
         e.l4 = if pkt.tuple.proto == ipproto::TCP {
             L4State::Tcp(tcp_state)
         } else {
-            L4State::Stream(now + 2 * SEC)
+            L4State::Stream(Ns::new(now + 2 * SEC))
         };
         e.deadline = now + timeout_ns(timeout);
         e.packets[0] = 1;
@@ -1248,7 +1347,7 @@ impl Conntrack {
         if inner.family != pkt.tuple.family {
             return invalid(self, DropReason::IcmpErrorBadInner);
         }
-        let hash = self.hash(&inner.key());
+        let hash = self.hash(inner);
         let Some((idx, inner_dir)) = self.lookup(inner, hash) else {
             return invalid(self, DropReason::IcmpErrorNoFlow);
         };
@@ -1340,7 +1439,7 @@ impl Conntrack {
             let idx = track.pending;
             // Another packet cannot have inserted the tuple meanwhile (one packet at
             // a time per table), but keep the kernel's check: a clash is counted.
-            let t = self.entries[idx as usize].orig.tuple();
+            let t = self.orig(idx);
             if self.lookup(&t, track.hash).is_some() {
                 self.stats.insert_failed += 1;
                 self.release(idx);
@@ -1355,9 +1454,11 @@ impl Conntrack {
                 let tick = self.clamp_tick(deadline);
                 self.wheel_link(idx, tick);
                 self.stats.new += 1;
-                if let Some(sc) = &mut self.sources {
-                    let t = self.entries[idx as usize].orig.tuple();
-                    sc.inc(t.family, t.src);
+                if self.sources.is_some() {
+                    let t = self.orig(idx);
+                    if let Some(sc) = &mut self.sources {
+                        sc.inc(t.family, t.src);
+                    }
                 }
                 self.attach_helper(idx);
                 if self.events.on {
@@ -1383,7 +1484,7 @@ impl Conntrack {
         for b in 0..WHEEL {
             let mut cur = core::mem::replace(&mut self.wheel[b], NONE);
             while cur != NONE {
-                let next = self.entries[cur as usize].tnext;
+                let next = self.links[cur as usize].next;
                 self.destroy_unlinked(cur);
                 cur = next;
             }
@@ -1415,7 +1516,7 @@ impl Conntrack {
         spec: &ExpectSpec,
         now: u64,
     ) -> Result<u32, ExpectError> {
-        let hash = self.hash(&master.key());
+        let hash = self.hash(master);
         match self.lookup(master, hash) {
             Some((idx, _)) if self.entries[idx as usize].deadline > now => {
                 self.expect(idx, spec, now)
@@ -1488,8 +1589,7 @@ impl Conntrack {
 
     /// Live expectations, for listings.
     pub fn expectations(&self, now: u64) -> impl Iterator<Item = ExpectInfo> + '_ {
-        self.expects
-            .list(now, move |m| self.entries[m as usize].orig.tuple())
+        self.expects.list(now, move |m| self.orig(m))
     }
 
     /// Expectation counters.
@@ -1534,8 +1634,9 @@ impl Conntrack {
         let start = range.start.min(end);
         self.entries[start..end]
             .iter()
-            .filter(move |e| e.status & status::CONFIRMED != 0 && e.deadline > now)
-            .map(move |e| info_of(e, now))
+            .zip(&self.v6hi[start..end])
+            .filter(move |(e, _)| e.status & status::CONFIRMED != 0 && e.deadline > now)
+            .map(move |(e, hi)| info_of(e, hi, now))
     }
 
     /// Removes the confirmed connections in a range of slab slots for which
@@ -1554,7 +1655,7 @@ impl Conntrack {
             if e.status & status::CONFIRMED == 0 {
                 continue;
             }
-            if pred(&info_of(e, now)) {
+            if pred(&info_of(e, &self.v6hi[idx], now)) {
                 // `idx < entries.len() <= u32::MAX`.
                 #[allow(clippy::cast_possible_truncation)]
                 self.destroy(idx as u32);
@@ -1571,8 +1672,8 @@ impl Conntrack {
     }
 }
 
-fn info_of(e: &Entry, now: u64) -> ConnInfo {
-    let orig = e.orig.tuple();
+fn info_of(e: &Entry, hi: &V6Hi, now: u64) -> ConnInfo {
+    let orig = e.orig.tuple(hi);
     ConnInfo {
         orig,
         reply: orig.invert(),
@@ -1609,10 +1710,17 @@ fn prefetch_addr(p: *const u8) {
     let _ = p;
 }
 
+/// A 128-bit address as two words (no 16-byte alignment in a key).
+fn halves(a: Addr) -> [u64; 2] {
+    // Truncations are the point: the halves of a 128-bit address.
+    #[allow(clippy::cast_possible_truncation)]
+    [(a.0 >> 64) as u64, a.0 as u64]
+}
+
 fn frag_key(pkt: &Packet<'_>, f: Frag) -> FragKey {
     FragKey {
-        src: split(pkt.tuple.src),
-        dst: split(pkt.tuple.dst),
+        src: halves(pkt.tuple.src),
+        dst: halves(pkt.tuple.dst),
         id: f.id,
         proto: pkt.tuple.proto,
         v6: pkt.tuple.family == Family::V6,
