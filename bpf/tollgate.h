@@ -71,11 +71,15 @@ enum tg_flow_state {
 #define TG_FLOWS4_WAYS 4
 #define TG_E4_VALID (1U << 31)
 #define TG_E4_CLAIMED (1U << 30)
-#define TG_E4_GEN_SHIFT 20
-#define TG_E4_GEN_MASK (0x3ffU << TG_E4_GEN_SHIFT)
-/* The tuple's protocol is UDP (else TCP) and its side is the outside. */
+#define TG_E4_GEN_SHIFT 21
+#define TG_E4_GEN_MASK (0x1ffU << TG_E4_GEN_SHIFT)
+/* The tuple's protocol is ICMP, or UDP (neither: TCP); its side is the
+ * outside. Part of the key: an ICMP echo's id and type/code could read as a
+ * TCP or UDP flow's ports. */
+#define TG_E4_ICMP (1U << 20)
 #define TG_E4_UDP (1U << 19)
 #define TG_E4_SIDE (1U << 18)
+#define TG_E4_KEY_MASK (TG_E4_ICMP | TG_E4_UDP | TG_E4_SIDE)
 /* slot << 1 | direction, as the value of `flows`. */
 #define TG_E4_REF_MASK ((1U << 18) - 1)
 
@@ -92,7 +96,7 @@ struct tg_bucket4 {
 	struct tg_entry4 e[TG_FLOWS4_WAYS];
 };
 
-/* The bucket hash of an IPv4 tuple: its three words and the UDP/SIDE bits,
+/* The bucket hash of an IPv4 tuple: its three words and the key bits of meta,
  * mixed under the seed (user space computes the same). */
 static __always_inline __u32 tg_mix(__u32 h, __u32 w)
 {
@@ -186,6 +190,11 @@ _Static_assert(sizeof(struct tg_flow) == 192, "struct tg_flow is 192 bytes");
 _Static_assert(sizeof(struct tg_key) == 40, "struct tg_key is 40 bytes");
 _Static_assert(sizeof(struct tg_bucket4) == 64, "a bucket is one cache line");
 _Static_assert(2 * TG_OFFLOAD_SLOTS <= TG_E4_REF_MASK + 1, "slot << 1 | dir fits in REF");
+_Static_assert(((TG_E4_VALID | TG_E4_CLAIMED) & TG_E4_GEN_MASK) == 0 &&
+		       ((TG_E4_VALID | TG_E4_CLAIMED | TG_E4_GEN_MASK) & TG_E4_KEY_MASK) == 0 &&
+		       (TG_E4_KEY_MASK & TG_E4_REF_MASK) == 0 &&
+		       (TG_E4_GEN_MASK & TG_E4_REF_MASK) == 0,
+	       "the meta fields do not overlap");
 
 /* Written by the program in front of every frame it gives an AF_XDP socket
  * while offload is on (XDP metadata). */

@@ -88,6 +88,11 @@ struct {
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 #define TCP_URG 0x20
+#define IPPROTO_ICMPV6_ 58
+#define ICMP_ECHOREPLY_ 0
+#define ICMP_ECHO_ 8
+#define ICMPV6_ECHO_REQUEST_ 128
+#define ICMPV6_ECHO_REPLY_ 129
 
 static __always_inline void count_punt(__u32 why)
 {
@@ -204,9 +209,10 @@ static __always_inline int csum_bytes(void *p, __u32 len, void *data_end, __u64 
 	return 1;
 }
 
-/* Parses an untagged IPv4 or IPv6 TCP/UDP frame. 0: not for the fast path
- * at all (no lookup); 1: looked up, `p->plain` says whether it may be
- * forwarded here. A global function: the verifier checks it once, apart. */
+/* Parses an untagged IPv4 or IPv6 TCP/UDP frame, or an ICMP/ICMPv6 echo
+ * request or reply. 0: not for the fast path at all (no lookup); 1: looked
+ * up, `p->plain` says whether it may be forwarded here. A global function:
+ * the verifier checks it once, apart. */
 __attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32 side,
 					struct pkt *p)
 {
@@ -219,6 +225,7 @@ __attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32
 	void *l4;
 	__u32 l4_len;
 	__u8 proto;
+	int v4 = 0;
 
 	if ((void *)(eth + 1) > end)
 		return 0;
@@ -257,6 +264,7 @@ __attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32
 		if ((ip[6] & 0x3f) || ip[7])
 			return 0;
 		proto = ip[9];
+		v4 = 1;
 		p->v4 = 1;
 		__builtin_memcpy(p->key.src, ip + 12, 4);
 		__builtin_memcpy(p->key.dst, ip + 16, 4);
@@ -321,6 +329,34 @@ __attribute__((noinline)) int tg_parse(struct xdp_md *ctx, __u32 checksum, __u32
 				sum += bpf_htonl(ulen) & 0xffff;
 			}
 			if (!csum_bytes(u, ulen, end, &sum) || fold(sum) != 0xffff)
+				p->plain = 0;
+		}
+		return 1;
+	}
+	if ((v4 && proto == IPPROTO_ICMP) || (!v4 && proto == IPPROTO_ICMPV6_)) {
+		__u8 *c = l4;
+
+		if ((void *)(c + 8) > end || l4_len < 8)
+			return 0;
+		/* Echo request and reply with code 0, the only ICMP the core
+		 * offloads (a code is part of the tuple: another one is another
+		 * connection). Errors and other types: not looked up, the
+		 * worker's (an error quoting an offloaded flow is only counted
+		 * there; the flow stays here). */
+		__u8 request = v4 ? ICMP_ECHO_ : ICMPV6_ECHO_REQUEST_;
+		__u8 reply = v4 ? ICMP_ECHOREPLY_ : ICMPV6_ECHO_REPLY_;
+		if ((c[0] != request && c[0] != reply) || c[1] != 0)
+			return 0;
+		/* The core's tuple: the identifier as the source port, type and
+		 * code as the destination port, both as the header has them. */
+		__builtin_memcpy(&p->key.sport, c + 4, 2);
+		__builtin_memcpy(&p->key.dport, c, 2);
+		if (checksum) {
+			/* The whole message; ICMPv6's with the pseudo header
+			 * summed above, ICMP's without one. */
+			if (v4)
+				sum = 0;
+			if (!csum_bytes(c, l4_len, end, &sum) || fold(sum) != 0xffff)
 				p->plain = 0;
 		}
 		return 1;
@@ -529,6 +565,7 @@ static __always_inline int forward_locked(struct xdp_md *ctx, struct tg_flow *f,
 	const __u64 active = (__u64)TG_ACTIVE << TG_CTL_SHIFT;
 	const __u64 busy = (__u64)TG_BUSY << TG_CTL_SHIFT;
 
+	/* UDP and ICMP echo: the core only refreshes the timeout and counts. */
 	int w = f->proto == IPPROTO_TCP ? tcp_in_window(f, dir, p) : 1;
 
 	if (w == 0) {
@@ -554,6 +591,7 @@ static __always_inline int find4(struct pkt *p, __u32 seed, __u32 *ref)
 	__builtin_memcpy(&dst, p->key.dst, 4);
 	__builtin_memcpy(&ports, &p->key.sport, 4);
 	__u32 want = (p->key.proto == IPPROTO_UDP ? TG_E4_UDP : 0) |
+		     (p->key.proto == IPPROTO_ICMP ? TG_E4_ICMP : 0) |
 		     (p->key.side ? TG_E4_SIDE : 0);
 	__u32 b = tg_flows4_hash(seed, src, dst, ports, want);
 	struct tg_bucket4 *bk = bpf_map_lookup_elem(&flows4, &b);
@@ -565,7 +603,7 @@ static __always_inline int find4(struct pkt *p, __u32 seed, __u32 *ref)
 		struct tg_entry4 *e = &bk->e[i];
 		__u32 m = *(volatile __u32 *)&e->meta;
 
-		if (!(m & TG_E4_VALID) || (m & (TG_E4_UDP | TG_E4_SIDE)) != want)
+		if (!(m & TG_E4_VALID) || (m & TG_E4_KEY_MASK) != want)
 			continue;
 		/* Compiler barriers keep the reads in order (x86 and the
 		 * other strongly ordered CPUs keep loads in order; the worker

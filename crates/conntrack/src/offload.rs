@@ -65,19 +65,30 @@ pub struct Candidate {
     pub helper: Option<HelperKind>,
 }
 
+/// An ICMP echo request (code 0) tuple: what opens the ICMP connections the
+/// fast path may take (its reply direction is then the echo reply).
+fn is_echo_request(t: &Tuple) -> bool {
+    let request = match t.family {
+        crate::tuple::Family::V4 => 8,
+        crate::tuple::Family::V6 => 128,
+    };
+    t.is_icmp() && t.icmp_type() == request && t.icmp_code() == 0
+}
+
 impl Conntrack {
     /// Lets the core take offloaded connections back through `fast`.
     pub fn set_fast_path(&mut self, fast: Option<Box<dyn FastPath>>) {
         self.fast = fast;
     }
 
-    /// Connection `conn` may be offloaded now: confirmed, replied, assured,
-    /// not offloaded already nor refused, no helper of its own, no
-    /// expectations, TCP established with both windows known or UDP. Policy
+    /// Connection `conn` may be offloaded now: confirmed, replied, not
+    /// offloaded already nor refused, no helper of its own, no expectations,
+    /// and either assured and TCP established with both windows known or
+    /// UDP, or an ICMP/ICMPv6 echo (code 0) whose request opened it. Policy
     /// is the caller's to check.
     pub fn offload_candidate(&self, conn: u32) -> Option<Candidate> {
         let e = self.entries.get(conn as usize)?;
-        let need = status::CONFIRMED | status::SEEN_REPLY | status::ASSURED;
+        let need = status::CONFIRMED | status::SEEN_REPLY;
         if e.status & need != need
             || e.status & (status::OFFLOADED | status::NO_OFFLOAD) != 0
             || e.helper != 0
@@ -87,9 +98,14 @@ impl Conntrack {
             return None;
         }
         let orig = self.orig(conn);
+        let assured = e.status & status::ASSURED != 0;
         match (orig.proto, &e.l4) {
-            (ipproto::TCP, L4State::Tcp(c)) if c.offloadable(&self.cfg.tcp) => {}
-            (ipproto::UDP, L4State::Stream(_)) => {}
+            (ipproto::TCP, L4State::Tcp(c)) if assured && c.offloadable(&self.cfg.tcp) => {}
+            (ipproto::UDP, L4State::Stream(_)) if assured => {}
+            // ICMP never becomes assured (the kernel's icmp_packet only
+            // refreshes the timeout): a replied echo is as established as it
+            // gets. Only echo: the fast path parses no other ICMP.
+            (ipproto::ICMP | ipproto::ICMPV6, L4State::Stream(_)) if is_echo_request(&orig) => {}
             _ => return None,
         }
         let helper = if e.status & status::EXPECTED != 0 {
@@ -230,6 +246,9 @@ impl Conntrack {
     fn merge_fast(&mut self, idx: u32, fs: &FastState, linked: bool) {
         let tcp_cfg = &self.cfg.tcp;
         let udp_stream = self.cfg.timeouts.udp_stream;
+        let orig = self.orig(idx);
+        // What the slow path's ICMP path sets with every packet.
+        let icmp = orig.is_icmp().then(|| self.icmp_timeout(orig.family));
         let e = &mut self.entries[idx as usize];
         for d in 0..2 {
             e.packets[d] += fs.packets[d];
@@ -241,7 +260,7 @@ impl Conntrack {
                 c.ack_timeout(tcp_cfg)
             }
             (L4State::Tcp(c), None) => c.ack_timeout(tcp_cfg),
-            (L4State::Stream(_), _) => udp_stream,
+            (L4State::Stream(_), _) => icmp.unwrap_or(udp_stream),
         };
         if let Some(seen) = fs.last_seen {
             let deadline = seen + u64::from(timeout) * SEC;
@@ -286,17 +305,20 @@ mod tests {
         pending: bool,
         state: FastState,
         asked: Vec<u32>,
+        /// The packet directions it was asked with.
+        dirs: Vec<Option<crate::Direction>>,
     }
 
     struct Shared(Arc<Mutex<Model>>);
 
     impl FastPath for Shared {
-        fn reclaim(&mut self, conn: u32, _dir: Option<crate::Direction>) -> Reclaim {
+        fn reclaim(&mut self, conn: u32, dir: Option<crate::Direction>) -> Reclaim {
             let mut m = self
                 .0
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             m.asked.push(conn);
+            m.dirs.push(dir);
             if m.pending {
                 Reclaim::Pending
             } else {
@@ -309,11 +331,15 @@ mod tests {
     const B: [u8; 4] = [10, 0, 0, 2];
 
     fn setup() -> (Pipeline, Arc<Mutex<Model>>) {
+        setup_with(Config {
+            max_entries: 64,
+            ..Config::default()
+        })
+    }
+
+    fn setup_with(cfg: Config) -> (Pipeline, Arc<Mutex<Model>>) {
         let mut p = Pipeline::new(
-            Config {
-                max_entries: 64,
-                ..Config::default()
-            },
+            cfg,
             Policy {
                 rules: vec![],
                 default: Action::Accept,
@@ -375,6 +401,141 @@ mod tests {
             p.offload_plan(conn, Side::Inside, false).is_some(),
             "asked again"
         );
+    }
+
+    const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    /// The only entry of `p` that is a candidate, if any.
+    fn candidate(p: &Pipeline) -> Option<u32> {
+        (0..64).find(|&i| p.conntrack().offload_candidate(i).is_some())
+    }
+
+    #[test]
+    fn icmp_echo_is_a_candidate_once_replied() {
+        // IPv4: unreplied, no; replied, yes, though never assured.
+        let (mut p, _) = setup();
+        let req = Pkt::echo4(A, B, 7, 1, false).build();
+        p.process(Side::Inside, &req, 0);
+        assert_eq!(candidate(&p), None, "unreplied");
+        let rep = Pkt::echo4(B, A, 7, 1, true).build();
+        p.process(Side::Outside, &rep, SEC);
+        let conn = candidate(&p).expect("a replied echo is a candidate");
+        let c = p.conntrack().offload_candidate(conn).expect("candidate");
+        assert_eq!((c.orig.icmp_type(), c.reply.icmp_type()), (8, 0));
+        assert_eq!((c.orig.src_port, c.reply.src_port), (7, 7));
+        let info = p.conntrack().connections(SEC).next().expect("entry");
+        assert!(!info.assured, "ICMP is never assured");
+        // IPv6 likewise.
+        let (mut p, _) = setup();
+        p.process(Side::Inside, &Pkt::echo6(A6, B6, 9, 1, false).build(), 0);
+        assert_eq!(candidate(&p), None, "unreplied v6");
+        p.process(Side::Outside, &Pkt::echo6(B6, A6, 9, 1, true).build(), SEC);
+        let conn = candidate(&p).expect("a replied v6 echo is a candidate");
+        let c = p.conntrack().offload_candidate(conn).expect("candidate");
+        assert_eq!((c.orig.icmp_type(), c.reply.icmp_type()), (128, 129));
+        // Other queries, replied: not for the fast path. A timestamp
+        // request, and an echo with a code other than 0.
+        for (ty, code, answer) in [(13, 0, 14), (8, 1, 0)] {
+            let (mut p, _) = setup();
+            p.process(Side::Inside, &Pkt::icmp4(A, B, ty, code, &[]).build(), 0);
+            let back = Pkt::icmp4(B, A, answer, code, &[]).build();
+            let r = p.process(Side::Outside, &back, SEC);
+            assert_eq!(
+                r.state,
+                crate::CtState::Established,
+                "type {ty} code {code}"
+            );
+            assert_eq!(candidate(&p), None, "type {ty} code {code}");
+        }
+        // An ICMPv6 node information query, replied: not either.
+        let (mut p, _) = setup();
+        p.process(Side::Inside, &Pkt::icmp6(A6, B6, 139, 0, &[]).build(), 0);
+        let r = p.process(Side::Outside, &Pkt::icmp6(B6, A6, 140, 0, &[]).build(), SEC);
+        assert_eq!(r.state, crate::CtState::Established);
+        assert_eq!(candidate(&p), None, "node information");
+    }
+
+    #[test]
+    fn icmp_merge_applies_the_icmp_timeout() {
+        let mut cfg = Config {
+            max_entries: 64,
+            ..Config::default()
+        };
+        cfg.timeouts.icmp = 30;
+        cfg.timeouts.icmpv6 = 20;
+        for v6 in [false, true] {
+            let (mut p, m) = setup_with(cfg.clone());
+            let (req, rep) = if v6 {
+                (
+                    Pkt::echo6(A6, B6, 3, 1, false).build(),
+                    Pkt::echo6(B6, A6, 3, 1, true).build(),
+                )
+            } else {
+                (
+                    Pkt::echo4(A, B, 3, 1, false).build(),
+                    Pkt::echo4(B, A, 3, 1, true).build(),
+                )
+            };
+            let timeout = if v6 { 20 } else { 30 };
+            p.process(Side::Inside, &req, 0);
+            p.process(Side::Outside, &rep, SEC);
+            let conn = candidate(&p).expect("candidate");
+            p.conntrack_mut().offload_begin(conn);
+            // The fast path forwarded 4 echoes, the last at 10 s.
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .state = FastState {
+                last_seen: Some(10 * SEC),
+                packets: [2, 2],
+                bytes: [168, 168],
+                tcp: None,
+            };
+            // The entry's own deadline (1 s + timeout) fires: the merge moves
+            // it to 10 s + the ICMP timeout (not UDP's stream timeout).
+            p.process_batch(&[], (timeout + 2) * SEC, &mut []);
+            let c = p
+                .conntrack()
+                .connections((timeout + 2) * SEC)
+                .next()
+                .expect("kept alive by the fast path");
+            assert!(!c.offloaded, "taken back by its timer");
+            assert_eq!(c.packets, [3, 3]);
+            assert_eq!(c.expires_in, 8 * SEC, "v6 {v6}");
+            p.process_batch(&[], (timeout + 9) * SEC, &mut []);
+            assert_eq!(p.conntrack().len(), 1, "alive until 10 s + {timeout} s");
+            p.process_batch(&[], (timeout + 11) * SEC, &mut []);
+            assert_eq!(p.conntrack().len(), 0, "expired");
+        }
+    }
+
+    #[test]
+    fn an_echo_takes_its_flow_back_as_a_plain_packet() {
+        let (mut p, m) = setup();
+        p.process(Side::Inside, &Pkt::echo4(A, B, 5, 1, false).build(), 0);
+        p.process(Side::Outside, &Pkt::echo4(B, A, 5, 1, true).build(), SEC);
+        let conn = candidate(&p).expect("candidate");
+        p.conntrack_mut().offload_begin(conn);
+        // Still pending: the echo is tracked on the core's state, the flow
+        // stays offloaded. It was asked for with its direction (a packet the
+        // fast path may have let the slow path keep), as a UDP one would be.
+        m.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending = true;
+        let r = p.process(
+            Side::Inside,
+            &Pkt::echo4(A, B, 5, 2, false).build(),
+            2 * SEC,
+        );
+        assert_eq!(r.verdict, Action::Accept);
+        assert!(p.conntrack().is_offloaded(conn));
+        assert_eq!(
+            m.lock().map(|m| m.dirs.clone()).unwrap_or_default(),
+            vec![Some(crate::Direction::Original)]
+        );
+        let c = p.conntrack().connections(2 * SEC).next().expect("entry");
+        assert_eq!(c.packets, [2, 1]);
+        assert_eq!(c.expires_in, 30 * SEC, "the ICMP timeout, refreshed");
     }
 
     #[test]

@@ -1027,10 +1027,11 @@ impl Conntrack {
                 // The fast path had it: take its state back before this
                 // packet (which it did not want) is tracked. Only a plain
                 // packet (a TCP segment with only ACK among SYN, FIN, RST,
-                // or UDP) may be one the fast path let the slow path keep.
+                // UDP, or an ICMP echo: the entry's own tuple makes this
+                // query one) may be one the fast path let the slow path keep.
                 let plain = match pkt.l4 {
                     L4::Tcp(seg) => tcp::Index::of(seg.flags) == tcp::Index::Ack,
-                    L4::Udp { .. } => true,
+                    L4::Udp { .. } | L4::Icmp(Icmp::Query) => true,
                     _ => false,
                 };
                 self.offload_take_back(idx, plain.then_some(dir));

@@ -181,18 +181,27 @@ impl Region {
 const FLOWS4_BUCKETS: u32 = 524_288;
 const E4_VALID: u32 = 1 << 31;
 const E4_CLAIMED: u32 = 1 << 30;
-const E4_GEN_SHIFT: u32 = 20;
-const E4_GEN_MASK: u32 = 0x3ff << E4_GEN_SHIFT;
+const E4_GEN_SHIFT: u32 = 21;
+const E4_GEN_MASK: u32 = 0x1ff << E4_GEN_SHIFT;
+const E4_ICMP: u32 = 1 << 20;
 const E4_UDP: u32 = 1 << 19;
 const E4_SIDE: u32 = 1 << 18;
+/// The bits of `meta` that are part of the key (`TG_E4_KEY_MASK`).
+const E4_KEY_MASK: u32 = E4_ICMP | E4_UDP | E4_SIDE;
 const E4_REF_MASK: u32 = (1 << 18) - 1;
+const _: () = assert!(
+    (E4_VALID | E4_CLAIMED) & E4_GEN_MASK == 0
+        && (E4_VALID | E4_CLAIMED | E4_GEN_MASK) & E4_KEY_MASK == 0
+        && (E4_KEY_MASK | E4_GEN_MASK) & E4_REF_MASK == 0
+);
 
 /// `flows4`: buckets of four entries of four words (src, dst, ports,
 /// meta), as bpf/tollgate.h lays them out; the program only reads them.
 type Index4 = Mapped<[AtomicU32; 16]>;
 
 /// An IPv4 key of `flows4`: source, destination and ports as the packet
-/// carries them (read as native words), and the UDP/SIDE bits of `meta`.
+/// carries them (read as native words), and the key bits of `meta`
+/// (`E4_KEY_MASK`: protocol and side).
 type Key4 = (u32, u32, u32, u32);
 
 /// How a tuple entering on a side is found by the program: IPv4 in
@@ -270,7 +279,7 @@ impl Index4 {
         b.chunks_exact(4).find_map(|e| {
             let m = e[3].load(Ordering::Acquire);
             let hit = m & E4_VALID != 0
-                && m & (E4_UDP | E4_SIDE) == k.3
+                && m & E4_KEY_MASK == k.3
                 && e[0].load(Ordering::Relaxed) == k.0
                 && e[1].load(Ordering::Relaxed) == k.1
                 && e[2].load(Ordering::Relaxed) == k.2;
@@ -368,15 +377,21 @@ fn key(t: &Tuple, side: Side) -> FlowKey {
         // packet's bytes as native words.
         #[allow(clippy::cast_possible_truncation)]
         let (s, d) = (t.src.0 as u32, t.dst.0 as u32);
+        // ICMP: the echo id, then type and code, as the header carries
+        // them (the tuple's `dst_port` is type << 8 | code).
         let [a, b] = t.src_port.to_be_bytes();
         let [c, d2] = t.dst_port.to_be_bytes();
-        let udp = if t.proto == 17 { E4_UDP } else { 0 };
+        let proto = match t.proto {
+            conntrack::tuple::ipproto::UDP => E4_UDP,
+            conntrack::tuple::ipproto::ICMP => E4_ICMP,
+            _ => 0,
+        };
         let outside = if side == Side::Outside { E4_SIDE } else { 0 };
         return FlowKey::V4((
             u32::from_ne_bytes(s.to_be_bytes()),
             u32::from_ne_bytes(d.to_be_bytes()),
             u32::from_ne_bytes([a, b, c, d2]),
-            udp | outside,
+            proto | outside,
         ));
     }
     FlowKey::V6(key6(t, side))
@@ -1182,8 +1197,9 @@ mod tests {
             assert_eq!(m & E4_REF_MASK, p * 2 + 1);
             assert_ne!(m & E4_VALID, 0);
         }
-        // The UDP and SIDE bits are part of the key.
+        // The protocol and SIDE bits are part of the key.
         assert!(idx.find(7, k(1, E4_UDP)).is_none());
+        assert!(idx.find(7, k(1, E4_ICMP)).is_none());
         assert!(idx.find(7, k(1, E4_SIDE)).is_none());
         // A freed entry takes another key, one generation on.
         let (_, before) = idx.find(7, k(2, 0)).expect("found");
@@ -1202,6 +1218,55 @@ mod tests {
         for p in [0, 1, 3] {
             assert!(idx.find(7, k(p, 0)).is_some());
         }
+    }
+
+    #[test]
+    fn icmp_keys_carry_id_type_and_code_as_the_header_does() {
+        use conntrack::tuple::{ipproto, Addr};
+        let req = Tuple {
+            src: Addr::v4([10, 0, 0, 1]),
+            dst: Addr::v4([10, 0, 0, 2]),
+            src_port: 0x1234,
+            dst_port: 8 << 8,
+            proto: ipproto::ICMP,
+            family: Family::V4,
+        };
+        // An echo request's header from byte 4: id 0x1234; its first two
+        // bytes: type 8, code 0.
+        let ports = u32::from_ne_bytes([0x12, 0x34, 8, 0]);
+        let src = u32::from_ne_bytes([10, 0, 0, 1]);
+        let dst = u32::from_ne_bytes([10, 0, 0, 2]);
+        assert_eq!(
+            key(&req, Side::Inside),
+            FlowKey::V4((src, dst, ports, E4_ICMP))
+        );
+        // The reply: the same id, type 0, coming from the outside.
+        let ports = u32::from_ne_bytes([0x12, 0x34, 0, 0]);
+        assert_eq!(
+            key(&req.invert(), Side::Outside),
+            FlowKey::V4((dst, src, ports, E4_ICMP | E4_SIDE))
+        );
+        // A TCP tuple with the same numbers is another key.
+        let tcp = Tuple {
+            proto: ipproto::TCP,
+            ..req
+        };
+        assert_ne!(key(&tcp, Side::Inside), key(&req, Side::Inside));
+        // IPv6: struct tg_key, ports likewise, protocol 58.
+        let req6 = Tuple {
+            src: Addr::v6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            dst: Addr::v6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
+            src_port: 0x1234,
+            dst_port: 128 << 8,
+            proto: ipproto::ICMPV6,
+            family: Family::V6,
+        };
+        let FlowKey::V6(k6) = key(&req6.invert(), Side::Outside) else {
+            panic!("an IPv6 key")
+        };
+        assert_eq!(k6[15], 2);
+        assert_eq!(k6[31], 1);
+        assert_eq!(&k6[32..38], &[0x12, 0x34, 129, 0, 58, 1]);
     }
 
     #[test]

@@ -157,3 +157,65 @@ fn lab_run(offload: bool) {
         assert!(pk > 1000, "the fast path forwarded {pk} packets");
     }
 }
+
+/// Ping through the lab with offload on, IPv4 and IPv6: once the first echo
+/// is answered, the exchange is offloaded and the XDP program forwards the
+/// rest of the echoes itself; every one is answered.
+#[test]
+fn ping_through_the_fast_path() {
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the lab tests as root"
+        );
+        eprintln!("SKIPPED: the lab needs root");
+        return;
+    }
+    Lab::clean_stale();
+    let lab = Arc::new(Lab::build().expect("lab"));
+    let counters = Arc::new(Counters::default());
+    let running = Running::worker(
+        &lab,
+        Pipeline::new(Config::default(), strict()),
+        counters.clone(),
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let o = &counters.offload;
+    let mut forwarded = Vec::new();
+    for (v6, to) in [(false, "10.77.0.2"), (true, "fd77::2")] {
+        let mut cmd = vec!["ping", "-c", "20", "-i", "0.05", "-W", "2", to];
+        if v6 {
+            cmd.insert(1, "-6");
+        }
+        let (ok, out) = lab.exec(&lab.client, &cmd);
+        assert!(
+            ok && out.contains(" 0% packet loss"),
+            "ping (IPv6 {v6}): every echo answered:\n{out}"
+        );
+        // The worker hands the program's counts over a few times a second;
+        // the flow stays offloaded (the ICMP timeout is 30 s).
+        std::thread::sleep(Duration::from_millis(700));
+        forwarded.push(o.packets.load(Ordering::Relaxed));
+    }
+    drop(running);
+    let punts: Vec<u64> = counters
+        .punts
+        .iter()
+        .map(|p| p.load(Ordering::Relaxed))
+        .collect();
+    let (v4, v6) = (forwarded[0], forwarded[1] - forwarded[0]);
+    eprintln!(
+        "echoes forwarded by XDP: IPv4 {v4}, IPv6 {v6} (of 40 each); {} flows activated, {} installed, punts {punts:?}",
+        o.activated.load(Ordering::Relaxed),
+        o.installed.load(Ordering::Relaxed),
+    );
+    // 40 packets each: the first exchange (and a packet while the flow is
+    // pending, at most) on the slow path, the rest through the program.
+    assert!(v4 >= 30, "IPv4 echoes through the program: {v4}");
+    assert!(v6 >= 30, "IPv6 echoes through the program: {v6}");
+    assert!(o.activated.load(Ordering::Relaxed) >= 2);
+}

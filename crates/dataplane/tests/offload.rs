@@ -578,6 +578,328 @@ fn udp_offload_timeouts_and_policy_reload() {
     });
 }
 
+const A6: [u8; 16] = [0xfd, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const B6: [u8; 16] = [0xfd, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// An ICMP (`v6`: ICMPv6) echo with id `id` from end `from` (0: A, inside)
+/// to the other: `reply` picks the reply type; `len` payload bytes (odd
+/// lengths and lengths past 64 take the program's other checksum paths).
+fn echo(v6: bool, from: usize, reply: bool, id: u16, seq: u16, len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ 0x5a)
+        .collect();
+    let p = match (v6, from) {
+        (false, 0) => Pkt::echo4(A, B, id, seq, reply),
+        (false, _) => Pkt::echo4(B, A, id, seq, reply),
+        (true, 0) => Pkt::echo6(A6, B6, id, seq, reply),
+        (true, _) => Pkt::echo6(B6, A6, id, seq, reply),
+    };
+    p.payload(&payload).build()
+}
+
+/// Any ICMP(v6) message from `from` with `rest` as bytes 4..8 (an echo's id
+/// and sequence number) and its checksum right.
+fn icmp_msg(v6: bool, from: usize, ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    // Pkt::icmp* leaves bytes 4..8 zero: build it as an echo (whose bytes
+    // 4..8 are id and sequence number) and patch type and code instead.
+    let (id, seq) = (
+        u16::from_be_bytes([rest[0], rest[1]]),
+        u16::from_be_bytes([rest[2], rest[3]]),
+    );
+    let mut p = match (v6, from) {
+        (false, 0) => Pkt::echo4(A, B, id, seq, false),
+        (false, _) => Pkt::echo4(B, A, id, seq, false),
+        (true, 0) => Pkt::echo6(A6, B6, id, seq, false),
+        (true, _) => Pkt::echo6(B6, A6, id, seq, false),
+    }
+    .payload(body)
+    .build();
+    let at = if v6 { 40 } else { 20 };
+    p[at] = ty;
+    p[at + 1] = code;
+    fix_icmp_checksum(&mut p, v6);
+    p
+}
+
+/// Recomputes the ICMP(v6) checksum of a built packet (no IPv4 options, no
+/// IPv6 extension headers).
+fn fix_icmp_checksum(p: &mut [u8], v6: bool) {
+    let at = if v6 { 40 } else { 20 };
+    p[at + 2] = 0;
+    p[at + 3] = 0;
+    let mut sum: u64 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    if v6 {
+        add(&p[8..40]);
+        let len = u32::try_from(p.len() - 40).unwrap();
+        add(&len.to_be_bytes());
+        add(&[0, 0, 0, 58]);
+    }
+    add(&p[at..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !(sum as u16);
+    p[at + 2..at + 4].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Ping both ways through the program, IPv4 and IPv6: once replied, the echo
+/// connection is offloaded and its echoes forwarded by the program, counted
+/// and timed as the slow path would; what is not a plain echo of it (a bad
+/// checksum, another code, a request from the other end with the same id)
+/// gets the slow path's verdict.
+#[test]
+fn icmp_echo_goes_to_the_fast_path_and_comes_back_exactly() {
+    isolated(|| {
+        for v6 in [false, true] {
+            let mut b = Bench::new(strict(), cfg());
+            let id = 0x4d2;
+            let mut seq = 0u16;
+            for i in 0..20 {
+                let len = [0, 1, 8, 56, 63, 64, 65, 200, 1001, 1400][i % 10];
+                seq += 1;
+                let req = echo(v6, 0, false, id, seq, len);
+                let rep = echo(v6, 1, true, id, seq, len);
+                assert_eq!(b.send(Side::Inside, &req, "request"), Action::Accept);
+                assert_eq!(b.send(Side::Outside, &rep, "reply"), Action::Accept);
+            }
+            // The first exchange on the slow path, then the flow pending for
+            // one packet at most: the rest through the program.
+            assert!(
+                b.forwarded_fast() >= 36,
+                "v6 {v6}: fast path forwarded {}",
+                b.forwarded_fast()
+            );
+            assert_eq!(b.fr.program().punts()[1..], [0; 4], "v6 {v6}");
+            // Listing while offloaded: live counters; the program's last-seen
+            // time moves the timeout as the slow path's packets would.
+            let (off, p) = b.fr.parts();
+            off.refresh(p);
+            let now = b.now();
+            let live: Vec<_> = b.fr.pipeline().conntrack().connections(now).collect();
+            let reference: Vec<_> = b.reference.conntrack().connections(now).collect();
+            assert_eq!(live.len(), 1);
+            assert!(live[0].offloaded, "listed as offloaded");
+            assert!(!live[0].assured && !reference[0].assured);
+            assert_eq!(
+                (live[0].packets, live[0].bytes),
+                (reference[0].packets, reference[0].bytes),
+                "live counters"
+            );
+            let before = live[0].expires_in;
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let fast = b.forwarded_fast();
+            for _ in 0..2 {
+                seq += 1;
+                b.send(Side::Inside, &echo(v6, 0, false, id, seq, 56), "later");
+                b.send(Side::Outside, &echo(v6, 1, true, id, seq, 56), "later");
+            }
+            assert_eq!(b.forwarded_fast(), fast + 4, "v6 {v6}: all four fast");
+            let (off, p) = b.fr.parts();
+            off.refresh(p);
+            let now = b.now();
+            let live: Vec<_> = b.fr.pipeline().conntrack().connections(now).collect();
+            let reference: Vec<_> = b.reference.conntrack().connections(now).collect();
+            assert!(
+                live[0].expires_in + 100_000_000 > before,
+                "v6 {v6}: the timeout moved with the fast packets: {} then {}",
+                before,
+                live[0].expires_in
+            );
+            assert!(
+                live[0].expires_in.abs_diff(reference[0].expires_in) < 50_000_000,
+                "v6 {v6}: timeouts {} vs {}",
+                live[0].expires_in,
+                reference[0].expires_in
+            );
+            assert_eq!(live[0].packets, reference[0].packets);
+            // A bad checksum: dropped on both paths; the program hands it
+            // over (and the flow with it).
+            seq += 1;
+            let mut bad = echo(v6, 0, false, id, seq, 30);
+            let l = bad.len();
+            bad[l - 1] ^= 1;
+            let (fast, not_plain) = (b.forwarded_fast(), b.fr.program().punts()[1]);
+            assert_eq!(b.send(Side::Inside, &bad, "bad checksum"), Action::Drop);
+            assert_eq!(
+                b.forwarded_fast(),
+                fast,
+                "v6 {v6}: bad checksum not forwarded"
+            );
+            assert_eq!(b.fr.program().punts()[1], not_plain + 1, "v6 {v6}: punted");
+            // Back on the fast path after it.
+            for _ in 0..4 {
+                seq += 1;
+                b.send(Side::Inside, &echo(v6, 0, false, id, seq, 20), "again");
+                b.send(Side::Outside, &echo(v6, 1, true, id, seq, 20), "again");
+            }
+            assert!(
+                b.forwarded_fast() >= fast + 5,
+                "v6 {v6}: back on the fast path"
+            );
+            // An echo with code 1 (another connection, the tuple has the
+            // code): the slow path's, both ways.
+            let fast = b.forwarded_fast();
+            let (rq, rp) = if v6 { (128, 129) } else { (8, 0) };
+            let [i0, i1] = id.to_be_bytes();
+            let odd = icmp_msg(v6, 0, rq, 1, [i0, i1, 0, 1], b"odd code");
+            assert_eq!(b.send(Side::Inside, &odd, "code 1"), Action::Accept);
+            let odd = icmp_msg(v6, 1, rp, 1, [i0, i1, 0, 1], b"odd code");
+            assert_eq!(b.send(Side::Outside, &odd, "code 1 reply"), Action::Accept);
+            // A request from the other end with the same id: not the
+            // offloaded flow's (another type); new from the outside, dropped.
+            let other = echo(v6, 1, false, id, 1, 10);
+            assert_eq!(
+                b.send(Side::Outside, &other, "reverse request"),
+                Action::Drop
+            );
+            // An unsolicited reply from the inside with that id, also not
+            // the flow's.
+            let other = echo(v6, 0, true, id, 1, 10);
+            b.send(Side::Inside, &other, "reverse reply");
+            assert_eq!(
+                b.forwarded_fast(),
+                fast,
+                "v6 {v6}: none of those was forwarded"
+            );
+            // The offloaded flow still is.
+            seq += 1;
+            b.send(Side::Inside, &echo(v6, 0, false, id, seq, 20), "still");
+            assert_eq!(b.forwarded_fast(), fast + 1, "v6 {v6}: still offloaded");
+            b.settle();
+            eprintln!(
+                "v6 {v6}: fast path forwarded {}, slow path {}, punts {:?}",
+                b.forwarded_fast(),
+                b.fr.punted,
+                b.fr.program().punts()
+            );
+        }
+    });
+}
+
+/// ICMP errors are the slow path's, even when they quote an offloaded flow
+/// (the core counts them as related to it; the flow stays in the program):
+/// a port unreachable quoting an offloaded UDP flow, a time exceeded quoting
+/// an offloaded echo, an ICMPv6 unreachable quoting an offloaded echo.
+#[test]
+fn icmp_errors_stay_on_the_slow_path() {
+    isolated(|| {
+        let mut b = Bench::new(strict(), cfg());
+        let out = |n: u8| Pkt::udp4(A, 5000, B, 53).payload(&[n; 40]).build();
+        let back = |n: u8| Pkt::udp4(B, 53, A, 5000).payload(&[n; 40]).build();
+        b.send(Side::Inside, &out(0), "udp out");
+        b.send(Side::Outside, &back(0), "udp back");
+        b.age(3);
+        b.send(Side::Inside, &out(1), "udp assured");
+        for i in 0..4 {
+            b.send(Side::Inside, &out(i), "udp");
+            b.send(Side::Outside, &back(i), "udp reply");
+        }
+        for i in 1..4 {
+            b.send(Side::Inside, &echo(false, 0, false, 77, i, 20), "ping");
+            b.send(Side::Outside, &echo(false, 1, true, 77, i, 20), "pong");
+        }
+        let fast = b.forwarded_fast();
+        assert!(fast >= 8, "both offloaded: {fast}");
+        let punts = b.fr.program().punts();
+        // B's port unreachable for A's datagram, quoting its start.
+        let unreach = Pkt::icmp4(B, A, 3, 3, &out(5)[..28]).build();
+        assert_eq!(
+            b.send(Side::Outside, &unreach, "port unreachable"),
+            Action::Accept
+        );
+        // A router's time exceeded for A's echo request (from B's address:
+        // the quoted packet's destination is fine for the core's checks).
+        let req = echo(false, 0, false, 77, 9, 20);
+        let ttl = Pkt::icmp4(B, A, 11, 0, &req[..28]).build();
+        assert_eq!(b.send(Side::Outside, &ttl, "time exceeded"), Action::Accept);
+        assert_eq!(
+            b.forwarded_fast(),
+            fast,
+            "errors not forwarded by the program"
+        );
+        assert_eq!(b.fr.program().punts(), punts, "not even looked up");
+        // Both flows are still the program's.
+        b.send(Side::Inside, &out(6), "udp after");
+        b.send(
+            Side::Inside,
+            &echo(false, 0, false, 77, 10, 20),
+            "ping after",
+        );
+        assert_eq!(b.forwarded_fast(), fast + 2, "still offloaded");
+        b.settle();
+        // IPv6: an echo offloaded, then a destination unreachable for it.
+        let mut b = Bench::new(strict(), cfg());
+        for i in 1..4 {
+            b.send(Side::Inside, &echo(true, 0, false, 78, i, 20), "ping6");
+            b.send(Side::Outside, &echo(true, 1, true, 78, i, 20), "pong6");
+        }
+        let fast = b.forwarded_fast();
+        assert!(fast >= 3, "offloaded: {fast}");
+        let req = echo(true, 0, false, 78, 9, 20);
+        let unreach = Pkt::icmp6(B6, A6, 1, 4, &req).build();
+        let verdict = b.send(Side::Outside, &unreach, "unreachable");
+        assert_eq!(
+            b.forwarded_fast(),
+            fast,
+            "v6 error not forwarded: {verdict:?}"
+        );
+        b.send(
+            Side::Inside,
+            &echo(true, 0, false, 78, 10, 20),
+            "ping6 after",
+        );
+        assert_eq!(b.forwarded_fast(), fast + 1, "still offloaded");
+        b.settle();
+    });
+}
+
+/// The ICMP timeout of an offloaded echo runs from the program's last
+/// packet: alive shortly before it ends, gone after, on both paths.
+#[test]
+fn icmp_offload_timeout() {
+    isolated(|| {
+        for v6 in [false, true] {
+            let mut c = cfg();
+            c.timeouts.icmp = 2;
+            c.timeouts.icmpv6 = 2;
+            let mut b = Bench::new(strict(), c);
+            for i in 1..=10 {
+                b.send(Side::Inside, &echo(v6, 0, false, 5, i, 32), "ping");
+                b.send(Side::Outside, &echo(v6, 1, true, 5, i, 32), "pong");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert!(b.forwarded_fast() >= 16, "v6 {v6}: {}", b.forwarded_fast());
+            // The slow path's last packet was a second ago: its deadline
+            // passes while the program's last packet is 1.5 s old.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let n = b.now();
+            let (off, p) = b.fr.parts();
+            p.process_batch(&[], n, &mut []);
+            off.collect_gone(p);
+            b.reference.process_batch(&[], n, &mut []);
+            assert_eq!(b.reference.conntrack().len(), 1, "v6 {v6}: reference alive");
+            assert_eq!(
+                b.fr.pipeline().conntrack().len(),
+                1,
+                "v6 {v6}: alive 1.5 s after its last packet"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1000));
+            let n = b.now();
+            let (off, p) = b.fr.parts();
+            p.process_batch(&[], n, &mut []);
+            off.collect_gone(p);
+            b.reference.process_batch(&[], n, &mut []);
+            assert_eq!(b.fr.pipeline().conntrack().len(), 0, "v6 {v6}: expired");
+            assert_eq!(b.reference.conntrack().len(), 0);
+        }
+    });
+}
+
 /// Every capture of the kernel differential set, packet by packet: the
 /// program forwards a packet only where the reference accepts it, and the
 /// slow path gives the rest the reference's verdicts (the core's clock is
