@@ -41,6 +41,51 @@ pub enum BpfError {
     /// The offload maps could not be mapped.
     #[error("offload maps: {0}")]
     Offload(String),
+    /// Offload is on but an interface cannot send frames the program
+    /// redirects to it: they would be dropped.
+    #[error(
+        "offload: {0} cannot transmit frames redirected by XDP (no ndo_xdp_xmit in its driver; \
+         a veth needs GRO or an XDP program on its peer); set offload = false or fix the interface"
+    )]
+    NoRedirectTarget(String),
+}
+
+/// `NETDEV_XDP_ACT_NDO_XMIT`: the device transmits frames other devices'
+/// XDP programs redirect to it.
+pub const XDP_ACT_NDO_XMIT: u64 = 4;
+
+/// What interface `ifindex` says it can do with XDP (`NETDEV_XDP_ACT_*`
+/// bits, from the kernel's netdev netlink family), or `None` when the kernel
+/// does not say (before Linux 6.3).
+pub fn xdp_features(ifindex: i32) -> Result<Option<u64>, BpfError> {
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut opts: libbpf_sys::bpf_xdp_query_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as libbpf_sys::size_t;
+    // SAFETY: `opts` is a valid, sized bpf_xdp_query_opts that libbpf
+    // writes for the call's duration only.
+    let r = unsafe { libbpf_sys::bpf_xdp_query(ifindex, 0, &mut opts) };
+    if r < 0 {
+        return Err(BpfError::Offload(format!(
+            "querying the XDP features of interface {ifindex}: {}",
+            std::io::Error::from_raw_os_error(-r)
+        )));
+    }
+    // libbpf leaves 0 when the kernel has no netdev family; every device
+    // that has XDP at all says BASIC.
+    Ok((opts.feature_flags != 0).then_some(opts.feature_flags))
+}
+
+/// Offload needs both interfaces to take redirected frames: an error
+/// naming the first that says it cannot. Kernels that do not say pass.
+pub fn check_redirect_targets(ifaces: [&str; 2]) -> Result<(), BpfError> {
+    for name in ifaces {
+        if let Some(f) = xdp_features(ifindex(name)?)? {
+            if f & XDP_ACT_NDO_XMIT == 0 {
+                return Err(BpfError::NoRedirectTarget(name.to_string()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Queues per interface (`TG_MAX_QUEUES`).

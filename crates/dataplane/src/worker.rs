@@ -565,6 +565,9 @@ pub fn open_workers(
     // Steer frames only once every queue has its socket.
     prog.attach(0, &cfg.inside)?;
     prog.attach(1, &cfg.outside)?;
+    if cfg.offload {
+        crate::bpf::check_redirect_targets([&cfg.inside, &cfg.outside])?;
+    }
     prog.set_offload(cfg.offload, workers.first().is_none_or(|w| w.checksum()))?;
     prog.set_redirect(true)?;
     Ok((
@@ -591,6 +594,9 @@ impl Worker {
         p.set_socket(1, cfg.queue, pair.fd(1))?;
         p.attach(0, &cfg.inside)?;
         p.attach(1, &cfg.outside)?;
+        if cfg.offload {
+            crate::bpf::check_redirect_targets([&cfg.inside, &cfg.outside])?;
+        }
         let checksum = pipeline.conntrack().config().checksum;
         p.set_offload(cfg.offload, checksum)?;
         let offload = if cfg.offload {

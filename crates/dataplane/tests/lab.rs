@@ -219,3 +219,56 @@ fn ping_through_the_fast_path() {
     assert!(v6 >= 30, "IPv6 echoes through the program: {v6}");
     assert!(o.activated.load(Ordering::Relaxed) >= 2);
 }
+
+/// Offload refuses interfaces that would drop what the program redirects to
+/// them: a veth whose peer has neither GRO nor an XDP program. The worker
+/// says which interface and why, instead of black-holing established flows.
+#[test]
+fn offload_refuses_an_interface_that_cannot_take_redirected_frames() {
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the lab tests as root"
+        );
+        eprintln!("SKIPPED: the lab needs root");
+        return;
+    }
+    Lab::clean_stale();
+    let lab = Arc::new(Lab::build().expect("lab"));
+    let gro = |on: &str| {
+        let (ok, out) = lab.exec(&lab.server, &["ethtool", "-K", "eth0", "gro", on]);
+        assert!(ok, "ethtool: {out}");
+    };
+    let l = lab.clone();
+    let open = move |offload: bool| {
+        let l = l.clone();
+        std::thread::spawn(move || {
+            l.enter_box().expect("enter box");
+            let cfg = l.worker_config(false, offload, false);
+            Worker::open(
+                &cfg,
+                Pipeline::new(Config::default(), strict()),
+                Arc::new(Counters::default()),
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        })
+        .join()
+        .expect("thread")
+    };
+    // The lab's endpoints have GRO: both sides take redirected frames.
+    open(true).expect("offload on a lab that can take it");
+    gro("off");
+    let err = open(true).expect_err("the outside's peer has no NAPI now");
+    assert!(
+        err.contains(&lab.outside) && err.contains("cannot transmit frames redirected by XDP"),
+        "{err}"
+    );
+    // Without offload nothing is redirected: the worker opens.
+    open(false).expect("no offload, no redirect");
+    gro("on");
+    open(true).expect("GRO back on");
+}
