@@ -330,6 +330,9 @@ pub struct Track {
     /// The packet's entry (existing, or pending until confirmed), `u32::MAX` if none.
     pub conn: u32,
     pending: u32,
+    /// [`Conntrack`]'s insert count when the pending entry was made: if no
+    /// insert happened since, none can clash with it.
+    epoch: u32,
     hash: u64,
     frag: Option<FragKey>,
 }
@@ -345,6 +348,7 @@ impl Track {
             must_drop: false,
             conn,
             pending: NONE,
+            epoch: 0,
             hash: 0,
             frag: None,
         }
@@ -359,6 +363,7 @@ impl Track {
             must_drop: false,
             conn: NONE,
             pending: NONE,
+            epoch: 0,
             hash: 0,
             frag: None,
         }
@@ -430,6 +435,8 @@ pub struct Conntrack {
     cfg: Config,
     stats: Stats,
     entries: Vec<Entry>,
+    /// Connections inserted into the index so far (wrapping).
+    inserts: u32,
     /// Per entry, what helpers and expectations use.
     ext: Vec<Ext>,
     /// Per entry, its timer wheel (or free list) links.
@@ -543,6 +550,7 @@ impl Conntrack {
             cfg,
             stats: Stats::default(),
             entries,
+            inserts: 0,
             ext,
             links,
             v6hi,
@@ -892,10 +900,8 @@ impl Conntrack {
             next: NONE,
             prev: NONE,
         };
-        self.entries[idx as usize] = Entry {
-            status: status::USED,
-            ..Entry::default()
-        };
+        // The caller writes the whole entry.
+        self.entries[idx as usize].status = status::USED;
         self.ext[idx as usize] = Ext::NONE;
         self.count += 1;
         Ok(idx)
@@ -1306,16 +1312,24 @@ impl Conntrack {
                 }
             }
         }
-        self.set_orig(idx, t);
+        let (orig, hi) = Stored::from(t);
+        self.v6hi[idx as usize] = hi;
         let e = &mut self.entries[idx as usize];
-        e.l4 = if pkt.tuple.proto == ipproto::TCP {
-            L4State::Tcp(tcp_state)
-        } else {
-            L4State::Stream(Ns::new(now + 2 * SEC))
+        *e = Entry {
+            orig,
+            status: status::USED,
+            helper: 0,
+            deadline: now + timeout_ns(timeout),
+            l4: if pkt.tuple.proto == ipproto::TCP {
+                L4State::Tcp(tcp_state)
+            } else {
+                L4State::Stream(Ns::new(now + 2 * SEC))
+            },
+            packets: [1, 0],
+            bytes: [u64::from(pkt.ip_len), 0],
+            ttick: 0,
+            master_helper: 0,
         };
-        e.deadline = now + timeout_ns(timeout);
-        e.packets[0] = 1;
-        e.bytes[0] = u64::from(pkt.ip_len);
         if state == CtState::Related {
             e.status |= status::EXPECTED;
             e.master_helper = master_helper;
@@ -1332,6 +1346,7 @@ impl Conntrack {
             must_drop: false,
             conn: idx,
             pending: idx,
+            epoch: self.inserts,
             hash,
             frag: None,
         }
@@ -1440,12 +1455,13 @@ impl Conntrack {
             let idx = track.pending;
             // Another packet cannot have inserted the tuple meanwhile (one packet at
             // a time per table), but keep the kernel's check: a clash is counted.
-            let t = self.orig(idx);
-            if self.lookup(&t, track.hash).is_some() {
+            // Only an insert since the packet was tracked can clash.
+            if self.inserts != track.epoch && self.lookup(&self.orig(idx), track.hash).is_some() {
                 self.stats.insert_failed += 1;
                 self.release(idx);
             } else {
                 self.index.insert(track.hash, idx);
+                self.inserts = self.inserts.wrapping_add(1);
                 let e = &mut self.entries[idx as usize];
                 e.status |= status::CONFIRMED;
                 if helper.is_some() {

@@ -904,3 +904,29 @@ fn ipv6_addresses_differing_only_in_upper_bits_are_distinct() {
     assert_eq!(srcs.len(), 2);
     assert_ne!(srcs[0], srcs[1]);
 }
+
+/// Two packets of one new flow tracked before either is confirmed: the second
+/// confirm clashes with the first's entry (the kernel's `insert_failed`),
+/// and an insert of another flow in between does not hide the clash.
+#[test]
+fn a_clash_at_confirm_is_counted_and_dropped() {
+    let mut ct = Conntrack::new(Config {
+        max_entries: 16,
+        ..Config::default()
+    });
+    let p = udp(A, 1000, B, 53);
+    let first = ct.track(&p, S);
+    let second = ct.track(&p, S);
+    assert_eq!((first.state, second.state), (CtState::New, CtState::New));
+    let other = ct.track(&udp(A, 2000, B, 53), S);
+    ct.confirm(&first, None, S);
+    ct.confirm(&other, None, S);
+    ct.confirm(&second, None, S);
+    assert_eq!(ct.stats().insert_failed, 1);
+    assert_eq!(ct.len(), 2);
+    // Without an insert in between, nothing clashes.
+    let third = ct.track(&udp(A, 3000, B, 53), S);
+    ct.confirm(&third, None, S);
+    assert_eq!(ct.stats().insert_failed, 1);
+    assert_eq!(ct.len(), 3);
+}

@@ -832,7 +832,20 @@ pub fn new_conn(seg: &TcpSeg<'_>, cfg: &TcpConfig) -> Result<(TcpConn, u32), Dro
         To(_) => return Err(DropReason::TcpNewNotSyn),
         IV | IG => return Err(DropReason::TcpInvalidState),
     }
-    match packet(&mut conn, Direction::Original, seg, TcpCtx::default(), cfg) {
+    let verdict = if index == Index::Syn {
+        // The usual first packet: the same code with its inputs known.
+        by_table(
+            &mut conn,
+            Direction::Original,
+            Index::Syn,
+            seg,
+            TcpCtx::default(),
+            cfg,
+        )
+    } else {
+        packet(&mut conn, Direction::Original, seg, TcpCtx::default(), cfg)
+    };
+    match verdict {
         TcpVerdict::Accept { timeout, .. } => Ok((conn, timeout)),
         TcpVerdict::Ignore => Ok((conn, timeout_of(&cfg.timeouts, conn.state))),
         TcpVerdict::Invalid(r) | TcpVerdict::InvalidShrink(r) => Err(r),
@@ -864,6 +877,21 @@ pub fn packet(
 /// [`packet`] of any segment, through the state table.
 #[inline(never)]
 fn packet_by_table(
+    conn: &mut TcpConn,
+    dir: Direction,
+    index: Index,
+    seg: &TcpSeg<'_>,
+    ctx: TcpCtx,
+    cfg: &TcpConfig,
+) -> TcpVerdict {
+    by_table(conn, dir, index, seg, ctx, cfg)
+}
+
+/// [`packet_by_table`]'s body, inlined where the caller knows the direction,
+/// the flags' column and the status (a new connection's SYN), so that the
+/// compiler folds what they decide.
+#[inline(always)]
+fn by_table(
     conn: &mut TcpConn,
     dir: Direction,
     index: Index,
