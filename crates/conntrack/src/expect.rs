@@ -522,9 +522,7 @@ impl Expectations {
         }
         let t = self.exps[i as usize].tuple;
         let h = dst_hash(&t, &self.secret);
-        let (exps, secret) = (&self.exps, self.secret);
-        self.index
-            .remove(h, i, |o| dst_hash(&exps[o as usize].tuple, &secret));
+        self.index.remove(h, i);
         let e = &mut self.exps[i as usize];
         e.used = false;
         e.next = self.free;

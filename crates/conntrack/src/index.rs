@@ -1,8 +1,12 @@
 //! An open-addressing hash index of `u32` ids, shared by the connection table
 //! and the expectation table. Linear probing with backward-shift deletion (no
 //! tombstones, so probe runs stay short however long the table lives); each slot
-//! holds 32 bits of the hash as a tag beside the id, so a probe rarely touches
-//! an entry that does not match.
+//! holds the hash's upper 32 bits as a tag beside the id, so a probe rarely
+//! touches an entry that does not match. The home slot comes from the tag's
+//! low bits, so a slot alone says where it belongs: deletion moves slots back
+//! without reading any entry. (Ids sharing a home share those bits of their
+//! tags; the rest, 32 minus log2 of the slots, still tell them apart: 11 bits
+//! at two million slots.)
 
 /// The index. Capacity is fixed at creation (a power of two).
 #[derive(Clone, Debug)]
@@ -12,13 +16,10 @@ pub struct Index {
     mask: usize,
 }
 
-/// Home slot of a hash.
+/// Home slot of a hash: the low bits of its tag (the upper 32 bits).
 #[inline]
 fn home(hash: u64, mask: usize) -> usize {
-    // Truncation keeps the low bits, which is what a mask keeps anyway.
-    #[allow(clippy::cast_possible_truncation)]
-    let h = hash as usize;
-    h & mask
+    (hash >> 32) as usize & mask
 }
 
 #[inline]
@@ -153,9 +154,8 @@ impl Index {
         self.slots[pos] = (hash >> 32) << 32 | u64::from(id + 1);
     }
 
-    /// Removes `id`, inserted under `hash`; `hash_of` gives the hash of any other
-    /// id in the index (backward shift must know where each one belongs).
-    pub fn remove(&mut self, hash: u64, id: u32, hash_of: impl Fn(u32) -> u64) {
+    /// Removes `id`, inserted under `hash`.
+    pub fn remove(&mut self, hash: u64, id: u32) {
         let mut pos = home(hash, self.mask);
         loop {
             let s = self.slots[pos];
@@ -174,7 +174,8 @@ impl Index {
             if s == 0 {
                 break;
             }
-            let h = home(hash_of(id_of(s)), self.mask);
+            // The slot's tag is its hash's upper half: its home.
+            let h = home(s, self.mask);
             // Move it back into the hole unless its home lies in (hole, next].
             if hole.wrapping_sub(h) & self.mask <= next.wrapping_sub(h) & self.mask {
                 self.slots[hole] = s;
@@ -199,15 +200,16 @@ mod tests {
             let mut idx = Index::new(64);
             let mut model: HashMap<u32, u64> = HashMap::new();
             for (id, ins, h) in ops {
-                let hash = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 60; // few homes, near the end
+                // Few homes, near the end (homes come from the upper half),
+                // and ids of one home with equal tags.
+                let hash = (60 + h) << 32 | (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) & 0xffff_ffff);
                 if ins {
                     if let std::collections::hash_map::Entry::Vacant(v) = model.entry(id) {
                         idx.insert(hash, id);
                         v.insert(hash);
                     }
                 } else if let Some(hash) = model.remove(&id) {
-                    let m = model.clone();
-                    idx.remove(hash, id, |o| m[&o]);
+                    idx.remove(hash, id);
                 }
                 for (&id, &hash) in &model {
                     prop_assert_eq!(idx.find(hash, |c| (c == id).then_some(c)), Some(id));

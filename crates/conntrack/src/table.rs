@@ -717,11 +717,14 @@ impl Conntrack {
         self.hash(&self.orig(idx))
     }
 
-    /// Entry `idx`'s original tuple.
+    /// Entry `idx`'s original tuple (an IPv4 one without reading [`V6Hi`]).
     fn orig(&self, idx: u32) -> Tuple {
-        self.entries[idx as usize]
-            .orig
-            .tuple(&self.v6hi[idx as usize])
+        let s = &self.entries[idx as usize].orig;
+        if s.v6 {
+            s.tuple(&self.v6hi[idx as usize])
+        } else {
+            s.tuple(&V6Hi::default())
+        }
     }
 
     /// Sets entry `idx`'s original tuple.
@@ -734,13 +737,7 @@ impl Conntrack {
     /// Removes entry `idx` from the index.
     fn index_remove(&mut self, idx: u32) {
         let hash = self.entry_hash(idx);
-        let (entries, v6hi, secret) = (&self.entries, &self.v6hi, self.cfg.hash_secret);
-        self.index.remove(hash, idx, |o| {
-            entries[o as usize]
-                .orig
-                .tuple(&v6hi[o as usize])
-                .flow_hash(&secret)
-        });
+        self.index.remove(hash, idx);
     }
 
     /// The flow hash of a packet's tuple, for [`Self::prefetch`] and [`Self::track_hashed`].

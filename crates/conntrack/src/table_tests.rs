@@ -769,13 +769,15 @@ fn crafted_collisions_do_not_survive_another_secret() {
     };
     let mut victim_known = Conntrack::new(cfg(known));
     let mask = victim_known.index_slots() as u64 - 1;
-    // Find 150 UDP flows whose hash lands on one home slot under `known`.
-    let target = victim_known.flow_hash(&udp(A, 1, B, 53).tuple) & mask;
+    // Find 150 UDP flows whose hash lands on one home slot under `known`
+    // (the index takes the home from the hash's upper half).
+    let home = |h: u64| (h >> 32) & mask;
+    let target = home(victim_known.flow_hash(&udp(A, 1, B, 53).tuple));
     let mut crafted = Vec::new();
     'search: for a in 0..=255u8 {
         for port in 1..=u16::MAX {
             let p = udp([10, 9, a, 1], port, B, 53);
-            if victim_known.flow_hash(&p.tuple) & mask == target {
+            if home(victim_known.flow_hash(&p.tuple)) == target {
                 crafted.push(p);
                 if crafted.len() == 150 {
                     break 'search;
