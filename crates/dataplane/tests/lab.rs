@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{is_root, Running};
+use common::{lab_allowed, Running};
 use conntrack::policy::{Action, Policy, Rule, Side, StateSet};
 use conntrack::{Config, CtState, Pipeline};
 use dataplane::lab::Lab;
@@ -47,20 +47,23 @@ fn traffic_through_the_lab_offloaded() {
 /// One lab per process at a time (its names derive from the pid).
 static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn lab_run(offload: bool) {
-    let _one = LAB
+/// This process's lab, held alone until the guard goes; `None` (test
+/// skipped) without root.
+fn lab() -> Option<(std::sync::MutexGuard<'static, ()>, Arc<Lab>)> {
+    let one = LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the lab tests as root"
-        );
-        eprintln!("SKIPPED: the lab needs root");
-        return;
+    if !lab_allowed() {
+        return None;
     }
     Lab::clean_stale();
-    let lab = Arc::new(Lab::build().expect("lab"));
+    Some((one, Arc::new(Lab::build().expect("lab"))))
+}
+
+fn lab_run(offload: bool) {
+    let Some((_one, lab)) = lab() else {
+        return;
+    };
     let counters = Arc::new(Counters::default());
     // UMEM frames the worker accounts for once it has stopped.
     let accounted = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -163,19 +166,9 @@ fn lab_run(offload: bool) {
 /// rest of the echoes itself; every one is answered.
 #[test]
 fn ping_through_the_fast_path() {
-    let _one = LAB
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the lab tests as root"
-        );
-        eprintln!("SKIPPED: the lab needs root");
+    let Some((_one, lab)) = lab() else {
         return;
-    }
-    Lab::clean_stale();
-    let lab = Arc::new(Lab::build().expect("lab"));
+    };
     let counters = Arc::new(Counters::default());
     let running = Running::worker(
         &lab,
@@ -225,19 +218,9 @@ fn ping_through_the_fast_path() {
 /// says which interface and why, instead of black-holing established flows.
 #[test]
 fn offload_refuses_an_interface_that_cannot_take_redirected_frames() {
-    let _one = LAB
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the lab tests as root"
-        );
-        eprintln!("SKIPPED: the lab needs root");
+    let Some((_one, lab)) = lab() else {
         return;
-    }
-    Lab::clean_stale();
-    let lab = Arc::new(Lab::build().expect("lab"));
+    };
     let gro = |on: &str| {
         let (ok, out) = lab.exec(&lab.server, &["ethtool", "-K", "eth0", "gro", on]);
         assert!(ok, "ethtool: {out}");

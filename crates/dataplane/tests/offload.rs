@@ -85,6 +85,26 @@ impl Bench {
         self.fr.forwarded
     }
 
+    /// Runs both pipelines' timers (an empty batch each) now; the fast
+    /// path's owner deletes what the core let go.
+    fn tick(&mut self) {
+        let n = self.now();
+        let (off, p) = self.fr.parts();
+        p.process_batch(&[], n, &mut []);
+        off.collect_gone(p);
+        self.reference.process_batch(&[], n, &mut []);
+    }
+
+    /// Prints what went where (`what` names the run).
+    fn report(&self, what: &str) {
+        eprintln!(
+            "{what}fast path forwarded {}, slow path {}, punts {:?}",
+            self.forwarded_fast(),
+            self.fr.punted,
+            self.fr.program().punts()
+        );
+    }
+
     /// One packet: the program first, the slow path if it punts; returns the
     /// verdict and checks it against the reference's.
     fn send(&mut self, side: Side, ip: &[u8], what: &str) -> Action {
@@ -376,12 +396,7 @@ fn tcp_goes_to_the_fast_path_and_comes_back_exactly() {
         let last = t.seg(0, ACK, t.nxt[0], t.nxt[1], 0);
         b.send(Side::Inside, &last, "last ack");
         b.settle();
-        eprintln!(
-            "fast path forwarded {}, slow path {}, punts {:?}",
-            b.forwarded_fast(),
-            b.fr.punted,
-            b.fr.program().punts()
-        );
+        b.report("");
     });
 }
 
@@ -471,12 +486,7 @@ fn random_segments_get_the_slow_paths_verdicts() {
             }
             b.settle();
         }
-        eprintln!(
-            "fast path forwarded {}, slow path {}, punts {:?}",
-            b.forwarded_fast(),
-            b.fr.punted,
-            b.fr.program().punts()
-        );
+        b.report("");
         assert!(b.forwarded_fast() > 300, "the fast path took part");
     });
 }
@@ -523,22 +533,14 @@ fn udp_offload_timeouts_and_policy_reload() {
         // The stream timeout (2 s here) passes with no packet: it expires
         // on both, the fast path's last packet counted.
         std::thread::sleep(std::time::Duration::from_millis(1500));
-        let n = b.now();
-        let (off, p) = b.fr.parts();
-        p.process_batch(&[], n, &mut []);
-        off.collect_gone(p);
-        b.reference.process_batch(&[], n, &mut []);
+        b.tick();
         assert_eq!(
             b.fr.pipeline().conntrack().len(),
             1,
             "alive 1.5 s after its last packet"
         );
         std::thread::sleep(std::time::Duration::from_millis(1000));
-        let n = b.now();
-        let (off, p) = b.fr.parts();
-        p.process_batch(&[], n, &mut []);
-        off.collect_gone(p);
-        b.reference.process_batch(&[], n, &mut []);
+        b.tick();
         assert_eq!(b.fr.pipeline().conntrack().len(), 0, "expired");
         assert_eq!(b.reference.conntrack().len(), 0);
         // A new flow, offloaded; then a policy that drops established UDP
@@ -771,12 +773,7 @@ fn icmp_echo_goes_to_the_fast_path_and_comes_back_exactly() {
             b.send(Side::Inside, &echo(v6, 0, false, id, seq, 20), "still");
             assert_eq!(b.forwarded_fast(), fast + 1, "v6 {v6}: still offloaded");
             b.settle();
-            eprintln!(
-                "v6 {v6}: fast path forwarded {}, slow path {}, punts {:?}",
-                b.forwarded_fast(),
-                b.fr.punted,
-                b.fr.program().punts()
-            );
+            b.report(&format!("v6 {v6}: "));
         }
     });
 }
@@ -877,11 +874,7 @@ fn icmp_offload_timeout() {
             // The slow path's last packet was a second ago: its deadline
             // passes while the program's last packet is 1.5 s old.
             std::thread::sleep(std::time::Duration::from_millis(1500));
-            let n = b.now();
-            let (off, p) = b.fr.parts();
-            p.process_batch(&[], n, &mut []);
-            off.collect_gone(p);
-            b.reference.process_batch(&[], n, &mut []);
+            b.tick();
             assert_eq!(b.reference.conntrack().len(), 1, "v6 {v6}: reference alive");
             assert_eq!(
                 b.fr.pipeline().conntrack().len(),
@@ -889,11 +882,7 @@ fn icmp_offload_timeout() {
                 "v6 {v6}: alive 1.5 s after its last packet"
             );
             std::thread::sleep(std::time::Duration::from_millis(1000));
-            let n = b.now();
-            let (off, p) = b.fr.parts();
-            p.process_batch(&[], n, &mut []);
-            off.collect_gone(p);
-            b.reference.process_batch(&[], n, &mut []);
+            b.tick();
             assert_eq!(b.fr.pipeline().conntrack().len(), 0, "v6 {v6}: expired");
             assert_eq!(b.reference.conntrack().len(), 0);
         }

@@ -16,6 +16,20 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// True if the lab can run (root); else says the test is skipped, and in CI
+/// fails instead: CI must never skip a lab test silently.
+pub fn lab_allowed() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must run the lab tests as root"
+    );
+    eprintln!("SKIPPED: the lab needs root");
+    false
+}
+
 /// A thread in the lab's box namespace until the test ends, passing or
 /// failing (then told to stop and joined, so the lab, dropped after it, is
 /// always removed); and a server process, killed first.
