@@ -192,7 +192,11 @@ impl Stored {
             },
         )
     }
+    /// The tuple; `hi` is read for IPv6 only (an IPv4 entry's [`V6Hi`] is
+    /// not kept up to date).
     fn tuple(&self, hi: &V6Hi) -> Tuple {
+        let zero = V6Hi::default();
+        let hi = if self.v6 { hi } else { &zero };
         Tuple {
             src: join(hi.src, self.src),
             dst: join(hi.dst, self.dst),
@@ -727,11 +731,20 @@ impl Conntrack {
         }
     }
 
+    /// Stores `t` as entry `idx`'s original tuple: the upper address bits
+    /// beside the entry for IPv6 (IPv4 leaves them as they are); returns
+    /// what goes into the entry.
+    fn store_orig(&mut self, idx: u32, t: &Tuple) -> Stored {
+        let (stored, hi) = Stored::from(t);
+        if stored.v6 {
+            self.v6hi[idx as usize] = hi;
+        }
+        stored
+    }
+
     /// Sets entry `idx`'s original tuple.
     fn set_orig(&mut self, idx: u32, t: &Tuple) {
-        let (stored, hi) = Stored::from(t);
-        self.entries[idx as usize].orig = stored;
-        self.v6hi[idx as usize] = hi;
+        self.entries[idx as usize].orig = self.store_orig(idx, t);
     }
 
     /// Removes entry `idx` from the index.
@@ -1309,8 +1322,7 @@ impl Conntrack {
                 }
             }
         }
-        let (orig, hi) = Stored::from(t);
-        self.v6hi[idx as usize] = hi;
+        let orig = self.store_orig(idx, t);
         let e = &mut self.entries[idx as usize];
         *e = Entry {
             orig,

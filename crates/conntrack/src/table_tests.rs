@@ -932,3 +932,37 @@ fn a_clash_at_confirm_is_counted_and_dropped() {
     assert_eq!(ct.stats().insert_failed, 1);
     assert_eq!(ct.len(), 3);
 }
+
+/// A slot that held an IPv6 connection keeps that connection's upper address
+/// bits beside it; an IPv4 connection in the slot afterwards must not show
+/// them (listing, export) nor be confused by them (lookup).
+#[test]
+fn an_ipv4_entry_ignores_a_former_ipv6_tenants_upper_bits() {
+    let mut ct = Conntrack::new(Config {
+        max_entries: 1,
+        ..Config::default()
+    });
+    let mut v6 = udp(A, 1000, B, 53);
+    v6.tuple.family = Family::V6;
+    v6.tuple.src = Addr(0x2001_0db8u128 << 96 | 1);
+    v6.tuple.dst = Addr(0x2001_0db8u128 << 96 | 2);
+    let t = ct.track(&v6, S);
+    ct.confirm(&t, None, S);
+    ct.flush();
+    let v4 = udp(A, 1000, B, 53);
+    let t = ct.track(&v4, S);
+    ct.confirm(&t, None, S);
+    let listed: Vec<_> = ct.connections(S).map(|c| c.orig).collect();
+    assert_eq!(listed, vec![v4.tuple]);
+    let mut r = v4;
+    r.tuple = v4.tuple.invert();
+    assert_eq!(ct.track(&r, 2 * S).state, CtState::Established);
+    let mut out = Vec::new();
+    assert_eq!(ct.export_state(2 * S, &mut out), 1);
+    let mut back = Conntrack::new(Config::default());
+    assert_eq!(back.import_state(&out, 2 * S).0, 1);
+    assert_eq!(
+        back.connections(2 * S).map(|c| c.orig).collect::<Vec<_>>(),
+        vec![v4.tuple]
+    );
+}
