@@ -1257,27 +1257,35 @@ impl Conntrack {
     /// First packet of a flow: may it open an entry, and with which timeout?
     fn new_conn(&mut self, pkt: &Packet<'_>, hash: u64, now: u64) -> Track {
         let t = &pkt.tuple;
-        let mut tcp_state = TcpConn::default();
-        let timeout = match pkt.l4 {
+        // UDP, GRE, ICMP and the rest: a replied flow counts as a stream
+        // after two seconds.
+        let stream = L4State::Stream(Ns::new(now + 2 * SEC));
+        let (l4, timeout) = match pkt.l4 {
             L4::Tcp(seg) => match tcp::new_conn(&seg, &self.cfg.tcp) {
-                Ok((conn, tmo)) => {
-                    tcp_state = conn;
-                    tmo
-                }
+                Ok((conn, tmo)) => (L4State::Tcp(conn), tmo),
                 Err(r) => return Track::verdictless(CtState::Invalid, Some(r)),
             },
-            L4::Udp { .. } => self.cfg.timeouts.udp,
+            L4::Udp { .. } => (stream, self.cfg.timeouts.udp),
             L4::Icmp(Icmp::Query) => {
                 if !icmp_type_opens(t.family, t.icmp_type()) {
                     return Track::verdictless(CtState::Invalid, Some(DropReason::IcmpBadType));
                 }
-                self.icmp_timeout(t.family)
+                (stream, self.icmp_timeout(t.family))
             }
             L4::Icmp(_) => {
                 return Track::verdictless(CtState::Invalid, Some(DropReason::IcmpBadType));
             }
-            L4::Other { .. } if t.proto == ipproto::GRE => self.cfg.timeouts.gre,
-            L4::Other { .. } | L4::Fragment => self.cfg.timeouts.generic,
+            L4::Other { .. } if t.proto == ipproto::GRE => (stream, self.cfg.timeouts.gre),
+            L4::Other { .. } | L4::Fragment => {
+                // A TCP first fragment too short for its header still makes
+                // a TCP entry (its state table starts from NONE).
+                let l4 = if t.proto == ipproto::TCP {
+                    L4State::Tcp(TcpConn::default())
+                } else {
+                    stream
+                };
+                (l4, self.cfg.timeouts.generic)
+            }
         };
         if let Some(sc) = &self.sources {
             if sc.get(t.family, t.src) >= self.cfg.max_per_source {
@@ -1329,11 +1337,7 @@ impl Conntrack {
             status: status::USED,
             helper: 0,
             deadline: now + timeout_ns(timeout),
-            l4: if pkt.tuple.proto == ipproto::TCP {
-                L4State::Tcp(tcp_state)
-            } else {
-                L4State::Stream(Ns::new(now + 2 * SEC))
-            },
+            l4,
             packets: [1, 0],
             bytes: [u64::from(pkt.ip_len), 0],
             ttick: 0,
