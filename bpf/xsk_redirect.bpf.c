@@ -565,8 +565,10 @@ static __always_inline int forward_locked(struct xdp_md *ctx, struct tg_flow *f,
 	const __u64 active = (__u64)TG_ACTIVE << TG_CTL_SHIFT;
 	const __u64 busy = (__u64)TG_BUSY << TG_CTL_SHIFT;
 
-	/* UDP and ICMP echo: the core only refreshes the timeout and counts. */
-	int w = f->proto == IPPROTO_TCP ? tcp_in_window(f, dir, p) : 1;
+	/* UDP and ICMP echo: the core only refreshes the timeout and counts.
+	 * The packet's protocol is the flow's (the key holds it): asking the
+	 * packet spares UDP and ICMP the slot's second cache line. */
+	int w = p->key.proto == IPPROTO_TCP ? tcp_in_window(f, dir, p) : 1;
 
 	if (w == 0) {
 		withdraw(f, busy);
