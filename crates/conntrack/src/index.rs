@@ -96,26 +96,13 @@ impl Index {
     /// Calls `f` on every id whose tag matches `hash`, in probe order, until `f`
     /// returns `Some`.
     #[inline(always)]
-    pub fn find<R>(&self, hash: u64, mut f: impl FnMut(u32) -> Option<R>) -> Option<R> {
-        let tag = hash >> 32;
-        let mut pos = home(hash, self.mask);
-        loop {
-            let s = self.slots[pos];
-            if s == 0 {
-                return None;
-            }
-            if s >> 32 == tag {
-                if let Some(r) = f(id_of(s)) {
-                    return Some(r);
-                }
-            }
-            pos = (pos + 1) & self.mask;
-        }
+    pub fn find<R>(&self, hash: u64, f: impl FnMut(u32) -> Option<R>) -> Option<R> {
+        self.candidates(hash).find_map(f)
     }
 
-    /// The ids whose tag matches `hash`, in probe order: [`Self::find`] as an
-    /// iterator, for callers whose match test is too big for the compiler to
-    /// inline as a closure.
+    /// The ids whose tag matches `hash`, in probe order (a caller whose match
+    /// test is too big for the compiler to inline as a closure loops over
+    /// them itself rather than call [`Self::find`]).
     #[inline(always)]
     pub fn candidates(&self, hash: u64) -> Candidates<'_> {
         Candidates {
