@@ -44,6 +44,16 @@ fn cfg() -> Config {
     }
 }
 
+/// Packet `n` of the UDP flow A:5000 -> B:53 the offload tests share.
+fn udp_out(n: u8) -> Vec<u8> {
+    Pkt::udp4(A, 5000, B, 53).payload(&[n; 40]).build()
+}
+
+/// Its reply `n`.
+fn udp_back(n: u8) -> Vec<u8> {
+    Pkt::udp4(B, 53, A, 5000).payload(&[n; 40]).build()
+}
+
 /// The program in front of a pipeline, in a network namespace of this
 /// thread's own ([`FastReplay`]: a worker with offload on, packet by packet),
 /// and a reference pipeline that sees every packet.
@@ -83,6 +93,20 @@ impl Bench {
     /// Packets the program forwarded itself.
     fn forwarded_fast(&self) -> u64 {
         self.fr.forwarded
+    }
+
+    /// The UDP flow of [`udp_out`] / [`udp_back`] opened, assured (two
+    /// seconds of life and one more packet) and `rounds` exchanges on: the
+    /// fast path has taken it.
+    fn open_udp(&mut self, rounds: u8) {
+        self.send(Side::Inside, &udp_out(0), "udp out");
+        self.send(Side::Outside, &udp_back(0), "udp back");
+        self.age(3);
+        self.send(Side::Inside, &udp_out(1), "udp assured");
+        for i in 0..rounds {
+            self.send(Side::Inside, &udp_out(i), "udp");
+            self.send(Side::Outside, &udp_back(i), "udp reply");
+        }
     }
 
     /// Runs both pipelines' timers (an empty batch each) now; the fast
@@ -497,17 +521,8 @@ fn udp_offload_timeouts_and_policy_reload() {
         let mut c = cfg();
         c.timeouts.udp_stream = 2;
         let mut b = Bench::new(strict(), c);
-        let out = |n: u8| Pkt::udp4(A, 5000, B, 53).payload(&[n; 40]).build();
-        let back = |n: u8| Pkt::udp4(B, 53, A, 5000).payload(&[n; 40]).build();
-        b.send(Side::Inside, &out(0), "udp out");
-        b.send(Side::Outside, &back(0), "udp back");
-        // Assured after two seconds of life and one more packet.
-        b.age(3);
-        b.send(Side::Inside, &out(1), "udp assured");
-        for i in 0..20 {
-            b.send(Side::Inside, &out(i), "udp");
-            b.send(Side::Outside, &back(i), "udp reply");
-        }
+        let (out, back) = (udp_out, udp_back);
+        b.open_udp(20);
         assert!(
             b.forwarded_fast() >= 30,
             "fast path forwarded {}",
@@ -786,16 +801,8 @@ fn icmp_echo_goes_to_the_fast_path_and_comes_back_exactly() {
 fn icmp_errors_stay_on_the_slow_path() {
     isolated(|| {
         let mut b = Bench::new(strict(), cfg());
-        let out = |n: u8| Pkt::udp4(A, 5000, B, 53).payload(&[n; 40]).build();
-        let back = |n: u8| Pkt::udp4(B, 53, A, 5000).payload(&[n; 40]).build();
-        b.send(Side::Inside, &out(0), "udp out");
-        b.send(Side::Outside, &back(0), "udp back");
-        b.age(3);
-        b.send(Side::Inside, &out(1), "udp assured");
-        for i in 0..4 {
-            b.send(Side::Inside, &out(i), "udp");
-            b.send(Side::Outside, &back(i), "udp reply");
-        }
+        let out = udp_out;
+        b.open_udp(4);
         for i in 1..4 {
             b.send(Side::Inside, &echo(false, 0, false, 77, i, 20), "ping");
             b.send(Side::Outside, &echo(false, 1, true, 77, i, 20), "pong");
