@@ -1,21 +1,13 @@
 //! Tollgate's XDP program through the verifier and BPF_PROG_TEST_RUN
 //! (root; CI runs it as root).
 
-use dataplane::bpf::{action, XdpProgram};
+mod common;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use dataplane::bpf::{action, XdpProgram};
 
 #[test]
 fn program_loads_and_passes_what_it_must_not_take() {
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the BPF tests as root"
-        );
-        eprintln!("SKIPPED: loading BPF needs root");
+    if !common::root_or_skip("loading BPF") {
         return;
     }
     let mut p = XdpProgram::load().expect("verifier accepts the program");

@@ -12,6 +12,8 @@
 
 use std::time::Instant;
 
+mod common;
+
 use conntrack::build::{ethernet, Pkt};
 use conntrack::packet::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 use conntrack::policy::{Action, Policy, Rule, Side};
@@ -21,11 +23,6 @@ use dataplane::fastreplay::FastReplay;
 
 const A: [u8; 4] = [10, 9, 0, 1];
 const B: [u8; 4] = [10, 9, 0, 2];
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn strict() -> Policy {
     dataplane::lab::strict_policy()
@@ -305,15 +302,7 @@ fn isolated(f: impl FnOnce() + Send + 'static) {
 }
 
 fn root_or_skip() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must run the BPF tests as root"
-    );
-    eprintln!("SKIPPED: loading BPF needs root");
-    false
+    common::root_or_skip("loading BPF")
 }
 
 #[test]

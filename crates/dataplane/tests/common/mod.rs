@@ -16,18 +16,24 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// True if the lab can run (root); else says the test is skipped, and in CI
-/// fails instead: CI must never skip a lab test silently.
-pub fn lab_allowed() -> bool {
+/// True if a test that needs root (`what`: the lab, loading BPF) can run;
+/// else says it is skipped, and in CI fails instead: CI must never skip one
+/// silently.
+pub fn root_or_skip(what: &str) -> bool {
     if is_root() {
         return true;
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "CI must run the lab tests as root"
+        "CI must run the tests that need root ({what})"
     );
-    eprintln!("SKIPPED: the lab needs root");
+    eprintln!("SKIPPED: {what} needs root");
     false
+}
+
+/// [`root_or_skip`] for the lab tests.
+pub fn lab_allowed() -> bool {
+    root_or_skip("the lab")
 }
 
 /// A thread in the lab's box namespace until the test ends, passing or
