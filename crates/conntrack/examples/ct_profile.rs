@@ -1,5 +1,6 @@
 //! Drives the table with established-flow packets for instruction-level
-//! profiling: `valgrind --tool=callgrind target/release/examples/ct_profile 10000 1000000 [tcp]`;
+//! profiling: `valgrind --tool=callgrind target/release/examples/ct_profile 10000 1000000 [tcp|udp-replied]`
+//! (UDP unreplied without a mode);
 //! with `new` instead of `tcp`, N new TCP connections (SYN, confirm, expiry)
 //! with about FLOWS live, as the `new_connection` benchmark runs them.
 
@@ -20,6 +21,8 @@ fn main() {
         return;
     }
     let tcp = mode.as_deref() == Some("tcp");
+    // `udp-replied`: each UDP flow answered once (established).
+    let replied = mode.as_deref() == Some("udp-replied");
     let seg = |flags, seq, ack| {
         L4::Tcp(TcpSeg {
             seq,
@@ -71,6 +74,12 @@ fn main() {
         }
         let t = ct.track(p, 0);
         ct.confirm(&t, None, 0);
+        if replied {
+            let mut r = *p;
+            r.tuple = p.tuple.invert();
+            let t = ct.track(&r, 0);
+            ct.confirm(&t, None, 0);
+        }
     }
     let mut x = 0x9e37_79b9_u32;
     let mut est = 0u32;

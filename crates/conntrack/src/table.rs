@@ -17,7 +17,7 @@ use crate::expect::{
     self, ExpectError, ExpectInfo, ExpectPolicy, ExpectSpec, ExpectStats, Expectations,
 };
 use crate::index::Index;
-use crate::packet::{Frag, Icmp, Packet, L4};
+use crate::packet::{Frag, Icmp, Packet, TcpSeg, L4};
 use crate::proto::tcp::{self, TcpConfig, TcpConn, TcpCtx, TcpVerdict};
 use crate::reason::DropReason;
 use crate::timeouts::{Timeouts, SEC};
@@ -399,6 +399,34 @@ pub struct ConnInfo {
     pub offloaded: bool,
 }
 
+/// What [`Conntrack::track_plain4`] made of a packet.
+enum Plain {
+    /// Tracked: an established packet of this entry and direction.
+    Done(u32, Direction, Option<HelperKind>),
+    /// The tracker refused it (the entry's TCP state already took the
+    /// segment): the general path's handling of the verdict follows.
+    Refused(u32, Direction, Option<HelperKind>, TcpVerdict),
+    /// Not the plain case, nothing changed: the general path takes it (with
+    /// the flow hash if it was computed).
+    General(Option<u64>),
+    /// Likewise, with the flow hash and what looking it up found.
+    Found(u64, Found),
+}
+
+/// An entry and the direction a packet has in it; `None`: no entry.
+type Found = Option<(u32, Direction)>;
+
+/// The helper a packet of entry `e` answers to in policy (its master's, for
+/// a related connection).
+#[inline(always)]
+fn entry_helper(e: &Entry) -> Option<HelperKind> {
+    if e.status & status::EXPECTED != 0 {
+        helper_of(e.master_helper)
+    } else {
+        helper_of(e.helper)
+    }
+}
+
 // ---- the fragment table: verdicts of first fragments, followed by the rest ----
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -473,6 +501,13 @@ pub struct Conntrack {
     /// Offloaded connections that left the core, for the owner to remove
     /// from the fast path.
     offload_gone: Vec<u32>,
+    /// Tests: every packet through the general path (to compare the plain
+    /// path with it).
+    #[cfg(test)]
+    general_only: bool,
+    /// Tests: packets the plain path tracked.
+    #[cfg(test)]
+    plain_hits: u64,
 }
 
 /// What happened to a connection (`conntrack -E`).
@@ -575,6 +610,10 @@ impl Conntrack {
             now: 0,
             fast: None,
             offload_gone: Vec::with_capacity(64),
+            #[cfg(test)]
+            general_only: false,
+            #[cfg(test)]
+            plain_hits: 0,
         }
     }
 
@@ -986,29 +1025,87 @@ impl Conntrack {
     /// the L4 tracker. Call [`Conntrack::confirm`] if policy accepts the packet,
     /// [`Conntrack::abort`] otherwise.
     pub fn track(&mut self, pkt: &Packet<'_>, now: u64) -> Track {
-        self.track_inner(pkt, None, now)
+        self.track_any(pkt, None, now)
     }
 
     /// [`Self::track`] with the packet tuple's [`Self::flow_hash`] already computed
     /// (by a batch that prefetched it).
     pub fn track_hashed(&mut self, pkt: &Packet<'_>, hash: u64, now: u64) -> Track {
-        self.track_inner(pkt, Some(hash), now)
+        self.track_any(pkt, Some(hash), now)
     }
 
-    fn track_inner(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
+    #[inline(always)]
+    fn track_any(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
+        match self.track_plain4(pkt, hash, now) {
+            Plain::Done(idx, dir, helper) => {
+                Track::of_entry(idx, CtState::Established, dir, helper)
+            }
+            Plain::Refused(idx, dir, helper, verdict) => {
+                self.plain_refused(pkt, now, idx, dir, helper, verdict)
+            }
+            Plain::General(hash) => self.track_inner(pkt, hash, None, now),
+            Plain::Found(hash, found) => self.track_inner(pkt, Some(hash), Some(found), now),
+        }
+    }
+
+    /// [`Plain::Refused`]: what the general path makes of the verdict.
+    #[cold]
+    #[inline(never)]
+    fn plain_refused(
+        &mut self,
+        pkt: &Packet<'_>,
+        now: u64,
+        idx: u32,
+        dir: Direction,
+        helper: Option<HelperKind>,
+        verdict: TcpVerdict,
+    ) -> Track {
+        let hash = self.hash(&pkt.tuple);
+        let track = Track::of_entry(idx, CtState::Established, dir, helper);
+        let t = match self.tcp_refused(idx, dir, pkt, now, verdict, track) {
+            Some(t) => t,
+            None => {
+                // As the general path restarts (never for an ACK in
+                // ESTABLISHED, which the state table keeps there).
+                self.destroy(idx);
+                self.stats.search_restart += 1;
+                self.new_conn(pkt, hash, now)
+            }
+        };
+        if t.state == CtState::Invalid {
+            self.stats.invalid += 1;
+        }
+        t
+    }
+
+    #[inline(never)]
+    fn track_inner(
+        &mut self,
+        pkt: &Packet<'_>,
+        hash: Option<u64>,
+        found: Option<Found>,
+        now: u64,
+    ) -> Track {
         if pkt.tuple.proto == ipproto::GRE && !self.keymap.is_empty() {
             if let Some(src_key) = self.gre_src_key(&pkt.tuple) {
                 // Enhanced GRE carries only the receiver's key; the keymap knows
                 // the sender's, so both directions make a full tuple.
                 let mut p = *pkt;
                 p.tuple.src_port = src_key;
-                return self.track_inner_keyed(&p, None, now);
+                return self.track_inner_keyed(&p, None, None, now);
             }
         }
-        self.track_inner_keyed(pkt, hash, now)
+        self.track_inner_keyed(pkt, hash, found, now)
     }
 
-    fn track_inner_keyed(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
+    /// `found`: the lookup of the packet's tuple under `hash`, if already made.
+    fn track_inner_keyed(
+        &mut self,
+        pkt: &Packet<'_>,
+        hash: Option<u64>,
+        found: Option<Found>,
+        now: u64,
+    ) -> Track {
         if let Some(f) = pkt.frag {
             if f.offset != 0 {
                 return self.follow_fragment(pkt, f, now);
@@ -1017,7 +1114,7 @@ impl Conntrack {
         let mut t = match pkt.l4 {
             L4::Icmp(Icmp::Error { inner }) => return self.icmp_error(pkt, &inner, now),
             L4::Icmp(Icmp::Untracked) => return Track::verdictless(CtState::Untracked, None),
-            _ => self.track_flow(pkt, hash, now),
+            _ => self.track_flow(pkt, hash, found, now),
         };
         if let Some(f) = pkt.frag {
             if f.more {
@@ -1031,12 +1128,22 @@ impl Conntrack {
     }
 
     #[inline(always)]
-    fn track_flow(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
+    fn track_flow(
+        &mut self,
+        pkt: &Packet<'_>,
+        hash: Option<u64>,
+        mut found: Option<Found>,
+        now: u64,
+    ) -> Track {
         let t = &pkt.tuple;
         let hash = hash.unwrap_or_else(|| self.hash(t));
         // At most one restart: a dead TCP entry replaced by a new connection.
         for _ in 0..2 {
-            let Some((idx, dir)) = self.lookup(t, hash) else {
+            let hit = match found.take() {
+                Some(hit) => hit,
+                None => self.lookup(t, hash),
+            };
+            let Some((idx, dir)) = hit else {
                 return self.new_conn(pkt, hash, now);
             };
             if self.entries[idx as usize].status & status::OFFLOADED != 0 {
@@ -1121,7 +1228,8 @@ impl Conntrack {
                     track.reason = Some(DropReason::TcpInvalidState);
                     return Some(track);
                 };
-                match tcp::packet(conn, dir, &seg, ctx, cfg) {
+                let verdict = tcp::packet(conn, dir, &seg, ctx, cfg);
+                match verdict {
                     TcpVerdict::Accept {
                         timeout,
                         set_assured,
@@ -1132,30 +1240,7 @@ impl Conntrack {
                         Some(timeout_ns(timeout))
                     }
                     TcpVerdict::Ignore => None,
-                    TcpVerdict::InvalidShrink(r) => {
-                        let unack = timeout_ns(cfg.timeouts.unack);
-                        let left = e.deadline.saturating_sub(now);
-                        if left >= 120 * SEC && left > unack {
-                            e.deadline = now + unack;
-                            // Moving a deadline earlier must relink the wheel.
-                            let d = e.deadline;
-                            self.set_deadline(idx, d);
-                        }
-                        track.state = CtState::Invalid;
-                        track.reason = Some(r);
-                        return Some(track);
-                    }
-                    TcpVerdict::AcceptKill => {
-                        self.account(idx, dir, pkt);
-                        self.destroy(idx);
-                        return Some(track);
-                    }
-                    TcpVerdict::Invalid(r) => {
-                        track.state = CtState::Invalid;
-                        track.reason = Some(r);
-                        return Some(track);
-                    }
-                    TcpVerdict::Restart => return None,
+                    other => return self.tcp_refused(idx, dir, pkt, now, other, track),
                 }
             }
             L4::Udp { .. } => Some(self.stream_timeout(
@@ -1179,6 +1264,21 @@ impl Conntrack {
             L4::Icmp(_) => Some(timeout_ns(self.icmp_timeout(pkt.tuple.family))),
             L4::Other { .. } | L4::Fragment => Some(timeout_ns(self.cfg.timeouts.generic)),
         };
+        self.account_packet(idx, dir, pkt, now, timeout);
+        Some(track)
+    }
+
+    /// The end of an accepted packet: its timeout (if it sets one), its
+    /// counters, SEEN_REPLY, and the fast path's hold on the connection.
+    #[inline(always)]
+    fn account_packet(
+        &mut self,
+        idx: u32,
+        dir: Direction,
+        pkt: &Packet<'_>,
+        now: u64,
+        timeout: Option<u64>,
+    ) {
         // The deadline, the counters and the status in one borrow of the
         // entry; the wheel (separate fields) is relinked after, if need be.
         let e = &mut self.entries[idx as usize];
@@ -1211,7 +1311,195 @@ impl Conntrack {
                 self.offload_release(idx);
             }
         }
+    }
+
+    /// A TCP segment the tracker did not accept (nor ignore): invalid,
+    /// invalid with a shorter timeout, the end of an unreplied connection, or
+    /// a restart (`None`: the caller destroys the entry and starts over).
+    #[inline(never)]
+    fn tcp_refused(
+        &mut self,
+        idx: u32,
+        dir: Direction,
+        pkt: &Packet<'_>,
+        now: u64,
+        verdict: TcpVerdict,
+        mut track: Track,
+    ) -> Option<Track> {
+        let cfg = &self.cfg.tcp;
+        let e = &mut self.entries[idx as usize];
+        match verdict {
+            TcpVerdict::Accept { .. } | TcpVerdict::Ignore => {}
+            TcpVerdict::InvalidShrink(r) => {
+                let unack = timeout_ns(cfg.timeouts.unack);
+                let left = e.deadline.saturating_sub(now);
+                if left >= 120 * SEC && left > unack {
+                    e.deadline = now + unack;
+                    // Moving a deadline earlier must relink the wheel.
+                    let d = e.deadline;
+                    self.set_deadline(idx, d);
+                }
+                track.state = CtState::Invalid;
+                track.reason = Some(r);
+            }
+            TcpVerdict::AcceptKill => {
+                self.account(idx, dir, pkt);
+                self.destroy(idx);
+            }
+            TcpVerdict::Invalid(r) => {
+                track.state = CtState::Invalid;
+                track.reason = Some(r);
+            }
+            TcpVerdict::Restart => return None,
+        }
         Some(track)
+    }
+
+    /// The packet path's common cases in one pass, without the general
+    /// path's branches: with events off, an IPv4 packet (no fragment) of a
+    /// replied connection that is neither offloaded nor expired, and either a
+    /// TCP segment with ACK and none of SYN, FIN, RST in ESTABLISHED, or UDP.
+    /// [`Plain::General`] or [`Plain::Found`], having changed nothing, for
+    /// anything else. Same answers and same state as the general path
+    /// (`plain_tcp4_path_is_the_general_path`, `plain_udp4_path_is_the_general_path`).
+    #[inline(always)]
+    fn track_plain4(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
+        #[cfg(test)]
+        if self.general_only {
+            return Plain::General(hash);
+        }
+        match &pkt.l4 {
+            L4::Tcp(seg) if tcp::Index::of(seg.flags) == tcp::Index::Ack => {
+                self.plain_tcp4(pkt, seg, hash, now)
+            }
+            L4::Udp { .. } => self.plain_udp4(pkt, hash, now),
+            _ => Plain::General(hash),
+        }
+    }
+
+    #[inline(always)]
+    fn plain_tcp4(
+        &mut self,
+        pkt: &Packet<'_>,
+        seg: &TcpSeg<'_>,
+        hash: Option<u64>,
+        now: u64,
+    ) -> Plain {
+        let (idx, dir, st, hash) = match self.plain_entry(pkt, ipproto::TCP, hash, now) {
+            Ok(hit) => hit,
+            Err(general) => return general,
+        };
+        let e = &mut self.entries[idx as usize];
+        let helper = entry_helper(e);
+        let L4State::Tcp(conn) = &mut e.l4 else {
+            return Plain::Found(hash, Some((idx, dir)));
+        };
+        if conn.state != tcp::TcpState::Established {
+            return Plain::Found(hash, Some((idx, dir)));
+        }
+        let ctx = TcpCtx {
+            seen_reply: true,
+            assured: st & status::ASSURED != 0,
+        };
+        let verdict = tcp::packet(conn, dir, seg, ctx, &self.cfg.tcp);
+        self.stats.found += 1;
+        let timeout = match verdict {
+            TcpVerdict::Accept {
+                timeout,
+                set_assured,
+            } => {
+                if set_assured {
+                    e.status |= status::ASSURED;
+                }
+                Some(timeout_ns(timeout))
+            }
+            TcpVerdict::Ignore => None,
+            other => return Plain::Refused(idx, dir, helper, other),
+        };
+        self.account_packet(idx, dir, pkt, now, timeout);
+        self.plain_done(idx, dir, helper)
+    }
+
+    #[inline(always)]
+    fn plain_udp4(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
+        let (idx, dir, _, _) = match self.plain_entry(pkt, ipproto::UDP, hash, now) {
+            Ok(hit) => hit,
+            Err(general) => return general,
+        };
+        let helper = entry_helper(&self.entries[idx as usize]);
+        self.stats.found += 1;
+        let (unreplied, stream) = (self.cfg.timeouts.udp, self.cfg.timeouts.udp_stream);
+        let timeout = self.stream_timeout(idx, true, now, unreplied, stream);
+        self.account_packet(idx, dir, pkt, now, Some(timeout));
+        self.plain_done(idx, dir, helper)
+    }
+
+    #[inline(always)]
+    fn plain_done(&mut self, idx: u32, dir: Direction, helper: Option<HelperKind>) -> Plain {
+        #[cfg(test)]
+        {
+            self.plain_hits += 1;
+        }
+        Plain::Done(idx, dir, helper)
+    }
+
+    /// The plain path's entry for an IPv4 packet of protocol `proto`: its
+    /// index, direction and status, and the flow hash; `Err` with what the
+    /// general path needs if it is not a plain case.
+    #[inline(always)]
+    fn plain_entry(
+        &self,
+        pkt: &Packet<'_>,
+        proto: u8,
+        hash: Option<u64>,
+        now: u64,
+    ) -> Result<(u32, Direction, u8, u64), Plain> {
+        let t = &pkt.tuple;
+        if t.family != Family::V4 || t.proto != proto || pkt.frag.is_some() || self.events.on {
+            return Err(Plain::General(hash));
+        }
+        let hash = hash.unwrap_or_else(|| self.hash(t));
+        let Some((idx, dir)) = self.lookup4(t, proto, hash) else {
+            return Err(Plain::Found(hash, None));
+        };
+        let e = &self.entries[idx as usize];
+        let st = e.status;
+        let plain = st & (status::OFFLOADED | status::SEEN_REPLY) == status::SEEN_REPLY
+            && e.deadline > now
+            && matches!(
+                (proto, &e.l4),
+                (ipproto::TCP, L4State::Tcp(_)) | (ipproto::UDP, L4State::Stream(_))
+            );
+        if !plain {
+            return Err(Plain::Found(hash, Some((idx, dir))));
+        }
+        Ok((idx, dir, st, hash))
+    }
+
+    /// [`Self::lookup`] of an IPv4 TCP or UDP tuple.
+    #[inline(always)]
+    fn lookup4(&self, t: &Tuple, proto: u8, hash: u64) -> Option<(u32, Direction)> {
+        // Truncations keep the IPv4 addresses (the low 32 bits).
+        #[allow(clippy::cast_possible_truncation)]
+        let (src, dst) = (t.src.0 as u32, t.dst.0 as u32);
+        for idx in self.index.candidates(hash) {
+            let Some(e) = self.entries.get(idx as usize) else {
+                continue;
+            };
+            let e = &e.orig;
+            if e.proto != proto || e.v6 {
+                continue;
+            }
+            if e.src == src && e.dst == dst && e.src_port == t.src_port && e.dst_port == t.dst_port
+            {
+                return Some((idx, Direction::Original));
+            }
+            if e.src == dst && e.dst == src && e.src_port == t.dst_port && e.dst_port == t.src_port
+            {
+                return Some((idx, Direction::Reply));
+            }
+        }
+        None
     }
 
     /// UDP and GRE: unreplied timeout until a reply, then the stream timeout once

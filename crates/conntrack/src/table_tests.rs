@@ -966,3 +966,246 @@ fn an_ipv4_entry_ignores_a_former_ipv6_tenants_upper_bits() {
         vec![v4.tuple]
     );
 }
+
+mod plain_path {
+    use super::*;
+    use crate::packet::{tcp_flags as f, TcpSeg};
+
+    /// One step of a TCP conversation: which flow and direction, how far the
+    /// segment strays from what the receiver expects, and what follows.
+    #[derive(Clone, Debug)]
+    struct Step {
+        flow: usize,
+        reply: bool,
+        len: u32,
+        seq_off: i64,
+        ack_off: i64,
+        window: u16,
+        flags: u8,
+        sack: Option<u32>,
+        accept: bool,
+        dt: u64,
+    }
+
+    fn arb_step() -> impl Strategy<Value = Step> {
+        (
+            (0usize..3, any::<bool>()),
+            prop_oneof![Just(0u32), Just(1), Just(100), Just(1460), Just(70_000)],
+            prop_oneof![
+                6 => Just(0i64),
+                1 => Just(-1460),
+                1 => Just(1),
+                1 => Just(70_000),
+                1 => Just(-3_000_000),
+                1 => any::<u32>().prop_map(i64::from),
+            ],
+            prop_oneof![
+                6 => Just(0i64),
+                1 => Just(-1),
+                1 => Just(1),
+                1 => Just(200_000),
+            ],
+            prop_oneof![4 => any::<u16>(), 1 => Just(0u16)],
+            prop_oneof![
+                12 => Just(f::ACK),
+                2 => Just(f::ACK | f::PSH),
+                1 => Just(f::ACK | f::FIN),
+                1 => Just(f::RST),
+                1 => Just(f::ACK | f::RST),
+                1 => Just(f::SYN),
+                1 => Just(0u8),
+            ],
+            proptest::option::of(0u32..5000),
+            prop_oneof![9 => Just(true), 1 => Just(false)],
+            prop_oneof![8 => 0u64..3, 1 => Just(130), 1 => Just(500_000)],
+        )
+            .prop_map(
+                |((flow, reply), len, seq_off, ack_off, window, flags, sack, accept, dt)| Step {
+                    flow,
+                    reply,
+                    len,
+                    seq_off,
+                    ack_off,
+                    window,
+                    flags,
+                    sack,
+                    accept,
+                    dt,
+                },
+            )
+    }
+
+    static PAYLOAD: [u8; 70_000] = [0; 70_000];
+
+    fn tcp(src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16, seg: TcpSeg<'static>) -> Packet<'static> {
+        let mut p = udp(src, sp, dst, dp);
+        p.tuple.proto = ipproto::TCP;
+        p.l4 = L4::Tcp(seg);
+        p
+    }
+
+    fn seg(seq: u32, ack: u32, flags: u8, window: u16, len: u32) -> TcpSeg<'static> {
+        TcpSeg {
+            seq,
+            ack,
+            flags,
+            window,
+            wscale: (flags & f::SYN != 0).then_some(7),
+            sack_perm: flags & f::SYN != 0,
+            sack_max: None,
+            payload: &PAYLOAD[..len as usize],
+        }
+    }
+
+    /// Runs `steps` through `ct`; returns each packet's answer.
+    fn run(ct: &mut Conntrack, steps: &[Step]) -> Vec<Track> {
+        let mut now = S;
+        // Next sequence number per flow and direction.
+        let mut next = [[1000u32, 5000u32]; 3];
+        let mut out = Vec::new();
+        for (i, n) in next.iter_mut().enumerate() {
+            let sp = 2000 + i as u16;
+            out.push(accept(
+                ct,
+                &tcp(A, sp, B, 80, seg(n[0] - 1, 0, f::SYN, 65_535, 0)),
+                now,
+            ));
+            let sa = seg(n[1] - 1, n[0], f::SYN | f::ACK, 65_535, 0);
+            out.push(accept(ct, &tcp(B, 80, A, sp, sa), now));
+            out.push(accept(
+                ct,
+                &tcp(A, sp, B, 80, seg(n[0], n[1], f::ACK, 512, 0)),
+                now,
+            ));
+        }
+        for s in steps {
+            now += s.dt * S;
+            ct.expire(now);
+            let n = &mut next[s.flow];
+            let (d, r) = if s.reply { (1, 0) } else { (0, 1) };
+            #[allow(clippy::cast_possible_truncation)]
+            let seq = n[d].wrapping_add(s.seq_off as u32);
+            #[allow(clippy::cast_possible_truncation)]
+            let ack = n[r].wrapping_add(s.ack_off as u32);
+            let mut g = seg(seq, ack, s.flags, s.window, s.len);
+            g.sack_max = s.sack.map(|x| ack.wrapping_add(x));
+            let sp = 2000 + s.flow as u16;
+            let p = if s.reply {
+                tcp(B, 80, A, sp, g)
+            } else {
+                tcp(A, sp, B, 80, g)
+            };
+            let t = ct.track(&p, now);
+            if s.accept && !t.must_drop {
+                ct.confirm(&t, None, now);
+                if s.seq_off == 0 {
+                    n[d] = seq.wrapping_add(s.len);
+                }
+            } else {
+                ct.abort(&t, now);
+            }
+            out.push(t);
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// The plain path (an ACK of an established IPv4 connection) gives
+        /// every packet the answer the general path gives, and leaves the
+        /// same table: connections with their TCP state, counters and
+        /// timeouts, and the same counters.
+        #[test]
+        fn plain_tcp4_path_is_the_general_path(steps in proptest::collection::vec(arb_step(), 1..120)) {
+            let mut plain = table(64);
+            let mut general = table(64);
+            general.general_only = true;
+            let a = run(&mut plain, &steps);
+            let b = run(&mut general, &steps);
+            prop_assert_eq!(general.plain_hits, 0);
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(plain.stats(), general.stats());
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            let now = S + steps.iter().map(|s| s.dt * S).sum::<u64>();
+            prop_assert_eq!(plain.export_state(now, &mut x), general.export_state(now, &mut y));
+            prop_assert_eq!(x, y);
+        }
+    }
+
+    proptest! {
+        /// UDP likewise: unreplied, replied, assured after two seconds,
+        /// expired, dropped packets, packets after the timeout.
+        #[test]
+        fn plain_udp4_path_is_the_general_path(
+            steps in proptest::collection::vec(
+                (0u16..3, any::<bool>(), prop_oneof![9 => Just(true), 1 => Just(false)],
+                 prop_oneof![Just(0u64), Just(1), Just(3), Just(40), Just(200)]),
+                1..100,
+            )
+        ) {
+            let mut plain = table(8);
+            let mut general = table(8);
+            general.general_only = true;
+            let mut now = S;
+            for (flow, reply, acc, dt) in &steps {
+                now += dt * S;
+                let p = if *reply {
+                    udp(B, 53, A, 3000 + flow)
+                } else {
+                    udp(A, 3000 + flow, B, 53)
+                };
+                let mut out = Vec::new();
+                for ct in [&mut plain, &mut general] {
+                    ct.expire(now);
+                    let t = ct.track(&p, now);
+                    if *acc && !t.must_drop {
+                        ct.confirm(&t, None, now);
+                    } else {
+                        ct.abort(&t, now);
+                    }
+                    out.push(t);
+                }
+                prop_assert_eq!(out[0], out[1]);
+            }
+            prop_assert_eq!(general.plain_hits, 0);
+            prop_assert_eq!(plain.stats(), general.stats());
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            prop_assert_eq!(plain.export_state(now, &mut x), general.export_state(now, &mut y));
+            prop_assert_eq!(x, y);
+        }
+    }
+
+    #[test]
+    fn the_plain_path_takes_established_acks_only() {
+        // The comparison above is only worth something if the plain path
+        // runs: the handshake's last ACK (SYN_RECV) is not its case, the
+        // established ACK after it is, a FIN is not.
+        let mut ct = table(8);
+        let mut step = Step {
+            flow: 0,
+            reply: true,
+            len: 100,
+            seq_off: 0,
+            ack_off: 0,
+            window: 1000,
+            flags: f::ACK,
+            sack: None,
+            accept: true,
+            dt: 1,
+        };
+        let t = run(&mut ct, &[step.clone()]);
+        assert_eq!(t.last().map(|t| t.state), Some(CtState::Established));
+        assert_eq!(ct.plain_hits, 1);
+        step.flags = f::ACK | f::FIN;
+        let mut ct = table(8);
+        run(&mut ct, &[step]);
+        assert_eq!(ct.plain_hits, 0);
+        // UDP: a reply is not (unreplied entry), the next packet is.
+        let mut ct = table(8);
+        accept(&mut ct, &udp(A, 3000, B, 53), 0);
+        accept(&mut ct, &udp(B, 53, A, 3000), 0);
+        assert_eq!(ct.plain_hits, 0);
+        accept(&mut ct, &udp(A, 3000, B, 53), 0);
+        assert_eq!(ct.plain_hits, 1);
+    }
+}
