@@ -43,12 +43,22 @@ pub enum BpfError {
     Offload(String),
     /// Offload is on but an interface cannot send frames the program
     /// redirects to it: they would be dropped.
-    #[error(
-        "offload: {0} cannot transmit frames redirected by XDP (no ndo_xdp_xmit in its driver; \
-         a veth needs GRO or an XDP program on its peer); set offload = false or fix the interface"
-    )]
+    #[error("offload: {0} {why}; set offload = false or fix the interface", why = NO_XMIT)]
     NoRedirectTarget(String),
+    /// The kernel did not answer what an interface can do with XDP.
+    #[error("querying the XDP features of interface {ifindex}: {err}")]
+    XdpQuery {
+        /// The interface's index.
+        ifindex: i32,
+        /// Why.
+        err: std::io::Error,
+    },
 }
+
+/// Why an interface drops what the fast path redirects to it (the start-up
+/// error and the running re-check say it in the same words).
+pub const NO_XMIT: &str = "cannot transmit frames redirected by XDP (no ndo_xdp_xmit in its \
+     driver; a veth needs GRO or an XDP program on its peer)";
 
 /// `NETDEV_XDP_ACT_NDO_XMIT`: the device transmits frames other devices'
 /// XDP programs redirect to it.
@@ -65,24 +75,48 @@ pub fn xdp_features(ifindex: i32) -> Result<Option<u64>, BpfError> {
     // writes for the call's duration only.
     let r = unsafe { libbpf_sys::bpf_xdp_query(ifindex, 0, &mut opts) };
     if r < 0 {
-        return Err(BpfError::Offload(format!(
-            "querying the XDP features of interface {ifindex}: {}",
-            std::io::Error::from_raw_os_error(-r)
-        )));
+        return Err(BpfError::XdpQuery {
+            ifindex,
+            err: std::io::Error::from_raw_os_error(-r),
+        });
     }
     // libbpf leaves 0 when the kernel has no netdev family; every device
     // that has XDP at all says BASIC.
     Ok((opts.feature_flags != 0).then_some(opts.feature_flags))
 }
 
+/// What an interface says about the frames the fast path redirects to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// It transmits them (or the kernel does not say: before Linux 6.3).
+    Takes,
+    /// It says it cannot (no `NETDEV_XDP_ACT_NDO_XMIT`): they would be dropped.
+    Refuses,
+    /// It could not be asked (gone, or the query failed): why.
+    Unanswered(String),
+}
+
+/// True if an interface with XDP `features` (`None`: the kernel does not
+/// say) transmits frames redirected to it.
+fn takes_redirects(features: Option<u64>) -> bool {
+    features.is_none_or(|f| f & XDP_ACT_NDO_XMIT != 0)
+}
+
+/// What interface `ifindex` says about frames redirected to it.
+pub fn redirect_target(ifindex: i32) -> Target {
+    match xdp_features(ifindex) {
+        Ok(f) if takes_redirects(f) => Target::Takes,
+        Ok(_) => Target::Refuses,
+        Err(e) => Target::Unanswered(e.to_string()),
+    }
+}
+
 /// Offload needs both interfaces to take redirected frames: an error
 /// naming the first that says it cannot. Kernels that do not say pass.
 pub fn check_redirect_targets(ifaces: [&str; 2]) -> Result<(), BpfError> {
     for name in ifaces {
-        if let Some(f) = xdp_features(ifindex(name)?)? {
-            if f & XDP_ACT_NDO_XMIT == 0 {
-                return Err(BpfError::NoRedirectTarget(name.to_string()));
-            }
+        if !takes_redirects(xdp_features(ifindex(name)?)?) {
+            return Err(BpfError::NoRedirectTarget(name.to_string()));
         }
     }
     Ok(())
@@ -219,6 +253,19 @@ impl XdpProgram {
         self.config.offload = u32::from(on);
         self.config.checksum = u32::from(checksum);
         self.write_config()
+    }
+
+    /// Suspends (false) or resumes (true) the fast path, the checksum flag
+    /// as it was: with offload off the program hands every frame to the
+    /// sockets.
+    pub fn set_fast_path(&mut self, on: bool) -> Result<(), BpfError> {
+        self.set_offload(on, self.config.checksum != 0)
+    }
+
+    /// The interface index of side `side` (0 inside, 1 outside; 0 before
+    /// it is set).
+    pub fn side_ifindex(&self, side: usize) -> i32 {
+        i32::try_from(self.config.ifindex[side & 1]).unwrap_or(0)
     }
 
     fn write_config(&self) -> Result<(), BpfError> {

@@ -723,6 +723,11 @@ impl Offloader {
         self.offset.store(off, Ordering::Relaxed);
     }
 
+    /// How many times each side's RX ring was found empty.
+    pub fn drains(&self) -> [u64; 2] {
+        self.drained
+    }
+
     /// Side `side`'s RX ring was found empty.
     pub fn drained(&mut self, side: usize) {
         self.drained[side & 1] += 1;

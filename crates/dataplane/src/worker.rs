@@ -23,6 +23,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::bpf::{BpfError, XdpProgram};
 use crate::offload::Offloader;
+use crate::recheck::{OffloadStatus, Watcher};
 use crate::xsk::{Pair, PortError, RingStats};
 
 /// Why a worker could not start.
@@ -34,6 +35,9 @@ pub enum WorkerError {
     /// An AF_XDP socket.
     #[error(transparent)]
     Port(#[from] PortError),
+    /// The offload re-check's thread.
+    #[error("offload re-check thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What a worker needs to start.
@@ -204,6 +208,11 @@ pub struct Counters {
     /// Packets of installed flows the XDP program gave the slow path, per
     /// [`crate::offload::PUNT_NAMES`] (all workers; published by worker 0).
     pub punts: [AtomicU64; 5],
+    /// 1 while the fast path is suspended because an interface cannot
+    /// transmit redirected frames ([`crate::recheck`]; published by worker 0).
+    pub offload_suspended: AtomicU64,
+    /// Times it was suspended that way (published by worker 0).
+    pub offload_suspensions: AtomicU64,
 }
 
 /// Names of [`Counters::rings`]' six fields.
@@ -240,6 +249,8 @@ impl Default for Counters {
             rings: Default::default(),
             offload: crate::offload::OffloadCounters::default(),
             punts: Default::default(),
+            offload_suspended: AtomicU64::new(0),
+            offload_suspensions: AtomicU64::new(0),
         }
     }
 }
@@ -500,10 +511,22 @@ const PUBLISH_NS: u64 = 200_000_000;
 /// pending flows are published then).
 const IDLE_NS: u64 = 1_000_000;
 
+/// A worker's view of the offload re-check ([`crate::recheck`]).
+struct Suspension {
+    status: Arc<OffloadStatus>,
+    /// The worker offers no flow and reads no metadata (the program, its
+    /// offload off, writes none).
+    paused: bool,
+    /// Resumed, seen at this time with each side's drain count then: the
+    /// worker offers flows again once both RX rings have been empty since
+    /// (every frame in them carries metadata), or after [`FORCE_NS`].
+    resuming: Option<(u64, [u64; 2])>,
+}
+
 /// A worker over one queue pair.
 pub struct Worker {
-    /// Detached (links dropped) when the worker goes.
-    _programs: Vec<XdpProgram>,
+    /// Detached (links dropped) when the worker goes (`Worker::open`).
+    _programs: Option<Programs>,
     /// The inside (0) and outside (1) sockets of the queue, one UMEM.
     pair: Pair,
     pipeline: Pipeline,
@@ -519,13 +542,46 @@ pub struct Worker {
     handed: Vec<Handoff>,
     /// The fast path's table, when offload is on.
     offload: Option<Offloader>,
+    /// The offload re-check's verdict, when offload is on.
+    suspension: Option<Suspension>,
 }
 
-/// The XDP programs of a set of workers (one per interface); dropping them
-/// detaches them. Keep them until every worker has stopped.
+/// The XDP program of a set of workers; dropping it detaches it. Keep it
+/// until every worker has stopped. With offload on, a [`Watcher`] thread
+/// holds it and re-checks the interfaces while it runs.
 pub struct Programs {
-    _programs: Vec<XdpProgram>,
+    _program: Option<XdpProgram>,
+    _watcher: Option<Watcher>,
 }
+
+impl Programs {
+    /// Keeps `prog` attached; with offload on, hands it to a re-check of
+    /// `cfg`'s interfaces publishing into `status`.
+    fn keep(
+        prog: XdpProgram,
+        cfg: &WorkerConfig,
+        status: &Arc<OffloadStatus>,
+    ) -> Result<Programs, WorkerError> {
+        if !cfg.offload {
+            return Ok(Programs {
+                _program: Some(prog),
+                _watcher: None,
+            });
+        }
+        let names = [cfg.inside.clone(), cfg.outside.clone()];
+        let w = Watcher::start(prog, names, status.clone()).map_err(WorkerError::Thread)?;
+        Ok(Programs {
+            _program: None,
+            _watcher: Some(w),
+        })
+    }
+}
+
+/// How long a worker waits, after the fast path resumed, for both RX rings
+/// to have been empty before it offers flows again anyway (frames handled
+/// while the program's offload was off, so without metadata, have left the
+/// rings long before).
+const FORCE_NS: u64 = crate::offload::FORCE_NS;
 
 /// Opens one worker per queue of `queues` on both interfaces of `cfg` (its
 /// `queue` is ignored), with one XDP program per interface steering each
@@ -541,6 +597,7 @@ pub fn open_workers(
     fabric: Option<Arc<Fabric>>,
 ) -> Result<(Vec<Worker>, Programs), WorkerError> {
     let mut prog = XdpProgram::load()?;
+    let status = Arc::new(OffloadStatus::default());
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&q, mut p), c)) in queues.iter().zip(pipelines).zip(counters).enumerate() {
         let pair = Pair::open(&cfg.inside, &cfg.outside, q, cfg.mode)?;
@@ -560,6 +617,7 @@ pub fn open_workers(
         let maps = prog.offload_maps()?;
         for (i, w) in workers.iter_mut().enumerate() {
             w.enable_offload(Offloader::new(maps.clone(), i, queues.len()));
+            w.follow(status.clone());
         }
     }
     // Steer frames only once every queue has its socket.
@@ -570,12 +628,8 @@ pub fn open_workers(
     }
     prog.set_offload(cfg.offload, workers.first().is_none_or(|w| w.checksum()))?;
     prog.set_redirect(true)?;
-    Ok((
-        workers,
-        Programs {
-            _programs: vec![prog],
-        },
-    ))
+    let programs = Programs::keep(prog, cfg, &status)?;
+    Ok((workers, programs))
 }
 
 impl Worker {
@@ -605,11 +659,13 @@ impl Worker {
             None
         };
         p.set_redirect(true)?;
-        let programs = vec![p];
+        let status = Arc::new(OffloadStatus::default());
+        let programs = Programs::keep(p, cfg, &status)?;
         let mut w = Worker::from_pair(cfg, pair, pipeline, counters);
-        w._programs = programs;
+        w._programs = Some(programs);
         if let Some(o) = offload {
             w.enable_offload(o);
+            w.follow(status);
         }
         Ok(w)
     }
@@ -621,7 +677,7 @@ impl Worker {
         counters: Arc<Counters>,
     ) -> Worker {
         Worker {
-            _programs: Vec::new(),
+            _programs: None,
             pair,
             pipeline,
             non_ip: cfg.non_ip,
@@ -633,6 +689,7 @@ impl Worker {
             msgs: Vec::with_capacity(64),
             handed: Vec::with_capacity(BATCH),
             offload: None,
+            suspension: None,
             results: vec![
                 PacketResult {
                     verdict: Action::Drop,
@@ -690,6 +747,7 @@ impl Worker {
             // duration (a negative fd is ignored by poll).
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
             let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.follow_suspension(now);
             if self.fabric.is_some() {
                 // What the other workers announced comes first: a frame they
                 // forwarded may have caused the packets about to be read.
@@ -767,6 +825,50 @@ impl Worker {
         self.offload = Some(o);
     }
 
+    /// Follows the offload re-check's `status` (offload on).
+    fn follow(&mut self, status: Arc<OffloadStatus>) {
+        self.suspension = Some(Suspension {
+            status,
+            paused: false,
+            resuming: None,
+        });
+    }
+
+    /// Follows the re-check (one atomic load): suspended, takes every flow
+    /// back from the program and offers none; resumed, offers flows again
+    /// once the frames the program handled while suspended have left the
+    /// rings.
+    fn follow_suspension(&mut self, now: u64) {
+        let (Some(s), Some(o)) = (&mut self.suspension, &mut self.offload) else {
+            return;
+        };
+        if s.status.suspended() {
+            s.resuming = None;
+            if !s.paused {
+                s.paused = true;
+                o.clear(&mut self.pipeline);
+            }
+        } else if s.paused {
+            let drains = o.drains();
+            match s.resuming {
+                None => s.resuming = Some((now, drains)),
+                Some((at, then)) => {
+                    if (drains[0] > then[0] && drains[1] > then[1])
+                        || now.saturating_sub(at) >= FORCE_NS
+                    {
+                        s.paused = false;
+                        s.resuming = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// True if the worker offers flows to the fast path now.
+    fn offering(&self) -> bool {
+        self.offload.is_some() && self.suspension.as_ref().is_none_or(|s| !s.paused)
+    }
+
     /// The fast path's counters, when offload is on.
     pub fn offload_counters(&self) -> Option<Arc<crate::offload::OffloadCounters>> {
         self.offload.as_ref().map(|o| o.counters.clone())
@@ -797,6 +899,13 @@ impl Worker {
             if self.id == 0 {
                 for (c, v) in self.counters.punts.iter().zip(o.punts()) {
                     c.store(v, Ordering::Relaxed);
+                }
+                if let Some(s) = &self.suspension {
+                    let c = &self.counters;
+                    c.offload_suspended
+                        .store(u64::from(s.status.suspended()), Ordering::Relaxed);
+                    c.offload_suspensions
+                        .store(s.status.suspensions(), Ordering::Relaxed);
                 }
             }
         }
@@ -929,6 +1038,8 @@ impl Worker {
     fn step(&mut self, side: Side, now: u64) {
         self.pair.reclaim();
         let s = side as usize;
+        // Suspended, the program writes no metadata: stale bytes, not read.
+        let offering = self.offering();
         let (pipeline, non_ip, c, bypass, results, id, offload) = (
             &mut self.pipeline,
             self.non_ip,
@@ -942,108 +1053,105 @@ impl Worker {
         let mut woken = 0u64;
         let t0 = Instant::now();
         let mut dropped = 0u64;
-        let rcv = self
-            .pair
-            .receive(s, offload.is_some(), |frames, metas, marks| {
-                let mut bytes = 0u64;
-                // IP packets of the batch go through the pipeline together.
-                let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
-                // What happens to each frame: its index in `ips`, or one of these.
-                const HANDED: u8 = 254;
-                const NOT_IP: u8 = 255;
-                let mut disp = [NOT_IP; BATCH];
-                let mut n_ip = 0;
-                for (i, f) in frames.iter().enumerate() {
-                    bytes += f.len() as u64;
-                    if bypass {
+        let rcv = self.pair.receive(s, offering, |frames, metas, marks| {
+            let mut bytes = 0u64;
+            // IP packets of the batch go through the pipeline together.
+            let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
+            // What happens to each frame: its index in `ips`, or one of these.
+            const HANDED: u8 = 254;
+            const NOT_IP: u8 = 255;
+            let mut disp = [NOT_IP; BATCH];
+            let mut n_ip = 0;
+            for (i, f) in frames.iter().enumerate() {
+                bytes += f.len() as u64;
+                if bypass {
+                    continue;
+                }
+                let Ok(h) = ether::parse(f) else { continue };
+                if h.ethertype != ETH_P_IP && h.ethertype != ETH_P_IPV6 {
+                    continue;
+                }
+                let l3 = f.get(h.l3_offset..).unwrap_or(&[]);
+                if let Some(fab) = fabric {
+                    let owner = fab.sharding.owner(l3).unwrap_or(id);
+                    if owner != id {
+                        disp[i] = HANDED;
+                        let sent = Handoff::new(side, f)
+                            .is_some_and(|ho| fab.handoff_tx[owner].try_send(ho).is_ok());
+                        if sent {
+                            c.handoffs.fetch_add(1, Ordering::Relaxed);
+                            woken |= 1 << (owner % 64);
+                        } else {
+                            c.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                         continue;
                     }
-                    let Ok(h) = ether::parse(f) else { continue };
-                    if h.ethertype != ETH_P_IP && h.ethertype != ETH_P_IPV6 {
-                        continue;
+                }
+                ips[n_ip] = (side, l3);
+                // n_ip < BATCH <= 64.
+                #[allow(clippy::cast_possible_truncation)]
+                {
+                    disp[i] = n_ip as u8;
+                }
+                n_ip += 1;
+            }
+            if let Some(o) = offload.as_mut().filter(|_| offering) {
+                for &m in metas {
+                    // struct tg_meta: magic, kind, dir, slot.
+                    if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
+                        #[allow(clippy::cast_possible_truncation)]
+                        o.pending_done((m >> 32) as u32, (m >> 24) as u8);
                     }
-                    let l3 = f.get(h.l3_offset..).unwrap_or(&[]);
-                    if let Some(fab) = fabric {
-                        let owner = fab.sharding.owner(l3).unwrap_or(id);
-                        if owner != id {
-                            disp[i] = HANDED;
-                            let sent = Handoff::new(side, f)
-                                .is_some_and(|ho| fab.handoff_tx[owner].try_send(ho).is_ok());
-                            if sent {
-                                c.handoffs.fetch_add(1, Ordering::Relaxed);
-                                woken |= 1 << (owner % 64);
-                            } else {
-                                c.handoff_dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            continue;
+                }
+            }
+            if n_ip > 0 {
+                pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
+            }
+            if let Some(o) = offload {
+                o.end_batch();
+                if offering && n_ip > 0 {
+                    let mut conns = [u32::MAX; BATCH];
+                    let mut reply = [false; BATCH];
+                    for (i, r) in results[..n_ip].iter().enumerate() {
+                        if r.verdict == Action::Accept && r.state == conntrack::CtState::Established
+                        {
+                            conns[i] = pipeline.batch_conns()[i];
+                            reply[i] = r.reply;
                         }
                     }
-                    ips[n_ip] = (side, l3);
-                    // n_ip < BATCH <= 64.
-                    #[allow(clippy::cast_possible_truncation)]
-                    {
-                        disp[i] = n_ip as u8;
-                    }
-                    n_ip += 1;
+                    o.consider(pipeline, side, &conns[..n_ip], &reply[..n_ip], now);
                 }
-                if let Some(o) = offload.as_mut() {
-                    for &m in metas {
-                        // struct tg_meta: magic, kind, dir, slot.
-                        if m & 0xffff == 0x7467 && (m >> 16) & 0xff == 1 {
-                            #[allow(clippy::cast_possible_truncation)]
-                            o.pending_done((m >> 32) as u32, (m >> 24) as u8);
+            }
+            for (i, f) in frames.iter().enumerate() {
+                let (verdict, reason) = if bypass {
+                    (Action::Accept, None)
+                } else if disp[i] == HANDED {
+                    continue;
+                } else if disp[i] != NOT_IP {
+                    let r = results[usize::from(disp[i])];
+                    (r.verdict, r.reason)
+                } else {
+                    match ether::parse(f) {
+                        Ok(h) if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 => {
+                            (Action::Drop, Some(DropReason::FrameTruncated))
                         }
-                    }
-                }
-                if n_ip > 0 {
-                    pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
-                }
-                if let Some(o) = offload {
-                    o.end_batch();
-                    if n_ip > 0 {
-                        let mut conns = [u32::MAX; BATCH];
-                        let mut reply = [false; BATCH];
-                        for (i, r) in results[..n_ip].iter().enumerate() {
-                            if r.verdict == Action::Accept
-                                && r.state == conntrack::CtState::Established
-                            {
-                                conns[i] = pipeline.batch_conns()[i];
-                                reply[i] = r.reply;
-                            }
+                        Ok(_) => (non_ip, Some(DropReason::NonIp)),
+                        Err(FrameError::VlanTooDeep) => {
+                            (Action::Drop, Some(DropReason::VlanTooDeep))
                         }
-                        o.consider(pipeline, side, &conns[..n_ip], &reply[..n_ip], now);
+                        Err(_) => (Action::Drop, Some(DropReason::FrameTruncated)),
                     }
+                };
+                if verdict == Action::Accept {
+                    marks[i] = true;
+                } else {
+                    dropped += 1;
+                    let r = reason.unwrap_or(DropReason::PolicyDefault);
+                    c.drop_reasons[r.index()].fetch_add(1, Ordering::Relaxed);
                 }
-                for (i, f) in frames.iter().enumerate() {
-                    let (verdict, reason) = if bypass {
-                        (Action::Accept, None)
-                    } else if disp[i] == HANDED {
-                        continue;
-                    } else if disp[i] != NOT_IP {
-                        let r = results[usize::from(disp[i])];
-                        (r.verdict, r.reason)
-                    } else {
-                        match ether::parse(f) {
-                            Ok(h) if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 => {
-                                (Action::Drop, Some(DropReason::FrameTruncated))
-                            }
-                            Ok(_) => (non_ip, Some(DropReason::NonIp)),
-                            Err(FrameError::VlanTooDeep) => {
-                                (Action::Drop, Some(DropReason::VlanTooDeep))
-                            }
-                            Err(_) => (Action::Drop, Some(DropReason::FrameTruncated)),
-                        }
-                    };
-                    if verdict == Action::Accept {
-                        marks[i] = true;
-                    } else {
-                        dropped += 1;
-                        let r = reason.unwrap_or(DropReason::PolicyDefault);
-                        c.drop_reasons[r.index()].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                c.rx_bytes[s].fetch_add(bytes, Ordering::Relaxed);
-            });
+            }
+            c.rx_bytes[s].fetch_add(bytes, Ordering::Relaxed);
+        });
         let got = rcv.got;
         if let Some(o) = &mut self.offload {
             if got < BATCH {

@@ -21,3 +21,17 @@ fn program_loads_and_passes_what_it_must_not_take() {
     // An empty frame too.
     assert_eq!(p.test_run(&[0u8; 14]).unwrap(), action::PASS);
 }
+
+/// The re-check asks interfaces by index: one that does not exist (gone)
+/// does not answer, and says why (the re-check then suspends the fast path).
+#[test]
+fn a_missing_redirect_target_does_not_answer() {
+    use dataplane::bpf::{redirect_target, Target};
+    if !common::root_or_skip("querying XDP features") {
+        return;
+    }
+    match redirect_target(i32::MAX) {
+        Target::Unanswered(why) => assert!(why.contains("No such device"), "{why}"),
+        t => panic!("a missing interface answered {t:?}"),
+    }
+}

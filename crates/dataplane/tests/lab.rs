@@ -255,3 +255,163 @@ fn offload_refuses_an_interface_that_cannot_take_redirected_frames() {
     gro("on");
     open(true).expect("GRO back on");
 }
+
+/// A UDP echo across the lab until dropped: a server outside echoes every
+/// datagram; a client inside sends one every 10 ms from a fixed port (one
+/// connection) and counts the echoes.
+struct UdpEcho {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    echoed: Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start(lab: &Arc<Lab>) -> UdpEcho {
+        use std::net::UdpSocket;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let echoed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (l, s) = (lab.clone(), stop.clone());
+        let server = std::thread::spawn(move || {
+            l.enter(&l.server).expect("enter server");
+            let sock = UdpSocket::bind("10.77.0.2:7300").expect("bind server");
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        let (l, s, e) = (lab.clone(), stop.clone(), echoed.clone());
+        let client = std::thread::spawn(move || {
+            l.enter(&l.client).expect("enter client");
+            let sock = UdpSocket::bind("10.77.0.1:7301").expect("bind client");
+            sock.connect("10.77.0.2:7300").expect("connect");
+            sock.set_nonblocking(true).expect("nonblocking");
+            let mut buf = [0u8; 64];
+            let mut seq = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                seq += 1;
+                // Refused (ICMP) or a full buffer: the next one goes anyway.
+                let _ = sock.send(&seq.to_be_bytes());
+                while sock.recv(&mut buf).is_ok() {
+                    e.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        UdpEcho {
+            stop,
+            echoed,
+            threads: vec![server, client],
+        }
+    }
+
+    /// Echoes received so far.
+    fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Relaxed)
+    }
+
+    /// Echoes received in the next `ms` milliseconds.
+    fn echoed_within(&self, ms: u64) -> u64 {
+        let before = self.echoed();
+        std::thread::sleep(Duration::from_millis(ms));
+        self.echoed() - before
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits up to `secs` seconds for `f`; panics naming `what` if it never holds.
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out ({secs} s) waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GRO turned off on the outside's peer while a worker runs with offload:
+/// the program would redirect the established UDP flow's packets into a veth
+/// that drops them. The re-check (crates/dataplane/src/recheck.rs) suspends
+/// the fast path within a couple of seconds: the flow's packets go on
+/// arriving, through the worker, and the suspension is published. With GRO
+/// back on, the fast path resumes and the program forwards the flow again.
+#[test]
+fn offload_suspends_while_an_interface_cannot_take_redirected_frames() {
+    let Some((_one, lab)) = lab() else {
+        return;
+    };
+    let gro = |on: &str| {
+        let (ok, out) = lab.exec(&lab.server, &["ethtool", "-K", "eth0", "gro", on]);
+        assert!(ok, "ethtool: {out}");
+    };
+    let counters = Arc::new(Counters::default());
+    let _running = Running::worker(
+        &lab,
+        Pipeline::new(Config::default(), strict()),
+        counters.clone(),
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let o = &counters.offload;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let echo = UdpEcho::start(&lab);
+    // Assured after two seconds both ways, then offloaded: the program
+    // forwards the flow (the worker hands its counts over five times a
+    // second).
+    wait_for("the UDP flow in the fast path", 10, || {
+        load(&o.activated) >= 1 && load(&o.packets) > 50
+    });
+    let before = load(&o.packets);
+    assert!(echo.echoed_within(1000) >= 50, "the echo runs");
+    assert!(load(&o.packets) > before + 50, "the program forwards it");
+    assert_eq!(load(&counters.offload_suspended), 0);
+    let activated = load(&o.activated);
+
+    gro("off");
+    // A re-check a second (plus the worker's next look) suspends the fast
+    // path; until then the flow is lost, after it the worker forwards it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let slow = echo.echoed_within(1000);
+    eprintln!("echoes in the second after the suspension: {slow}");
+    assert!(
+        slow >= 50,
+        "{slow} echoes in a second: the program still redirects the flow into a veth that drops it"
+    );
+    wait_for("the suspension published", 2, || {
+        load(&counters.offload_suspended) == 1
+    });
+    assert_eq!(load(&counters.offload_suspensions), 1);
+    // Every flow was taken back from the program.
+    wait_for("the fast path emptied", 2, || load(&o.entries) == 0);
+    let fast = load(&o.packets);
+
+    gro("on");
+    wait_for("the fast path resumed", 4, || {
+        load(&counters.offload_suspended) == 0
+    });
+    wait_for("the flow back in the fast path", 8, || {
+        load(&o.activated) > activated && load(&o.packets) > fast + 50
+    });
+    assert!(echo.echoed_within(1000) >= 50, "the echo runs");
+    assert_eq!(load(&counters.offload_suspensions), 1);
+    eprintln!(
+        "echoed {}, fast path packets {} (at suspension {fast}), activated {}, punts {:?}",
+        echo.echoed(),
+        load(&o.packets),
+        load(&o.activated),
+        counters.punts.iter().map(load).collect::<Vec<_>>()
+    );
+}

@@ -236,6 +236,19 @@ pub fn render(d: &Daemon, started: Instant) -> Vec<u8> {
                     l(&c.punts[i]),
                 );
             }
+            #[allow(clippy::cast_precision_loss)]
+            f.gauge(
+                "tollgate_offload_suspended",
+                "1 while the XDP fast path is suspended: an interface cannot transmit frames redirected to it (re-checked every second).",
+                &[],
+                l(&c.offload_suspended) as f64,
+            );
+            f.counter(
+                "tollgate_offload_suspensions_total",
+                "Times the XDP fast path was suspended because an interface could not transmit redirected frames.",
+                &[],
+                l(&c.offload_suspensions),
+            );
         }
         #[allow(clippy::cast_precision_loss)]
         f.gauge(

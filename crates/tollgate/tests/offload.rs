@@ -222,6 +222,14 @@ fn offloaded_streams_end_to_end() {
         metric(&m, "tollgate_offload_entries") >= 1.0,
         "offload gauge"
     );
+    // Both interfaces take redirected frames: the re-check has not
+    // suspended the fast path (crates/dataplane/tests/lab.rs suspends it).
+    assert!(
+        m.lines().any(|l| l == "tollgate_offload_suspended 0")
+            && m.lines()
+                .any(|l| l == "tollgate_offload_suspensions_total 0"),
+        "suspension metrics"
+    );
 
     // 2. A segment far outside the window: dropped as the slow path drops
     // it (tcp_out_of_window), and the stream goes on.
