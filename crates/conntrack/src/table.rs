@@ -401,8 +401,8 @@ pub struct ConnInfo {
 
 /// What [`Conntrack::track_plain4`] made of a packet.
 enum Plain {
-    /// Tracked: an established packet of this entry and direction.
-    Done(u32, Direction, Option<HelperKind>),
+    /// Tracked: a packet of this entry and direction, in this state.
+    Done(u32, Direction, Option<HelperKind>, CtState),
     /// The tracker refused it (the entry's TCP state already took the
     /// segment): the general path's handling of the verdict follows.
     Refused(u32, Direction, Option<HelperKind>, TcpVerdict),
@@ -1037,9 +1037,7 @@ impl Conntrack {
     #[inline(always)]
     fn track_any(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         match self.track_plain4(pkt, hash, now) {
-            Plain::Done(idx, dir, helper) => {
-                Track::of_entry(idx, CtState::Established, dir, helper)
-            }
+            Plain::Done(idx, dir, helper, state) => Track::of_entry(idx, state, dir, helper),
             Plain::Refused(idx, dir, helper, verdict) => {
                 self.plain_refused(pkt, now, idx, dir, helper, verdict)
             }
@@ -1357,8 +1355,9 @@ impl Conntrack {
 
     /// The packet path's common cases in one pass, without the general
     /// path's branches: with events off, an IPv4 packet (no fragment) of a
-    /// replied connection that is neither offloaded nor expired, and either a
-    /// TCP segment with ACK and none of SYN, FIN, RST in ESTABLISHED, or UDP.
+    /// connection that is neither offloaded nor expired, and either a TCP
+    /// segment with ACK and none of SYN, FIN, RST in ESTABLISHED (replied), or
+    /// UDP.
     /// [`Plain::General`] or [`Plain::Found`], having changed nothing, for
     /// anything else. Same answers and same state as the general path
     /// (`plain_tcp4_path_is_the_general_path`, `plain_udp4_path_is_the_general_path`).
@@ -1417,30 +1416,44 @@ impl Conntrack {
             other => return Plain::Refused(idx, dir, helper, other),
         };
         self.account_packet(idx, dir, pkt, now, timeout);
-        self.plain_done(idx, dir, helper)
+        self.plain_done(idx, dir, helper, CtState::Established)
     }
 
     #[inline(always)]
     fn plain_udp4(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
-        let (idx, dir, _, _) = match self.plain_entry(pkt, ipproto::UDP, hash, now) {
+        let (idx, dir, st, _) = match self.plain_entry(pkt, ipproto::UDP, hash, now) {
             Ok(hit) => hit,
             Err(general) => return general,
         };
         let helper = entry_helper(&self.entries[idx as usize]);
+        let seen_reply = st & status::SEEN_REPLY != 0;
+        let state = if dir == Direction::Reply || seen_reply {
+            CtState::Established
+        } else if st & status::EXPECTED != 0 {
+            CtState::Related
+        } else {
+            CtState::New
+        };
         self.stats.found += 1;
         let (unreplied, stream) = (self.cfg.timeouts.udp, self.cfg.timeouts.udp_stream);
-        let timeout = self.stream_timeout(idx, true, now, unreplied, stream);
+        let timeout = self.stream_timeout(idx, seen_reply, now, unreplied, stream);
         self.account_packet(idx, dir, pkt, now, Some(timeout));
-        self.plain_done(idx, dir, helper)
+        self.plain_done(idx, dir, helper, state)
     }
 
     #[inline(always)]
-    fn plain_done(&mut self, idx: u32, dir: Direction, helper: Option<HelperKind>) -> Plain {
+    fn plain_done(
+        &mut self,
+        idx: u32,
+        dir: Direction,
+        helper: Option<HelperKind>,
+        state: CtState,
+    ) -> Plain {
         #[cfg(test)]
         {
             self.plain_hits += 1;
         }
-        Plain::Done(idx, dir, helper)
+        Plain::Done(idx, dir, helper, state)
     }
 
     /// The plain path's entry for an IPv4 packet of protocol `proto`: its
@@ -1464,7 +1477,13 @@ impl Conntrack {
         };
         let e = &self.entries[idx as usize];
         let st = e.status;
-        let plain = st & (status::OFFLOADED | status::SEEN_REPLY) == status::SEEN_REPLY
+        // TCP: replied (ESTABLISHED is checked by the caller); UDP: any.
+        let need = if proto == ipproto::TCP {
+            status::SEEN_REPLY
+        } else {
+            0
+        };
+        let plain = st & (status::OFFLOADED | need) == need
             && e.deadline > now
             && matches!(
                 (proto, &e.l4),

@@ -1134,11 +1134,13 @@ mod plain_path {
 
     proptest! {
         /// UDP likewise: unreplied, replied, assured after two seconds,
-        /// expired, dropped packets, packets after the timeout.
+        /// expired, dropped packets, packets after the timeout, and a TFTP
+        /// request (flow 3) whose answer from another port (flow 4) is
+        /// related.
         #[test]
         fn plain_udp4_path_is_the_general_path(
             steps in proptest::collection::vec(
-                (0u16..3, any::<bool>(), prop_oneof![9 => Just(true), 1 => Just(false)],
+                (0u16..5, any::<bool>(), prop_oneof![9 => Just(true), 1 => Just(false)],
                  prop_oneof![Just(0u64), Just(1), Just(3), Just(40), Just(200)]),
                 1..100,
             )
@@ -1149,17 +1151,24 @@ mod plain_path {
             let mut now = S;
             for (flow, reply, acc, dt) in &steps {
                 now += dt * S;
-                let p = if *reply {
-                    udp(B, 53, A, 3000 + flow)
-                } else {
-                    udp(A, 3000 + flow, B, 53)
+                let (a, b) = match flow {
+                    3 => ((A, 4000), (B, 69)),
+                    4 => ((B, 3445), (A, 4000)),
+                    _ => ((A, 3000 + flow), (B, 53)),
                 };
+                let (from, to) = if *reply { (b, a) } else { (a, b) };
+                let mut p = udp(from.0, from.1, to.0, to.1);
+                if *flow == 3 && !*reply {
+                    p.l4 = L4::Udp { payload: b"\x00\x01rfc1350.txt\x00octet\x00" };
+                }
+                let helper = (*flow == 3).then_some(crate::HelperKind::Tftp);
                 let mut out = Vec::new();
                 for ct in [&mut plain, &mut general] {
                     ct.expire(now);
                     let t = ct.track(&p, now);
                     if *acc && !t.must_drop {
-                        ct.confirm(&t, None, now);
+                        ct.confirm(&t, helper, now);
+                        ct.help(&t, &p, now);
                     } else {
                         ct.abort(&t, now);
                     }
@@ -1169,6 +1178,7 @@ mod plain_path {
             }
             prop_assert_eq!(general.plain_hits, 0);
             prop_assert_eq!(plain.stats(), general.stats());
+            prop_assert_eq!(plain.helper_stats(), general.helper_stats());
             let (mut x, mut y) = (Vec::new(), Vec::new());
             prop_assert_eq!(plain.export_state(now, &mut x), general.export_state(now, &mut y));
             prop_assert_eq!(x, y);
@@ -1200,12 +1210,15 @@ mod plain_path {
         let mut ct = table(8);
         run(&mut ct, &[step]);
         assert_eq!(ct.plain_hits, 0);
-        // UDP: a reply is not (unreplied entry), the next packet is.
+        // UDP: every packet of an existing entry, unreplied or not; not the
+        // first (no entry yet).
         let mut ct = table(8);
-        accept(&mut ct, &udp(A, 3000, B, 53), 0);
-        accept(&mut ct, &udp(B, 53, A, 3000), 0);
+        assert_eq!(accept(&mut ct, &udp(A, 3000, B, 53), 0).state, CtState::New);
         assert_eq!(ct.plain_hits, 0);
-        accept(&mut ct, &udp(A, 3000, B, 53), 0);
+        assert_eq!(accept(&mut ct, &udp(A, 3000, B, 53), 0).state, CtState::New);
         assert_eq!(ct.plain_hits, 1);
+        let t = accept(&mut ct, &udp(B, 53, A, 3000), 0);
+        assert_eq!((t.state, t.reply), (CtState::Established, true));
+        assert_eq!(ct.plain_hits, 2);
     }
 }
