@@ -399,7 +399,7 @@ pub struct ConnInfo {
     pub offloaded: bool,
 }
 
-/// What [`Conntrack::track_plain4`] made of a packet.
+/// What [`Conntrack::track_plain`] made of a packet.
 enum Plain {
     /// Tracked: a packet of this entry and direction, in this state.
     Done(u32, Direction, Option<HelperKind>, CtState),
@@ -1036,7 +1036,7 @@ impl Conntrack {
 
     #[inline(always)]
     fn track_any(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
-        match self.track_plain4(pkt, hash, now) {
+        match self.track_plain(pkt, hash, now) {
             Plain::Done(idx, dir, helper, state) => Track::of_entry(idx, state, dir, helper),
             Plain::Refused(idx, dir, helper, verdict) => {
                 self.plain_refused(pkt, now, idx, dir, helper, verdict)
@@ -1354,30 +1354,30 @@ impl Conntrack {
     }
 
     /// The packet path's common cases in one pass, without the general
-    /// path's branches: with events off, an IPv4 packet (no fragment) of a
+    /// path's branches: with events off, a packet (no fragment) of a
     /// connection that is neither offloaded nor expired, and either a TCP
     /// segment with ACK and none of SYN, FIN, RST in ESTABLISHED (replied), or
     /// UDP.
     /// [`Plain::General`] or [`Plain::Found`], having changed nothing, for
     /// anything else. Same answers and same state as the general path
-    /// (`plain_tcp4_path_is_the_general_path`, `plain_udp4_path_is_the_general_path`).
+    /// (`plain_tcp_path_is_the_general_path`, `plain_udp_path_is_the_general_path`).
     #[inline(always)]
-    fn track_plain4(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
+    fn track_plain(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
         #[cfg(test)]
         if self.general_only {
             return Plain::General(hash);
         }
         match &pkt.l4 {
             L4::Tcp(seg) if tcp::Index::of(seg.flags) == tcp::Index::Ack => {
-                self.plain_tcp4(pkt, seg, hash, now)
+                self.plain_tcp(pkt, seg, hash, now)
             }
-            L4::Udp { .. } => self.plain_udp4(pkt, hash, now),
+            L4::Udp { .. } => self.plain_udp(pkt, hash, now),
             _ => Plain::General(hash),
         }
     }
 
     #[inline(always)]
-    fn plain_tcp4(
+    fn plain_tcp(
         &mut self,
         pkt: &Packet<'_>,
         seg: &TcpSeg<'_>,
@@ -1420,7 +1420,7 @@ impl Conntrack {
     }
 
     #[inline(always)]
-    fn plain_udp4(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
+    fn plain_udp(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
         let (idx, dir, st, _) = match self.plain_entry(pkt, ipproto::UDP, hash, now) {
             Ok(hit) => hit,
             Err(general) => return general,
@@ -1456,7 +1456,7 @@ impl Conntrack {
         Plain::Done(idx, dir, helper, state)
     }
 
-    /// The plain path's entry for an IPv4 packet of protocol `proto`: its
+    /// The plain path's entry for a packet of protocol `proto`: its
     /// index, direction and status, and the flow hash; `Err` with what the
     /// general path needs if it is not a plain case.
     #[inline(always)]
@@ -1468,11 +1468,16 @@ impl Conntrack {
         now: u64,
     ) -> Result<(u32, Direction, u8, u64), Plain> {
         let t = &pkt.tuple;
-        if t.family != Family::V4 || t.proto != proto || pkt.frag.is_some() || self.events.on {
+        if t.proto != proto || pkt.frag.is_some() || self.events.on {
             return Err(Plain::General(hash));
         }
         let hash = hash.unwrap_or_else(|| self.hash(t));
-        let Some((idx, dir)) = self.lookup4(t, proto, hash) else {
+        let hit = if t.family == Family::V4 {
+            self.lookup4(t, proto, hash)
+        } else {
+            self.lookup(t, hash)
+        };
+        let Some((idx, dir)) = hit else {
             return Err(Plain::Found(hash, None));
         };
         let e = &self.entries[idx as usize];

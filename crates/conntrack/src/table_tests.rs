@@ -1037,6 +1037,23 @@ mod plain_path {
 
     static PAYLOAD: [u8; 70_000] = [0; 70_000];
 
+    /// `p` as IPv6 (its addresses inside 2001:db8::/96) if `v6`.
+    fn family(mut p: Packet<'static>, v6: bool) -> Packet<'static> {
+        if v6 {
+            let map = |a: Addr| {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+                #[allow(clippy::cast_possible_truncation)]
+                b[12..].copy_from_slice(&(a.0 as u32).to_be_bytes());
+                Addr::v6(b)
+            };
+            p.tuple.src = map(p.tuple.src);
+            p.tuple.dst = map(p.tuple.dst);
+            p.tuple.family = Family::V6;
+        }
+        p
+    }
+
     fn tcp(src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16, seg: TcpSeg<'static>) -> Packet<'static> {
         let mut p = udp(src, sp, dst, dp);
         p.tuple.proto = ipproto::TCP;
@@ -1058,7 +1075,8 @@ mod plain_path {
     }
 
     /// Runs `steps` through `ct`; returns each packet's answer.
-    fn run(ct: &mut Conntrack, steps: &[Step]) -> Vec<Track> {
+    fn run(ct: &mut Conntrack, steps: &[Step], v6: bool) -> Vec<Track> {
+        let tcp = |src, sp, dst, dp, seg| family(tcp(src, sp, dst, dp, seg), v6);
         let mut now = S;
         // Next sequence number per flow and direction.
         let mut next = [[1000u32, 5000u32]; 3];
@@ -1116,12 +1134,15 @@ mod plain_path {
         /// same table: connections with their TCP state, counters and
         /// timeouts, and the same counters.
         #[test]
-        fn plain_tcp4_path_is_the_general_path(steps in proptest::collection::vec(arb_step(), 1..120)) {
+        fn plain_tcp_path_is_the_general_path(
+            steps in proptest::collection::vec(arb_step(), 1..120),
+            v6 in any::<bool>(),
+        ) {
             let mut plain = table(64);
             let mut general = table(64);
             general.general_only = true;
-            let a = run(&mut plain, &steps);
-            let b = run(&mut general, &steps);
+            let a = run(&mut plain, &steps, v6);
+            let b = run(&mut general, &steps, v6);
             prop_assert_eq!(general.plain_hits, 0);
             prop_assert_eq!(a, b);
             prop_assert_eq!(plain.stats(), general.stats());
@@ -1138,12 +1159,13 @@ mod plain_path {
         /// request (flow 3) whose answer from another port (flow 4) is
         /// related.
         #[test]
-        fn plain_udp4_path_is_the_general_path(
+        fn plain_udp_path_is_the_general_path(
             steps in proptest::collection::vec(
                 (0u16..5, any::<bool>(), prop_oneof![9 => Just(true), 1 => Just(false)],
                  prop_oneof![Just(0u64), Just(1), Just(3), Just(40), Just(200)]),
                 1..100,
-            )
+            ),
+            v6 in any::<bool>(),
         ) {
             let mut plain = table(8);
             let mut general = table(8);
@@ -1161,6 +1183,7 @@ mod plain_path {
                 if *flow == 3 && !*reply {
                     p.l4 = L4::Udp { payload: b"\x00\x01rfc1350.txt\x00octet\x00" };
                 }
+                let p = family(p, v6);
                 let helper = (*flow == 3).then_some(crate::HelperKind::Tftp);
                 let mut out = Vec::new();
                 for ct in [&mut plain, &mut general] {
@@ -1203,13 +1226,18 @@ mod plain_path {
             accept: true,
             dt: 1,
         };
-        let t = run(&mut ct, &[step.clone()]);
+        let t = run(&mut ct, &[step.clone()], false);
         assert_eq!(t.last().map(|t| t.state), Some(CtState::Established));
         assert_eq!(ct.plain_hits, 1);
         step.flags = f::ACK | f::FIN;
         let mut ct = table(8);
-        run(&mut ct, &[step]);
+        run(&mut ct, &[step.clone()], false);
         assert_eq!(ct.plain_hits, 0);
+        // IPv6 likewise.
+        step.flags = f::ACK;
+        let mut ct = table(8);
+        run(&mut ct, &[step], true);
+        assert_eq!(ct.plain_hits, 1);
         // UDP: every packet of an existing entry, unreplied or not; not the
         // first (no entry yet).
         let mut ct = table(8);
