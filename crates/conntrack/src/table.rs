@@ -1076,7 +1076,7 @@ impl Conntrack {
         t
     }
 
-    #[inline(never)]
+    #[inline(always)]
     fn track_inner(
         &mut self,
         pkt: &Packet<'_>,
