@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     match parse_request(data) {
-        Ok(Request::CtList { filter } | Request::CtFlush { filter } | Request::CtEvents { filter }) => {
+        Ok(
+            Request::CtList { filter } | Request::CtFlush { filter } | Request::CtEvents { filter },
+        ) => {
             // parse_request validated it: it must compile.
             assert!(filter.compile().is_ok());
         }

@@ -28,9 +28,15 @@ fuzz_target!(|data: &[u8]| {
     );
     let mut now = 0u64;
     for chunk in data.split(|&b| b == 0xff) {
-        let [side, step, pkt @ ..] = chunk else { continue };
+        let [side, step, pkt @ ..] = chunk else {
+            continue;
+        };
         now += u64::from(*step) * 100_000_000;
-        let side = if side & 1 == 0 { Side::Inside } else { Side::Outside };
+        let side = if side & 1 == 0 {
+            Side::Inside
+        } else {
+            Side::Outside
+        };
         let _ = p.process(side, pkt, now);
         assert!(p.conntrack().len() <= 64);
     }

@@ -503,10 +503,10 @@ pub struct Conntrack {
     offload_gone: Vec<u32>,
     /// Tests: every packet through the general path (to compare the plain
     /// path with it).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "differential"))]
     general_only: bool,
     /// Tests: packets the plain path tracked.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "differential"))]
     plain_hits: u64,
 }
 
@@ -610,11 +610,24 @@ impl Conntrack {
             now: 0,
             fast: None,
             offload_gone: Vec::with_capacity(64),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "differential"))]
             general_only: false,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "differential"))]
             plain_hits: 0,
         }
+    }
+
+    /// Differential testing (feature `differential`): every packet through
+    /// the general path if `on`, none through the plain one.
+    #[cfg(feature = "differential")]
+    pub fn set_general_only(&mut self, on: bool) {
+        self.general_only = on;
+    }
+
+    /// Differential testing: packets the plain path tracked so far.
+    #[cfg(feature = "differential")]
+    pub fn plain_hits(&self) -> u64 {
+        self.plain_hits
     }
 
     /// Starts or stops recording connection events.
@@ -1363,7 +1376,7 @@ impl Conntrack {
     /// (`plain_tcp_path_is_the_general_path`, `plain_udp_path_is_the_general_path`).
     #[inline(always)]
     fn track_plain(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "differential"))]
         if self.general_only {
             return Plain::General(hash);
         }
@@ -1449,7 +1462,7 @@ impl Conntrack {
         helper: Option<HelperKind>,
         state: CtState,
     ) -> Plain {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "differential"))]
         {
             self.plain_hits += 1;
         }
