@@ -416,6 +416,39 @@ enum Plain {
 /// An entry and the direction a packet has in it; `None`: no entry.
 type Found = Option<(u32, Direction)>;
 
+/// The timeout (ns) an accepted TCP segment sets, `None` for an ignored one,
+/// marking the entry assured if the tracker says so; `Err` with any other
+/// verdict (for [`Conntrack::tcp_refused`]).
+#[inline(always)]
+fn tcp_timeout(verdict: TcpVerdict, st: &mut u8) -> Result<Option<u64>, TcpVerdict> {
+    match verdict {
+        TcpVerdict::Accept {
+            timeout,
+            set_assured,
+        } => {
+            if set_assured {
+                *st |= status::ASSURED;
+            }
+            Ok(Some(timeout_ns(timeout)))
+        }
+        TcpVerdict::Ignore => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// The state of a packet in direction `dir` of an entry with status `st`:
+/// established once replied (or a reply), else related if expected, else new.
+#[inline(always)]
+fn packet_state(st: u8, dir: Direction) -> CtState {
+    if dir == Direction::Reply || st & status::SEEN_REPLY != 0 {
+        CtState::Established
+    } else if st & status::EXPECTED != 0 {
+        CtState::Related
+    } else {
+        CtState::New
+    }
+}
+
 /// The helper a packet of entry `e` answers to in policy (its master's, for
 /// a related connection).
 #[inline(always)]
@@ -1083,6 +1116,12 @@ impl Conntrack {
                 self.new_conn(pkt, hash, now)
             }
         };
+        self.invalid_counted(t)
+    }
+
+    /// `t`, counted in `invalid` if it is.
+    #[inline(always)]
+    fn invalid_counted(&mut self, t: Track) -> Track {
         if t.state == CtState::Invalid {
             self.stats.invalid += 1;
         }
@@ -1132,10 +1171,7 @@ impl Conntrack {
                 t.frag = Some(frag_key(pkt, f));
             }
         }
-        if t.state == CtState::Invalid {
-            self.stats.invalid += 1;
-        }
-        t
+        self.invalid_counted(t)
     }
 
     #[inline(always)]
@@ -1206,24 +1242,13 @@ impl Conntrack {
     /// the entry and processes the packet as new.
     #[inline(always)]
     fn existing(&mut self, idx: u32, dir: Direction, pkt: &Packet<'_>, now: u64) -> Option<Track> {
-        let (st, helper_code, master_helper) = {
+        let (st, master_helper) = {
             let e = &self.entries[idx as usize];
-            (e.status, e.helper, e.master_helper)
+            (e.status, e.master_helper)
         };
         let seen_reply = st & status::SEEN_REPLY != 0;
-        let state = if dir == Direction::Reply || seen_reply {
-            CtState::Established
-        } else if st & status::EXPECTED != 0 {
-            CtState::Related
-        } else {
-            CtState::New
-        };
-        // A related connection answers to its master's helper in policy.
-        let helper = if st & status::EXPECTED != 0 {
-            helper_of(master_helper)
-        } else {
-            helper_of(helper_code)
-        };
+        let state = packet_state(st, dir);
+        let helper = entry_helper(&self.entries[idx as usize]);
         let mut track = Track::of_entry(idx, state, dir, helper);
         let timeout = match pkt.l4 {
             L4::Tcp(seg) => {
@@ -1240,18 +1265,9 @@ impl Conntrack {
                     return Some(track);
                 };
                 let verdict = tcp::packet(conn, dir, &seg, ctx, cfg);
-                match verdict {
-                    TcpVerdict::Accept {
-                        timeout,
-                        set_assured,
-                    } => {
-                        if set_assured {
-                            e.status |= status::ASSURED;
-                        }
-                        Some(timeout_ns(timeout))
-                    }
-                    TcpVerdict::Ignore => None,
-                    other => return self.tcp_refused(idx, dir, pkt, now, other, track),
+                match tcp_timeout(verdict, &mut e.status) {
+                    Ok(t) => t,
+                    Err(other) => return self.tcp_refused(idx, dir, pkt, now, other, track),
                 }
             }
             L4::Udp { .. } => Some(self.stream_timeout(
@@ -1415,18 +1431,9 @@ impl Conntrack {
         };
         let verdict = tcp::packet(conn, dir, seg, ctx, &self.cfg.tcp);
         self.stats.found += 1;
-        let timeout = match verdict {
-            TcpVerdict::Accept {
-                timeout,
-                set_assured,
-            } => {
-                if set_assured {
-                    e.status |= status::ASSURED;
-                }
-                Some(timeout_ns(timeout))
-            }
-            TcpVerdict::Ignore => None,
-            other => return Plain::Refused(idx, dir, helper, other),
+        let timeout = match tcp_timeout(verdict, &mut e.status) {
+            Ok(t) => t,
+            Err(other) => return Plain::Refused(idx, dir, helper, other),
         };
         self.account_packet(idx, dir, pkt, now, timeout);
         self.plain_done(idx, dir, helper, CtState::Established)
@@ -1440,13 +1447,7 @@ impl Conntrack {
         };
         let helper = entry_helper(&self.entries[idx as usize]);
         let seen_reply = st & status::SEEN_REPLY != 0;
-        let state = if dir == Direction::Reply || seen_reply {
-            CtState::Established
-        } else if st & status::EXPECTED != 0 {
-            CtState::Related
-        } else {
-            CtState::New
-        };
+        let state = packet_state(st, dir);
         self.stats.found += 1;
         let (unreplied, stream) = (self.cfg.timeouts.udp, self.cfg.timeouts.udp_stream);
         let timeout = self.stream_timeout(idx, seen_reply, now, unreplied, stream);

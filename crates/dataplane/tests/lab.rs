@@ -49,6 +49,25 @@ static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// This process's lab, held alone until the guard goes; `None` (test
 /// skipped) without root.
+/// GRO on or off on the server's interface (the outside veth's peer).
+fn server_gro(lab: &Lab, on: &str) {
+    let (ok, out) = lab.exec(&lab.server, &["ethtool", "-K", "eth0", "gro", on]);
+    assert!(ok, "ethtool: {out}");
+}
+
+/// A worker with offload on and the strict policy, given time to attach.
+fn offloaded_worker(lab: &Arc<Lab>) -> (Running, Arc<Counters>) {
+    let counters = Arc::new(Counters::default());
+    let running = Running::worker(
+        lab,
+        Pipeline::new(Config::default(), strict()),
+        counters.clone(),
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    (running, counters)
+}
+
 fn lab() -> Option<(std::sync::MutexGuard<'static, ()>, Arc<Lab>)> {
     let one = LAB
         .lock()
@@ -169,14 +188,7 @@ fn ping_through_the_fast_path() {
     let Some((_one, lab)) = lab() else {
         return;
     };
-    let counters = Arc::new(Counters::default());
-    let running = Running::worker(
-        &lab,
-        Pipeline::new(Config::default(), strict()),
-        counters.clone(),
-        true,
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let (running, counters) = offloaded_worker(&lab);
     let o = &counters.offload;
     let mut forwarded = Vec::new();
     for (v6, to) in [(false, "10.77.0.2"), (true, "fd77::2")] {
@@ -221,10 +233,7 @@ fn offload_refuses_an_interface_that_cannot_take_redirected_frames() {
     let Some((_one, lab)) = lab() else {
         return;
     };
-    let gro = |on: &str| {
-        let (ok, out) = lab.exec(&lab.server, &["ethtool", "-K", "eth0", "gro", on]);
-        assert!(ok, "ethtool: {out}");
-    };
+    let gro = |on: &str| server_gro(&lab, on);
     let l = lab.clone();
     let open = move |offload: bool| {
         let l = l.clone();
@@ -353,18 +362,8 @@ fn offload_suspends_while_an_interface_cannot_take_redirected_frames() {
     let Some((_one, lab)) = lab() else {
         return;
     };
-    let gro = |on: &str| {
-        let (ok, out) = lab.exec(&lab.server, &["ethtool", "-K", "eth0", "gro", on]);
-        assert!(ok, "ethtool: {out}");
-    };
-    let counters = Arc::new(Counters::default());
-    let _running = Running::worker(
-        &lab,
-        Pipeline::new(Config::default(), strict()),
-        counters.clone(),
-        true,
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let gro = |on: &str| server_gro(&lab, on);
+    let (_running, counters) = offloaded_worker(&lab);
     let o = &counters.offload;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let echo = UdpEcho::start(&lab);
