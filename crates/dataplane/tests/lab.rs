@@ -192,7 +192,7 @@ fn ping_through_the_fast_path() {
     let o = &counters.offload;
     let mut forwarded = Vec::new();
     for (v6, to) in [(false, "10.77.0.2"), (true, "fd77::2")] {
-        let mut cmd = vec!["ping", "-c", "20", "-i", "0.05", "-W", "2", to];
+        let mut cmd = vec!["ping", "-c", "40", "-i", "0.05", "-W", "2", to];
         if v6 {
             cmd.insert(1, "-6");
         }
@@ -214,14 +214,16 @@ fn ping_through_the_fast_path() {
         .collect();
     let (v4, v6) = (forwarded[0], forwarded[1] - forwarded[0]);
     eprintln!(
-        "echoes forwarded by XDP: IPv4 {v4}, IPv6 {v6} (of 40 each); {} flows activated, {} installed, punts {punts:?}",
+        "echoes forwarded by XDP: IPv4 {v4}, IPv6 {v6} (of 80 each); {} flows activated, {} installed, punts {punts:?}",
         o.activated.load(Ordering::Relaxed),
         o.installed.load(Ordering::Relaxed),
     );
-    // 40 packets each: the first exchange (and a packet while the flow is
-    // pending, at most) on the slow path, the rest through the program.
-    assert!(v4 >= 30, "IPv4 echoes through the program: {v4}");
-    assert!(v6 >= 30, "IPv6 echoes through the program: {v6}");
+    // 80 packets each: the first exchange and those while the flow is
+    // pending (the worker waits until it has forwarded them all; a few
+    // hundred ms on a loaded machine) on the slow path, the rest, at least
+    // half, through the program.
+    assert!(v4 >= 40, "IPv4 echoes through the program: {v4}");
+    assert!(v6 >= 40, "IPv6 echoes through the program: {v6}");
     assert!(o.activated.load(Ordering::Relaxed) >= 2);
 }
 
