@@ -405,12 +405,22 @@ enum Plain {
     Done(u32, Direction, Option<HelperKind>, CtState),
     /// The tracker refused it (the entry's TCP state already took the
     /// segment): the general path's handling of the verdict follows.
-    Refused(u32, Direction, Option<HelperKind>, TcpVerdict),
+    Refused(Refusal),
     /// Not the plain case, nothing changed: the general path takes it (with
     /// the flow hash if it was computed).
     General(Option<u64>),
     /// Likewise, with the flow hash and what looking it up found.
     Found(u64, Found),
+}
+
+/// A TCP verdict the plain path leaves to [`Conntrack::tcp_refused`]: the
+/// entry, the packet's direction and helper, the verdict, the flow hash.
+struct Refusal {
+    idx: u32,
+    dir: Direction,
+    helper: Option<HelperKind>,
+    verdict: TcpVerdict,
+    hash: u64,
 }
 
 /// An entry and the direction a packet has in it; `None`: no entry.
@@ -1084,9 +1094,7 @@ impl Conntrack {
     fn track_any(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
         match self.track_plain(pkt, hash, now) {
             Plain::Done(idx, dir, helper, state) => Track::of_entry(idx, state, dir, helper),
-            Plain::Refused(idx, dir, helper, verdict) => {
-                self.plain_refused(pkt, now, idx, dir, helper, verdict)
-            }
+            Plain::Refused(r) => self.plain_refused(pkt, now, r),
             Plain::General(hash) => self.track_inner(pkt, hash, None, now),
             Plain::Found(hash, found) => self.track_inner(pkt, Some(hash), Some(found), now),
         }
@@ -1095,16 +1103,14 @@ impl Conntrack {
     /// [`Plain::Refused`]: what the general path makes of the verdict.
     #[cold]
     #[inline(never)]
-    fn plain_refused(
-        &mut self,
-        pkt: &Packet<'_>,
-        now: u64,
-        idx: u32,
-        dir: Direction,
-        helper: Option<HelperKind>,
-        verdict: TcpVerdict,
-    ) -> Track {
-        let hash = self.hash(&pkt.tuple);
+    fn plain_refused(&mut self, pkt: &Packet<'_>, now: u64, r: Refusal) -> Track {
+        let Refusal {
+            idx,
+            dir,
+            helper,
+            verdict,
+            hash,
+        } = r;
         let track = Track::of_entry(idx, CtState::Established, dir, helper);
         let t = match self.tcp_refused(idx, dir, pkt, now, verdict, track) {
             Some(t) => t,
@@ -1123,7 +1129,7 @@ impl Conntrack {
     #[inline(always)]
     fn invalid_counted(&mut self, t: Track) -> Track {
         if t.state == CtState::Invalid {
-            self.stats.invalid += 1;
+            self.count_invalid();
         }
         t
     }
@@ -1433,7 +1439,15 @@ impl Conntrack {
         self.stats.found += 1;
         let timeout = match tcp_timeout(verdict, &mut e.status) {
             Ok(t) => t,
-            Err(other) => return Plain::Refused(idx, dir, helper, other),
+            Err(verdict) => {
+                return Plain::Refused(Refusal {
+                    idx,
+                    dir,
+                    helper,
+                    verdict,
+                    hash,
+                })
+            }
         };
         self.account_packet(idx, dir, pkt, now, timeout);
         self.plain_done(idx, dir, helper, CtState::Established)
