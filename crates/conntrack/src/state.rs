@@ -212,7 +212,7 @@ impl Conntrack {
         };
         self.set_orig(idx, &t);
         self.ext[idx as usize] = super::Ext::NONE;
-        self.index.insert(hash, idx);
+        self.index_insert(idx, hash);
         self.inserts = self.inserts.wrapping_add(1);
         let tick = self.clamp_tick(deadline);
         self.wheel_link(idx, tick);

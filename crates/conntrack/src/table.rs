@@ -214,6 +214,9 @@ impl Stored {
 struct Links {
     next: u32,
     prev: u32,
+    /// A confirmed entry's index tag (its flow hash's upper half): where its
+    /// removal from the index starts, without hashing its tuple again.
+    tag: u32,
 }
 
 /// A time in ns kept as two 32-bit halves (alignment 4, so that it shares
@@ -610,6 +613,7 @@ impl Conntrack {
             Links {
                 next: NONE,
                 prev: NONE,
+                tag: 0,
             },
         );
         for (i, l) in links.iter_mut().enumerate() {
@@ -812,10 +816,6 @@ impl Conntrack {
         None
     }
 
-    fn entry_hash(&self, idx: u32) -> u64 {
-        self.hash(&self.orig(idx))
-    }
-
     /// Entry `idx`'s original tuple (an IPv4 one without reading [`V6Hi`]).
     fn orig(&self, idx: u32) -> Tuple {
         let s = &self.entries[idx as usize].orig;
@@ -844,8 +844,17 @@ impl Conntrack {
 
     /// Removes entry `idx` from the index.
     fn index_remove(&mut self, idx: u32) {
-        let hash = self.entry_hash(idx);
-        self.index.remove(hash, idx);
+        let tag = self.links[idx as usize].tag;
+        self.index.remove(u64::from(tag) << 32, idx);
+    }
+
+    /// Puts confirmed entry `idx` in the index under `hash`.
+    fn index_insert(&mut self, idx: u32, hash: u64) {
+        self.index.insert(hash, idx);
+        // The tag is the upper half.
+        #[allow(clippy::cast_possible_truncation)]
+        let tag = (hash >> 32) as u32;
+        self.links[idx as usize].tag = tag;
     }
 
     /// The flow hash of a packet's tuple, for [`Self::prefetch`] and [`Self::track_hashed`].
@@ -880,10 +889,9 @@ impl Conntrack {
         let b = tick as usize & (WHEEL - 1);
         let head = self.wheel[b];
         self.entries[idx as usize].ttick = tick;
-        self.links[idx as usize] = Links {
-            next: head,
-            prev: NONE,
-        };
+        let l = &mut self.links[idx as usize];
+        l.next = head;
+        l.prev = NONE;
         if head != NONE {
             self.links[head as usize].prev = idx;
         }
@@ -891,7 +899,7 @@ impl Conntrack {
     }
 
     fn wheel_unlink(&mut self, idx: u32) {
-        let Links { next, prev } = self.links[idx as usize];
+        let Links { next, prev, .. } = self.links[idx as usize];
         let tick = self.entries[idx as usize].ttick;
         if prev == NONE {
             self.wheel[tick as usize & (WHEEL - 1)] = next;
@@ -1004,6 +1012,7 @@ impl Conntrack {
         self.links[idx as usize] = Links {
             next: NONE,
             prev: NONE,
+            tag: 0,
         };
         // The caller writes the whole entry.
         self.entries[idx as usize].status = status::USED;
@@ -1017,6 +1026,7 @@ impl Conntrack {
         self.links[idx as usize] = Links {
             next: self.free,
             prev: NONE,
+            tag: 0,
         };
         self.free = idx;
         self.count -= 1;
@@ -1185,63 +1195,101 @@ impl Conntrack {
         &mut self,
         pkt: &Packet<'_>,
         hash: Option<u64>,
-        mut found: Option<Found>,
+        found: Option<Found>,
         now: u64,
     ) -> Track {
         let t = &pkt.tuple;
         let hash = hash.unwrap_or_else(|| self.hash(t));
-        // At most one restart: a dead TCP entry replaced by a new connection.
-        for _ in 0..2 {
-            let hit = match found.take() {
-                Some(hit) => hit,
-                None => self.lookup(t, hash),
-            };
-            let Some((idx, dir)) = hit else {
-                return self.new_conn(pkt, hash, now);
-            };
-            if self.entries[idx as usize].status & status::OFFLOADED != 0 {
-                // The fast path had it: take its state back before this
-                // packet (which it did not want) is tracked. Only a plain
-                // packet (a TCP segment with only ACK among SYN, FIN, RST,
-                // UDP, or an ICMP echo: the entry's own tuple makes this
-                // query one) may be one the fast path let the slow path keep.
-                let plain = match pkt.l4 {
-                    L4::Tcp(seg) => tcp::Index::of(seg.flags) == tcp::Index::Ack,
-                    L4::Udp { .. } | L4::Icmp(Icmp::Query) => true,
-                    _ => false,
-                };
-                self.offload_take_back(idx, plain.then_some(dir));
-            }
-            if self.entries[idx as usize].deadline <= now {
-                // Expired but not yet reaped: gone, as the kernel sees it.
-                self.destroy(idx);
-                self.stats.expired += 1;
-                return self.new_conn(pkt, hash, now);
-            }
-            self.stats.found += 1;
-            let before = if self.events.on {
-                Some(self.event_key(idx))
-            } else {
-                None
-            };
-            match self.existing(idx, dir, pkt, now) {
-                Some(track) => {
-                    if let Some(b) = before {
-                        let live = self.entries[idx as usize].status & status::CONFIRMED != 0;
-                        if live && self.event_key(idx) != b {
-                            self.now = now;
-                            self.emit(EventKind::Update, idx);
-                        }
-                    }
-                    return track;
-                }
-                None => {
-                    self.destroy(idx);
-                    self.stats.search_restart += 1;
-                }
+        let hit = match found {
+            Some(hit) => hit,
+            None => self.lookup(t, hash),
+        };
+        match hit {
+            None => self.new_conn(pkt, hash, now),
+            Some((idx, dir)) => self.track_found(pkt, idx, dir, hash, now),
+        }
+    }
+
+    /// A packet of entry `idx` (general path). At most one restart: a dead
+    /// TCP entry replaced by a new connection. Apart from [`Self::track_flow`]
+    /// so that a new connection's path does not carry this one's registers.
+    #[inline(never)]
+    fn track_found(
+        &mut self,
+        pkt: &Packet<'_>,
+        idx: u32,
+        dir: Direction,
+        hash: u64,
+        now: u64,
+    ) -> Track {
+        if let Some(track) = self.track_found_once(pkt, idx, dir, hash, now) {
+            return track;
+        }
+        match self.lookup(&pkt.tuple, hash) {
+            None => self.new_conn(pkt, hash, now),
+            Some((idx, dir)) => {
+                self.track_found_once(pkt, idx, dir, hash, now)
+                    .unwrap_or(Track::verdictless(
+                        CtState::Invalid,
+                        Some(DropReason::TcpInvalidState),
+                    ))
             }
         }
-        Track::verdictless(CtState::Invalid, Some(DropReason::TcpInvalidState))
+    }
+
+    /// [`Self::track_found`] once: `None` if the entry was dead and is now
+    /// destroyed (search again).
+    #[inline(always)]
+    fn track_found_once(
+        &mut self,
+        pkt: &Packet<'_>,
+        idx: u32,
+        dir: Direction,
+        hash: u64,
+        now: u64,
+    ) -> Option<Track> {
+        if self.entries[idx as usize].status & status::OFFLOADED != 0 {
+            // The fast path had it: take its state back before this
+            // packet (which it did not want) is tracked. Only a plain
+            // packet (a TCP segment with only ACK among SYN, FIN, RST,
+            // UDP, or an ICMP echo: the entry's own tuple makes this
+            // query one) may be one the fast path let the slow path keep.
+            let plain = match pkt.l4 {
+                L4::Tcp(seg) => tcp::Index::of(seg.flags) == tcp::Index::Ack,
+                L4::Udp { .. } | L4::Icmp(Icmp::Query) => true,
+                _ => false,
+            };
+            self.offload_take_back(idx, plain.then_some(dir));
+        }
+        if self.entries[idx as usize].deadline <= now {
+            // Expired but not yet reaped: gone, as the kernel sees it.
+            self.destroy(idx);
+            self.stats.expired += 1;
+            return Some(self.new_conn(pkt, hash, now));
+        }
+        self.stats.found += 1;
+        let before = if self.events.on {
+            Some(self.event_key(idx))
+        } else {
+            None
+        };
+        match self.existing(idx, dir, pkt, now) {
+            Some(track) => {
+                if let Some(b) = before {
+                    let live = self.entries[idx as usize].status & status::CONFIRMED != 0;
+                    if live && self.event_key(idx) != b {
+                        self.now = now;
+                        self.emit(EventKind::Update, idx);
+                    }
+                }
+                Some(track)
+            }
+            None => {
+                self.destroy(idx);
+                self.stats.search_restart += 1;
+                None
+            }
+        }
     }
 
     /// A packet of an existing entry. `None` means "restart": the caller destroys
@@ -1813,7 +1861,7 @@ impl Conntrack {
                 self.stats.insert_failed += 1;
                 self.release(idx);
             } else {
-                self.index.insert(track.hash, idx);
+                self.index_insert(idx, track.hash);
                 self.inserts = self.inserts.wrapping_add(1);
                 let e = &mut self.entries[idx as usize];
                 e.status |= status::CONFIRMED;

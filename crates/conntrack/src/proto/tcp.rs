@@ -803,6 +803,16 @@ fn in_window(
     Window::Accept
 }
 
+/// `tcp_new` for a SYN: the sender's window state from it.
+#[inline(always)]
+fn init_syn_sender(conn: &mut TcpConn, seg: &TcpSeg<'_>) {
+    let s = &mut conn.seen[0];
+    s.end = seg_end(seg);
+    s.maxwin = u32::from(seg.window).max(1);
+    s.maxend = s.end;
+    options(s, seg);
+}
+
 /// Decides whether `seg` may create a new entry (`tcp_new` followed by the first
 /// run of `tcp_packet`), returning its initial state and the timeout in seconds.
 pub fn new_conn(seg: &TcpSeg<'_>, cfg: &TcpConfig) -> Result<(TcpConn, u32), DropReason> {
@@ -812,13 +822,7 @@ pub fn new_conn(seg: &TcpSeg<'_>, cfg: &TcpConfig) -> Result<(TcpConn, u32), Dro
         ..TcpConn::default()
     };
     match TABLE[0][index as usize][TcpState::None as usize] {
-        To(TcpState::SynSent) => {
-            let s = &mut conn.seen[0];
-            s.end = seg_end(seg);
-            s.maxwin = u32::from(seg.window).max(1);
-            s.maxend = s.end;
-            options(s, seg);
-        }
+        To(TcpState::SynSent) => init_syn_sender(&mut conn, seg),
         To(_) if cfg.loose => {
             // Mid-stream pickup: trust the packet, and be liberal until the
             // window scales (unknown without the handshake) no longer matter.
@@ -833,15 +837,7 @@ pub fn new_conn(seg: &TcpSeg<'_>, cfg: &TcpConfig) -> Result<(TcpConn, u32), Dro
         IV | IG => return Err(DropReason::TcpInvalidState),
     }
     let verdict = if index == Index::Syn {
-        // The usual first packet: the same code with its inputs known.
-        by_table(
-            &mut conn,
-            Direction::Original,
-            Index::Syn,
-            seg,
-            TcpCtx::default(),
-            cfg,
-        )
+        first_syn(&mut conn, seg, cfg)
     } else {
         packet(&mut conn, Direction::Original, seg, TcpCtx::default(), cfg)
     };
@@ -851,6 +847,29 @@ pub fn new_conn(seg: &TcpSeg<'_>, cfg: &TcpConfig) -> Result<(TcpConn, u32), Dro
         TcpVerdict::Invalid(r) | TcpVerdict::InvalidShrink(r) => Err(r),
         TcpVerdict::AcceptKill | TcpVerdict::Restart => Err(DropReason::TcpInvalidState),
     }
+}
+
+/// `tcp_packet` on the SYN that [`new_conn`] has just made a connection of:
+/// the state table says SYN_SENT and none of its special cases applies; the
+/// window check passes every bound (the other direction, not seen yet, has
+/// end 0 and window 0), and of its updates only one changes anything: the
+/// other direction's highest acceptable end becomes the SYN's window, at
+/// least 1 (`sack + win` with `sack = 0`). Same answer and state as
+/// [`by_table`] (`first_syn_is_the_state_table`), without running it.
+#[inline(always)]
+fn first_syn(conn: &mut TcpConn, seg: &TcpSeg<'_>, cfg: &TcpConfig) -> TcpVerdict {
+    conn.seen[1].maxend = u32::from(seg.window).max(1);
+    window_and_state(
+        conn,
+        0,
+        Index::Syn,
+        TcpState::None,
+        TcpState::SynSent,
+        true,
+        seg,
+        TcpCtx::default(),
+        cfg,
+    )
 }
 
 /// Runs one segment through an existing entry (`tcp_packet`).
@@ -1577,6 +1596,41 @@ mod tests {
                     c.ctx.seen_reply |= dir == R;
                 }
             }
+        }
+
+        /// A new connection's SYN: [`first_syn`] gives what the state table
+        /// and the whole window check give, whatever the segment (FIN, a
+        /// payload, any window and options) and the timeouts.
+        #[test]
+        fn first_syn_is_the_state_table(
+            extra in any::<u8>(),
+            seq in any::<u32>(),
+            win in prop_oneof![Just(0u16), Just(1), Just(u16::MAX), any::<u16>()],
+            wscale in proptest::option::of(any::<u8>()),
+            sack_perm in any::<bool>(),
+            len in 0usize..3,
+            loose in any::<bool>(),
+            liberal in any::<bool>(),
+            tmo in proptest::collection::vec(1u32..1000, 4),
+            max_retrans in any::<u8>(),
+        ) {
+            const P: [u8; 1500] = [0; 1500];
+            let flags = (extra & !(ACK | RST)) | SYN;
+            let mut s = seg(flags, seq, 0, win, &P[..[0, 1, 1500][len]]);
+            s.wscale = wscale;
+            s.sack_perm = sack_perm;
+            let mut cfg = TcpConfig { loose, be_liberal: liberal, max_retrans, ..TcpConfig::default() };
+            cfg.timeouts.syn_sent = tmo[0];
+            cfg.timeouts.retrans = tmo[1];
+            cfg.timeouts.unack = tmo[2];
+            cfg.timeouts.close = tmo[3];
+            let mut expect = TcpConn { last_index: Index::None, ..TcpConn::default() };
+            init_syn_sender(&mut expect, &s);
+            let verdict = by_table(&mut expect, O, Index::Syn, &s, TcpCtx::default(), &cfg);
+            let TcpVerdict::Accept { timeout, set_assured: false } = verdict else {
+                return Err(TestCaseError::fail(format!("{verdict:?}")));
+            };
+            prop_assert_eq!(new_conn(&s, &cfg), Ok((expect, timeout)));
         }
 
         /// Arbitrary segments never panic, and an invalid verdict leaves the
