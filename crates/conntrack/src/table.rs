@@ -1090,12 +1090,14 @@ impl Conntrack {
     /// Tracks one parsed packet: finds or creates (unconfirmed) its entry and runs
     /// the L4 tracker. Call [`Conntrack::confirm`] if policy accepts the packet,
     /// [`Conntrack::abort`] otherwise.
+    #[inline]
     pub fn track(&mut self, pkt: &Packet<'_>, now: u64) -> Track {
         self.track_any(pkt, None, now)
     }
 
     /// [`Self::track`] with the packet tuple's [`Self::flow_hash`] already computed
     /// (by a batch that prefetched it).
+    #[inline]
     pub fn track_hashed(&mut self, pkt: &Packet<'_>, hash: u64, now: u64) -> Track {
         self.track_any(pkt, Some(hash), now)
     }
