@@ -13,11 +13,17 @@
 //! States and transitions ([`Recheck::update`]):
 //!
 //! ```text
-//! Running   --(an interface refuses, or does not answer)--> Suspended
-//! Suspended --(both take redirected frames)---------------> Running
+//! Running   --(an interface refuses, or does not answer)------------> Suspended
+//! Suspended --(both take redirected frames at `hold` checks in a row)--> Running
 //! ```
 //!
-//! Anything else keeps the state; each transition logs one line.
+//! Anything else keeps the state; each transition logs one line. `hold` damps
+//! a flapping device (a script toggling GRO, a driver resetting): it starts
+//! at one check, doubles (up to [`MAX_HOLD`]) with every suspension that
+//! comes less than [`STABLE`] checks after a resume, and is one check again
+//! once the fast path has run that long. Each resume moves every worker's
+//! flows twice (back, then offered again): a flapping device would otherwise
+//! make them do it every second.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +36,13 @@ use crate::bpf::{redirect_target, Target, XdpProgram, NO_XMIT};
 
 /// How often the watcher asks the interfaces.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Checks the fast path must run after a resume for the next suspension not
+/// to count as flapping (a minute).
+pub const STABLE: u32 = 60;
+
+/// The most good checks in a row a resume waits for (about a minute).
+pub const MAX_HOLD: u32 = 64;
 
 /// The fast path's suspension as the watcher publishes it; the workers and
 /// the metrics read it.
@@ -62,16 +75,37 @@ pub enum Change {
     Resume(String),
 }
 
-/// The re-check's state: the fast path running or suspended.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The re-check's state: the fast path running or suspended, and its damping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recheck {
     suspended: bool,
+    /// Good checks in a row a resume needs.
+    hold: u32,
+    /// While suspended: good checks in a row so far. While running: checks
+    /// since the resume (up to [`STABLE`]).
+    count: u32,
+}
+
+impl Default for Recheck {
+    fn default() -> Self {
+        Recheck {
+            suspended: false,
+            hold: 1,
+            // Start-up checked both interfaces: as if running stably.
+            count: STABLE,
+        }
+    }
 }
 
 impl Recheck {
     /// True while suspended.
     pub fn suspended(&self) -> bool {
         self.suspended
+    }
+
+    /// Good checks in a row the next resume needs.
+    pub fn hold(&self) -> u32 {
+        self.hold
     }
 
     /// The next state, from what interfaces `names` said (`said`, in the
@@ -91,20 +125,50 @@ impl Recheck {
         match (self.suspended, why.is_empty()) {
             (false, false) => {
                 self.suspended = true;
+                let flapping = self.count < STABLE;
+                self.hold = if flapping {
+                    (self.hold * 2).min(MAX_HOLD)
+                } else {
+                    1
+                };
+                self.count = 0;
+                let until = if self.hold == 1 {
+                    "until both interfaces take redirected frames again".to_string()
+                } else {
+                    format!(
+                        "until both interfaces have taken redirected frames at {} checks in a \
+                         row (about {} s: the last resume was less than {} s ago)",
+                        self.hold,
+                        u64::from(self.hold) * RECHECK_EVERY.as_secs(),
+                        u64::from(STABLE) * RECHECK_EVERY.as_secs()
+                    )
+                };
                 Change::Suspend(format!(
-                    "offload: {}; fast path suspended: every packet goes through the workers \
-                     until both interfaces take redirected frames again",
+                    "offload: {}; fast path suspended: every packet goes through the workers {until}",
                     why.join("; ")
                 ))
             }
             (true, true) => {
+                self.count += 1;
+                if self.count < self.hold {
+                    return Change::Keep;
+                }
                 self.suspended = false;
+                self.count = 0;
                 Change::Resume(format!(
                     "offload: {} and {} transmit frames redirected by XDP again; fast path resumed",
                     names[0], names[1]
                 ))
             }
-            _ => Change::Keep,
+            (true, false) => {
+                // Not yet: the good checks start over.
+                self.count = 0;
+                Change::Keep
+            }
+            (false, true) => {
+                self.count = (self.count + 1).min(STABLE);
+                Change::Keep
+            }
         }
     }
 }
@@ -278,6 +342,91 @@ mod tests {
         assert!(matches!(
             r.update(NAMES, &[Target::Takes, gone()]),
             Change::Suspend(_)
+        ));
+    }
+
+    /// Checks until the next change, and the change.
+    fn until_change(r: &mut Recheck, said: &[Target; 2]) -> (u32, Change) {
+        for n in 1..=1000 {
+            let c = r.update(NAMES, said);
+            if c != Change::Keep {
+                return (n, c);
+            }
+        }
+        panic!("no change in 1000 checks");
+    }
+
+    const GOOD: [Target; 2] = [Target::Takes, Target::Takes];
+    const BAD: [Target; 2] = [Target::Takes, Target::Refuses];
+
+    #[test]
+    fn a_flapping_interface_waits_longer_before_each_resume() {
+        let mut r = Recheck::default();
+        // The first suspension after a stable start resumes at once.
+        assert!(matches!(r.update(NAMES, &BAD), Change::Suspend(_)));
+        assert_eq!(r.hold(), 1);
+        assert!(matches!(
+            until_change(&mut r, &GOOD),
+            (1, Change::Resume(_))
+        ));
+        // Flapping every second: 2, 4, 8... good checks in a row, up to MAX_HOLD.
+        let mut holds = Vec::new();
+        for _ in 0..9 {
+            let Change::Suspend(line) = r.update(NAMES, &BAD) else {
+                panic!("suspends")
+            };
+            let (n, c) = until_change(&mut r, &GOOD);
+            assert!(matches!(c, Change::Resume(_)));
+            assert_eq!(n, r.hold());
+            assert!(line.contains(&format!("at {n} checks in a row")), "{line}");
+            holds.push(n);
+        }
+        assert_eq!(holds, [2, 4, 8, 16, 32, 64, 64, 64, 64]);
+    }
+
+    #[test]
+    fn a_bad_check_while_waiting_starts_the_wait_over() {
+        let mut r = Recheck::default();
+        r.update(NAMES, &BAD);
+        until_change(&mut r, &GOOD);
+        r.update(NAMES, &BAD);
+        assert_eq!(r.hold(), 2);
+        assert_eq!(r.update(NAMES, &GOOD), Change::Keep);
+        assert_eq!(r.update(NAMES, &[gone(), Target::Takes]), Change::Keep);
+        assert_eq!(r.update(NAMES, &GOOD), Change::Keep);
+        assert!(matches!(r.update(NAMES, &GOOD), Change::Resume(_)));
+    }
+
+    #[test]
+    fn running_stably_forgets_the_flapping() {
+        let mut r = Recheck::default();
+        for _ in 0..4 {
+            r.update(NAMES, &BAD);
+            until_change(&mut r, &GOOD);
+        }
+        assert_eq!(r.hold(), 8);
+        // Suspended again just before STABLE checks: still flapping.
+        for _ in 0..STABLE - 1 {
+            assert_eq!(r.update(NAMES, &GOOD), Change::Keep);
+        }
+        r.update(NAMES, &BAD);
+        assert_eq!(r.hold(), 16);
+        until_change(&mut r, &GOOD);
+        // A minute of running: the next suspension resumes at the first good check.
+        for _ in 0..STABLE {
+            assert_eq!(r.update(NAMES, &GOOD), Change::Keep);
+        }
+        let Change::Suspend(line) = r.update(NAMES, &BAD) else {
+            panic!("suspends")
+        };
+        assert_eq!(r.hold(), 1);
+        assert!(
+            line.contains("until both interfaces take redirected frames again"),
+            "{line}"
+        );
+        assert!(matches!(
+            until_change(&mut r, &GOOD),
+            (1, Change::Resume(_))
         ));
     }
 }
