@@ -61,7 +61,7 @@ impl Pipeline {
     pub fn process(&mut self, side: Side, l3: &[u8], now: u64) -> PacketResult {
         self.ct.expire(now);
         let parsed = packet::parse(l3, self.parse);
-        self.process_parsed(side, parsed, None, now).0
+        self.process_parsed(side, &parsed, None, now).0
     }
 
     /// The entry of each packet of the last [`Self::process_batch`] (of its
@@ -139,7 +139,7 @@ impl Pipeline {
                     self.ct.prefetch_entry(*h);
                 }
                 self.conns[i] = u32::MAX;
-                if let Some(p) = parsed[i].take() {
+                if let Some(p) = &parsed[i] {
                     let (r, conn) = self.process_parsed(*side, p, hashes[i], now);
                     *slot = r;
                     self.conns[i] = conn;
@@ -151,10 +151,11 @@ impl Pipeline {
     fn process_parsed(
         &mut self,
         side: Side,
-        parsed: Result<Packet<'_>, ParseError>,
+        parsed: &Result<Packet<'_>, ParseError>,
         hash: Option<u64>,
         now: u64,
     ) -> (PacketResult, u32) {
+        // By reference: a parsed packet is too big to move for nothing.
         let pkt = match parsed {
             Ok(p) => p,
             Err(ParseError::Malformed(reason)) => {
@@ -164,21 +165,21 @@ impl Pipeline {
                         verdict: Action::Drop,
                         state: CtState::Invalid,
                         reply: false,
-                        reason: Some(reason),
+                        reason: Some(*reason),
                     },
                     u32::MAX,
                 );
             }
             Err(ParseError::Invalid { reason, tuple, .. }) => {
                 self.ct.count_invalid();
-                if self.policy.has_notrack() && self.policy.notrack(side, &tuple) {
+                if self.policy.has_notrack() && self.policy.notrack(side, tuple) {
                     return (
-                        self.filter(side, CtState::Untracked, &tuple, None, None),
+                        self.filter(side, CtState::Untracked, tuple, None, None),
                         u32::MAX,
                     );
                 }
                 return (
-                    self.filter(side, CtState::Invalid, &tuple, None, Some(reason)),
+                    self.filter(side, CtState::Invalid, tuple, None, Some(*reason)),
                     u32::MAX,
                 );
             }
@@ -192,8 +193,8 @@ impl Pipeline {
             );
         }
         let track = match hash {
-            Some(h) => self.ct.track_hashed(&pkt, h, now),
-            None => self.ct.track(&pkt, now),
+            Some(h) => self.ct.track_hashed(pkt, h, now),
+            None => self.ct.track(pkt, now),
         };
         if track.must_drop {
             self.ct.abort(&track, now);
@@ -221,7 +222,7 @@ impl Pipeline {
                     .flatten()
             });
             self.ct.confirm(&track, helper, now);
-            self.ct.help(&track, &pkt, now);
+            self.ct.help(&track, pkt, now);
         } else {
             self.ct.abort(&track, now);
         }
