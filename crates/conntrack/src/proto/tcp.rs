@@ -884,13 +884,141 @@ pub fn packet(
     let d = dir.index();
     let index = Index::of(seg.flags);
     if index == Index::Ack && conn.state == TcpState::Established {
-        // The common case, an ACK on an established connection: the state table
-        // says ESTABLISHED in both directions and none of the special cases
-        // below applies (they need another state or another flag).
-        let es = TcpState::Established;
-        return window_and_state(conn, d, Index::Ack, es, es, false, seg, ctx, cfg);
+        return established_ack(conn, d, seg, ctx, cfg);
     }
     packet_by_table(conn, dir, index, seg, ctx, cfg)
+}
+
+/// [`packet`] of the common case, an ACK (no SYN, FIN or RST) on an
+/// established connection: the state table says ESTABLISHED in both
+/// directions and none of its special cases applies (they need another
+/// state or another flag). Laid out for the case where the sender's window
+/// is known and the segment passes all four of [`in_window`]'s bounds:
+/// nothing is written before the bounds are checked, so any other case is
+/// handed whole to [`ack_general`] on the state as it was. Same answer and
+/// state as the state table (`established_ack_is_the_state_table`).
+#[inline(always)]
+fn established_ack(
+    conn: &mut TcpConn,
+    d: usize,
+    seg: &TcpSeg<'_>,
+    ctx: TcpCtx,
+    cfg: &TcpConfig,
+) -> TcpVerdict {
+    let seq = seg.seq;
+    let ack = seg.ack;
+    // Payloads are below 64 KiB; no SYN or FIN to count.
+    let end = seq.wrapping_add(u32::try_from(seg.payload.len()).unwrap_or(u32::MAX));
+    let [d0, d1] = &mut conn.seen;
+    let (s, rv) = if d == 0 { (d0, d1) } else { (d1, d0) };
+    let mut sack = ack;
+    if rv.flags & flag::SACK_PERM != 0 {
+        if let Some(m) = seg.sack_max {
+            if after(m, sack) {
+                sack = m;
+            }
+        }
+    }
+    let maxackwin = s.maxwin.max(66_000);
+    let in_bounds = s.maxwin != 0
+        && before(seq, s.maxend.wrapping_add(1))
+        && before(sack, rv.end.wrapping_add(1))
+        && (rv.maxwin == 0 || after(end, s.end.wrapping_sub(rv.maxwin).wrapping_sub(1)))
+        && after(sack, rv.end.wrapping_sub(maxackwin).wrapping_sub(1));
+    if !in_bounds {
+        return ack_general(conn, d, seg, ctx, cfg);
+    }
+
+    // in_window's updates, for a segment without SYN.
+    let win = u32::from(seg.window)
+        .checked_shl(u32::from(s.scale))
+        .unwrap_or(0);
+    let swin = win.wrapping_add(sack.wrapping_sub(ack));
+    if s.maxwin < swin {
+        s.maxwin = swin;
+    }
+    if after(end, s.end) {
+        s.end = end;
+        s.flags |= flag::DATA_UNACKNOWLEDGED;
+    }
+    if s.flags & flag::MAXACK_SET == 0 {
+        s.maxack = ack;
+        s.flags |= flag::MAXACK_SET;
+    } else if after(ack, s.maxack) {
+        s.maxack = ack;
+    }
+    if rv.maxwin != 0 && after(end, s.maxend) {
+        rv.maxwin = rv.maxwin.wrapping_add(end.wrapping_sub(s.maxend));
+    }
+    let top = sack.wrapping_add(win);
+    if after(top, rv.maxend.wrapping_sub(1)) {
+        rv.maxend = top.wrapping_add(u32::from(win == 0));
+    }
+    if ack == rv.end {
+        rv.flags &= !flag::DATA_UNACKNOWLEDGED;
+    }
+    let unacked = (s.flags | rv.flags) & flag::DATA_UNACKNOWLEDGED != 0;
+
+    // Retransmissions of the same segment.
+    #[allow(clippy::cast_possible_truncation)]
+    let dir8 = d as u8;
+    if conn.last_dir == dir8
+        && conn.last_seq == seq
+        && conn.last_ack == ack
+        && conn.last_end == end
+        && conn.last_win == seg.window
+    {
+        conn.retrans = conn.retrans.saturating_add(1);
+    } else {
+        conn.last_dir = dir8;
+        conn.last_seq = seq;
+        conn.last_ack = ack;
+        conn.last_end = end;
+        conn.last_win = seg.window;
+        conn.retrans = 0;
+    }
+    conn.last_index = Index::Ack;
+
+    // window_and_state's timeout, for ESTABLISHED and an ACK.
+    let t = &cfg.timeouts;
+    let est = t.established;
+    let mut timeout = if conn.retrans >= cfg.max_retrans && est > t.retrans {
+        t.retrans
+    } else if unacked && est > t.unack {
+        t.unack
+    } else if conn.last_win == 0 && est > t.retrans {
+        t.retrans
+    } else {
+        est
+    };
+    let mut set_assured = false;
+    if !ctx.seen_reply {
+        if timeout > t.unack {
+            // Picked up mid-stream and never answered: no five-day timeout.
+            timeout = t.unack;
+        }
+    } else if !ctx.assured {
+        set_assured = true;
+    }
+    TcpVerdict::Accept {
+        timeout,
+        set_assured,
+    }
+}
+
+/// [`established_ack`]'s cases other than a known window and a segment
+/// within every bound: the general window check and state update.
+#[cold]
+#[inline(never)]
+fn ack_general(
+    conn: &mut TcpConn,
+    d: usize,
+    seg: &TcpSeg<'_>,
+    ctx: TcpCtx,
+    cfg: &TcpConfig,
+) -> TcpVerdict {
+    let es = TcpState::Established;
+    window_and_state(conn, d, Index::Ack, es, es, false, seg, ctx, cfg)
 }
 
 /// [`packet`] of any segment, through the state table.
@@ -1191,6 +1319,22 @@ mod tests {
         for f in 0..=u8::MAX {
             assert_eq!(Index::of(f), Index::slow_of(f), "flags {f:#04x}");
         }
+    }
+
+    /// Any `u32`, with 0, 1 and the top values drawn on purpose.
+    fn edge_u32() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            Just(0u32),
+            Just(1),
+            Just(u32::MAX),
+            Just(66_000),
+            any::<u32>()
+        ]
+    }
+
+    /// Any `u16`, with 0, 1 and the top value drawn on purpose.
+    fn edge_u16() -> impl Strategy<Value = u16> {
+        prop_oneof![Just(0u16), Just(1), Just(u16::MAX), any::<u16>()]
     }
 
     fn seg(flags: u8, seq: u32, ack: u32, win: u16, payload: &'static [u8]) -> TcpSeg<'static> {
@@ -1548,6 +1692,94 @@ mod tests {
             for cell in &dir[Index::Rst as usize][1..] {
                 assert_eq!(*cell, To(TcpState::Close));
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// [`established_ack`] from any state an established connection can
+        /// hold (windows unknown or known, any scale, flags, last segment,
+        /// retransmission count) and any ACK segment, on and around each
+        /// bound the window check compares with or anywhere: the verdict and
+        /// the state the state table and the whole window check give, under
+        /// any timeouts (often equal, to reach each tie) and options.
+        #[test]
+        fn established_ack_is_the_state_table(
+            dirs in proptest::collection::vec(
+                (edge_u32(), edge_u32(), edge_u32(), any::<u32>(), 0u8..17, any::<u8>()),
+                2,
+            ),
+            last in (0u8..2, edge_u32(), edge_u32(), edge_u32(), edge_u16(), 0u8..6),
+            reply in any::<bool>(),
+            extra in any::<u8>(),
+            at in (0usize..5, -3i32..=3, 0usize..5, -3i32..=3),
+            far in (any::<u32>(), any::<u32>(), -70_000i32..70_000, -70_000i32..70_000),
+            win in edge_u16(),
+            len in 0usize..3,
+            sack in proptest::option::of(prop_oneof![-3i32..=3, -70_000i32..70_000]),
+            ctx in (any::<bool>(), any::<bool>()),
+            liberal in any::<bool>(),
+            max_retrans in 0u8..5,
+            tmo in proptest::collection::vec(1u32..6, 3),
+            repeat in (any::<bool>(), 0usize..6),
+        ) {
+            static P: [u8; 1500] = [0; 1500];
+            let mut c = TcpConn { state: TcpState::Established, ..TcpConn::default() };
+            for (d, (end, maxend, maxwin, maxack, scale, flags)) in c.seen.iter_mut().zip(dirs) {
+                *d = TcpDir { end, maxend, maxwin, maxack, scale, flags };
+            }
+            (c.last_dir, c.last_seq, c.last_ack, c.last_end, c.last_win, c.retrans) = last;
+            c.last_index = Index::Ack;
+            let dir = if reply { R } else { O };
+            let (mine, theirs) = (c.seen[dir.index()], c.seen[1 - dir.index()]);
+            // Each bound's value, the ones beside it, far from it, or anywhere.
+            let seq_at = [
+                mine.maxend,
+                mine.end.wrapping_sub(theirs.maxwin),
+                mine.end.wrapping_add_signed(far.2),
+                mine.end,
+                far.0,
+            ];
+            let ack_at = [
+                theirs.end,
+                theirs.end.wrapping_sub(mine.maxwin.max(66_000)),
+                theirs.maxend,
+                theirs.end.wrapping_add_signed(far.3),
+                far.1,
+            ];
+            let seq = seq_at[at.0].wrapping_add_signed(at.1);
+            let ack = ack_at[at.2].wrapping_add_signed(at.3);
+            let flags = (extra & !(SYN | FIN | RST)) | ACK;
+            let mut s = seg(flags, seq, ack, win, &P[..[0, 1, 1500][len]]);
+            s.sack_max = sack.map(|x| ack.wrapping_add_signed(x));
+            if repeat.0 {
+                // The last segment was this one (a retransmission), or
+                // differs from it in one field.
+                c.last_dir = dir.index() as u8;
+                c.last_seq = seq;
+                c.last_ack = ack;
+                c.last_end = seg_end(&s);
+                c.last_win = win;
+                match repeat.1 {
+                    0 => c.last_dir ^= 1,
+                    1 => c.last_seq ^= 1,
+                    2 => c.last_ack ^= 1,
+                    3 => c.last_end ^= 1,
+                    4 => c.last_win ^= 1,
+                    _ => {}
+                }
+            }
+            let ctx = TcpCtx { seen_reply: ctx.0, assured: ctx.1 };
+            let mut cfg = TcpConfig { be_liberal: liberal, max_retrans, ..TcpConfig::default() };
+            cfg.timeouts.established = tmo[0];
+            cfg.timeouts.retrans = tmo[1];
+            cfg.timeouts.unack = tmo[2];
+            let mut expect = c;
+            let v_expect = packet_by_table(&mut expect, dir, Index::Ack, &s, ctx, &cfg);
+            let v = packet(&mut c, dir, &s, ctx, &cfg);
+            prop_assert_eq!(v, v_expect);
+            prop_assert_eq!(c, expect);
         }
     }
 
