@@ -21,7 +21,9 @@ use crate::packet::{Frag, Icmp, Packet, TcpSeg, L4};
 use crate::proto::tcp::{self, TcpConfig, TcpConn, TcpCtx, TcpVerdict};
 use crate::reason::DropReason;
 use crate::timeouts::{Timeouts, SEC};
-use crate::tuple::{icmp_type_opens, ipproto, Addr, Direction, Family, HashSecret, Tuple};
+use crate::tuple::{
+    icmp_type_opens, ipproto, Addr, Direction, Family, HashKeys, HashSecret, Tuple,
+};
 use crate::{CtState, HelperKind};
 
 /// Conntrack configuration.
@@ -511,6 +513,8 @@ fn tick_of(ns: u64) -> u32 {
 /// The table.
 pub struct Conntrack {
     cfg: Config,
+    /// `cfg.hash_secret`'s constants, derived once.
+    hash_keys: HashKeys,
     stats: Stats,
     entries: Vec<Entry>,
     /// Connections inserted into the index so far (wrapping).
@@ -633,6 +637,7 @@ impl Conntrack {
         let helper_slots = cfg.helper_slots;
         let cfg_max_per_source = cfg.max_per_source;
         Conntrack {
+            hash_keys: cfg.hash_secret.keys(),
             cfg,
             stats: Stats::default(),
             entries,
@@ -761,7 +766,7 @@ impl Conntrack {
 
     #[inline(always)]
     fn hash(&self, t: &Tuple) -> u64 {
-        t.flow_hash(&self.cfg.hash_secret)
+        t.flow_hash_keyed(&self.hash_keys)
     }
 
     /// Finds the entry holding `t` in either direction. Compares the stored

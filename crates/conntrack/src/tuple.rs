@@ -212,6 +212,12 @@ impl Tuple {
     /// numbers (address above port) ordered by one comparison.
     #[inline(always)]
     pub fn flow_hash(&self, secret: &HashSecret) -> u64 {
+        self.flow_hash_keyed(&secret.keys())
+    }
+
+    /// [`Self::flow_hash`] with the secret's constants already derived.
+    #[inline(always)]
+    pub fn flow_hash_keyed(&self, keys: &HashKeys) -> u64 {
         if self.family == Family::V4 && !self.is_icmp() {
             // Truncations keep the IPv4 address (the low 32 bits).
             #[allow(clippy::cast_possible_truncation)]
@@ -219,13 +225,9 @@ impl Tuple {
             #[allow(clippy::cast_possible_truncation)]
             let b = u64::from(self.dst.0 as u32) << 16 | u64::from(self.dst_port);
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-            let meta = (lo & 0xffff)
-                | (hi & 0xffff) << 16
-                | u64::from(self.proto) << 32
-                | (Family::V4 as u64) << 40;
-            return fold_hash(secret, &[(lo >> 16) << 32 | hi >> 16, meta]);
+            return fold_hash_keyed(keys, &[lo | v4_meta(self.proto), hi]);
         }
-        self.key().hash(secret)
+        self.key().hash_keyed(keys)
     }
 
     #[inline(always)]
@@ -288,29 +290,48 @@ pub struct FlowKey {
 
 impl FlowKey {
     /// Keyed hash of the key with the table's secret, the same for both
-    /// directions of a flow. IPv4 keys hash two words, IPv6 keys five.
+    /// directions of a flow. IPv4 keys hash two words (each endpoint as a
+    /// 48-bit number, address above port, the smaller one with the
+    /// protocol above it), IPv6 keys five.
     #[inline]
     pub fn hash(&self, secret: &HashSecret) -> u64 {
+        self.hash_keyed(&secret.keys())
+    }
+
+    /// [`Self::hash`] with the secret's constants already derived.
+    #[inline]
+    pub fn hash_keyed(&self, keys: &HashKeys) -> u64 {
+        if self.family == Family::V4 {
+            // Truncations keep the IPv4 addresses (the low 32 bits).
+            #[allow(clippy::cast_possible_truncation)]
+            let (lo, hi) = (self.lo.0 as u32, self.hi.0 as u32);
+            let lo = u64::from(lo) << 16 | u64::from(self.lo_port);
+            let hi = u64::from(hi) << 16 | u64::from(self.hi_port);
+            return fold_hash_keyed(keys, &[lo | v4_meta(self.proto), hi]);
+        }
         let meta = u64::from(self.lo_port)
             | u64::from(self.hi_port) << 16
             | u64::from(self.proto) << 32
             | (self.family as u64) << 40;
         // Truncations split 128-bit addresses into words.
         #[allow(clippy::cast_possible_truncation)]
-        match self.family {
-            Family::V4 => fold_hash(secret, &[(self.lo.0 as u64) << 32 | self.hi.0 as u64, meta]),
-            Family::V6 => fold_hash(
-                secret,
-                &[
-                    (self.lo.0 >> 64) as u64,
-                    self.lo.0 as u64,
-                    (self.hi.0 >> 64) as u64,
-                    self.hi.0 as u64,
-                    meta,
-                ],
-            ),
-        }
+        fold_hash_keyed(
+            keys,
+            &[
+                (self.lo.0 >> 64) as u64,
+                self.lo.0 as u64,
+                (self.hi.0 >> 64) as u64,
+                self.hi.0 as u64,
+                meta,
+            ],
+        )
     }
+}
+
+/// An IPv4 key's protocol and family, above the smaller endpoint's 48 bits.
+#[inline(always)]
+fn v4_meta(proto: u8) -> u64 {
+    u64::from(proto) << 48 | (Family::V4 as u64) << 56
 }
 
 /// The 128-bit product of `a` and `b` with its halves xored together: every
@@ -334,18 +355,47 @@ fn fold_mul(a: u64, b: u64) -> u64 {
 /// whose hashes never leave the process, does not need.
 #[inline(always)]
 pub fn fold_hash(secret: &HashSecret, words: &[u64]) -> u64 {
-    // Constants: the digits of pi (as in foldhash), so that a zero secret
-    // still mixes well.
-    let k = secret.1 ^ 0x1319_8a2e_0370_7344;
-    let mut h = secret.0 ^ 0x243f_6a88_85a3_08d3;
+    fold_hash_keyed(&secret.keys(), words)
+}
+
+/// [`fold_hash`] with the secret's constants already derived (a table
+/// derives them once, not per packet).
+#[inline(always)]
+pub fn fold_hash_keyed(keys: &HashKeys, words: &[u64]) -> u64 {
+    let mut h = keys.h0;
     let mut pairs = words.chunks_exact(2);
     for p in &mut pairs {
-        h = fold_mul(p[0] ^ h, p[1] ^ k);
+        h = fold_mul(p[0] ^ h, p[1] ^ keys.k);
     }
     if let [last] = pairs.remainder() {
-        h = fold_mul(last ^ h, k ^ 0xa409_3822_299f_31d0);
+        h = fold_mul(last ^ h, keys.k_odd);
     }
-    fold_mul(h ^ 0x082e_fa98_ec4e_6c89, k ^ 0x4528_21e6_38d0_1377)
+    fold_mul(h ^ 0x082e_fa98_ec4e_6c89, keys.k_fin)
+}
+
+/// What [`fold_hash`] derives from a [`HashSecret`]: the secret's words
+/// mixed with constants (the digits of pi, as in foldhash, so that a zero
+/// secret still mixes well).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashKeys {
+    h0: u64,
+    k: u64,
+    k_odd: u64,
+    k_fin: u64,
+}
+
+impl HashSecret {
+    /// The constants [`fold_hash`] uses with this secret.
+    #[inline(always)]
+    pub fn keys(&self) -> HashKeys {
+        let k = self.1 ^ 0x1319_8a2e_0370_7344;
+        HashKeys {
+            h0: self.0 ^ 0x243f_6a88_85a3_08d3,
+            k,
+            k_odd: k ^ 0xa409_3822_299f_31d0,
+            k_fin: k ^ 0x4528_21e6_38d0_1377,
+        }
+    }
 }
 
 /// SipHash-1-3 over whole 64-bit words, keyed with `secret`: one compression

@@ -251,8 +251,9 @@ fn after(a: u32, b: u32) -> bool {
 /// Sequence number after the segment (`segment_seq_plus_len`).
 fn seg_end(seg: &TcpSeg<'_>) -> u32 {
     use crate::packet::tcp_flags::{FIN, SYN};
-    // Payloads are below 64 KiB.
-    let len = u32::try_from(seg.payload.len()).unwrap_or(u32::MAX);
+    // Payloads are below 64 KiB: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let len = seg.payload.len() as u32;
     seg.seq
         .wrapping_add(len)
         .wrapping_add(u32::from(seg.flags & SYN != 0))
@@ -748,7 +749,8 @@ fn in_window(
     }
 
     if !syn {
-        win = win.checked_shl(u32::from(sender.scale)).unwrap_or(0);
+        // Scales are at most 14 (RFC 7323), as every way to set one keeps them.
+        win = win.wrapping_shl(u32::from(sender.scale));
     }
     let swin = win.wrapping_add(sack.wrapping_sub(ack));
     let s = &mut conn.seen[dir];
@@ -907,8 +909,9 @@ fn established_ack(
 ) -> TcpVerdict {
     let seq = seg.seq;
     let ack = seg.ack;
-    // Payloads are below 64 KiB; no SYN or FIN to count.
-    let end = seq.wrapping_add(u32::try_from(seg.payload.len()).unwrap_or(u32::MAX));
+    // `seg_end` without SYN or FIN to count; payloads are below 64 KiB.
+    #[allow(clippy::cast_possible_truncation)]
+    let end = seq.wrapping_add(seg.payload.len() as u32);
     let [d0, d1] = &mut conn.seen;
     let (s, rv) = if d == 0 { (d0, d1) } else { (d1, d0) };
     let mut sack = ack;
@@ -930,9 +933,7 @@ fn established_ack(
     }
 
     // in_window's updates, for a segment without SYN.
-    let win = u32::from(seg.window)
-        .checked_shl(u32::from(s.scale))
-        .unwrap_or(0);
+    let win = u32::from(seg.window).wrapping_shl(u32::from(s.scale));
     let swin = win.wrapping_add(sack.wrapping_sub(ack));
     if s.maxwin < swin {
         s.maxwin = swin;
