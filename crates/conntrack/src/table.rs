@@ -670,7 +670,9 @@ impl Conntrack {
     }
 
     /// Differential testing (feature `differential`): every packet through
-    /// the general path if `on`, none through the plain one.
+    /// the general path if `on`, none through the plain one, and every TCP
+    /// segment through the state table (not [`tcp::packet`]'s shortcut for
+    /// an established connection's ACK).
     #[cfg(feature = "differential")]
     pub fn set_general_only(&mut self, on: bool) {
         self.general_only = on;
@@ -1325,6 +1327,13 @@ impl Conntrack {
                     track.reason = Some(DropReason::TcpInvalidState);
                     return Some(track);
                 };
+                #[cfg(any(test, feature = "differential"))]
+                let verdict = if self.general_only {
+                    tcp::packet_by_table_only(conn, dir, &seg, ctx, cfg)
+                } else {
+                    tcp::packet(conn, dir, &seg, ctx, cfg)
+                };
+                #[cfg(not(any(test, feature = "differential")))]
                 let verdict = tcp::packet(conn, dir, &seg, ctx, cfg);
                 match tcp_timeout(verdict, &mut e.status) {
                     Ok(t) => t,

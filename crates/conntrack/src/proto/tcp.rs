@@ -1022,6 +1022,19 @@ fn ack_general(
     window_and_state(conn, d, Index::Ack, es, es, false, seg, ctx, cfg)
 }
 
+/// [`packet`] without its shortcut: every segment through the state table
+/// (differential tests compare the two).
+#[cfg(any(test, feature = "differential"))]
+pub fn packet_by_table_only(
+    conn: &mut TcpConn,
+    dir: Direction,
+    seg: &TcpSeg<'_>,
+    ctx: TcpCtx,
+    cfg: &TcpConfig,
+) -> TcpVerdict {
+    packet_by_table(conn, dir, Index::of(seg.flags), seg, ctx, cfg)
+}
+
 /// [`packet`] of any segment, through the state table.
 #[inline(never)]
 fn packet_by_table(
