@@ -402,6 +402,31 @@ const TABLE: [[[Next; 10]; 6]; 2] = [
     ],
 ];
 
+/// `tcp_packet`'s timeout after a segment other than a RST: the state's
+/// (`state_tmo`), capped by the retransmission timeout once the same
+/// segment came `max_retrans` times, else by the unacknowledged-data
+/// timeout while data is unacknowledged, else by the retransmission
+/// timeout after a zero window.
+#[inline(always)]
+fn capped_timeout(
+    cfg: &TcpConfig,
+    state_tmo: u32,
+    retrans: u8,
+    unacked: bool,
+    last_win: u16,
+) -> u32 {
+    let t = &cfg.timeouts;
+    if retrans >= cfg.max_retrans && state_tmo > t.retrans {
+        t.retrans
+    } else if unacked && state_tmo > t.unack {
+        t.unack
+    } else if last_win == 0 && state_tmo > t.retrans {
+        t.retrans
+    } else {
+        state_tmo
+    }
+}
+
 fn timeout_of(t: &TcpTimeouts, s: TcpState) -> u32 {
     match s {
         TcpState::None => t.syn_sent,
@@ -486,18 +511,9 @@ impl TcpConn {
     /// The timeout (seconds) [`packet`] gives an established, assured
     /// connection after accepting a plain ACK segment.
     pub fn ack_timeout(&self, cfg: &TcpConfig) -> u32 {
-        let t = &cfg.timeouts;
-        let state_tmo = timeout_of(t, self.state);
         let unacked = (self.seen[0].flags | self.seen[1].flags) & flag::DATA_UNACKNOWLEDGED != 0;
-        if self.retrans >= cfg.max_retrans && state_tmo > t.retrans {
-            t.retrans
-        } else if unacked && state_tmo > t.unack {
-            t.unack
-        } else if self.last_win == 0 && state_tmo > t.retrans {
-            t.retrans
-        } else {
-            state_tmo
-        }
+        let state_tmo = timeout_of(&cfg.timeouts, self.state);
+        capped_timeout(cfg, state_tmo, self.retrans, unacked, self.last_win)
     }
 }
 
@@ -982,16 +998,7 @@ fn established_ack(
 
     // window_and_state's timeout, for ESTABLISHED and an ACK.
     let t = &cfg.timeouts;
-    let est = t.established;
-    let mut timeout = if conn.retrans >= cfg.max_retrans && est > t.retrans {
-        t.retrans
-    } else if unacked && est > t.unack {
-        t.unack
-    } else if conn.last_win == 0 && est > t.retrans {
-        t.retrans
-    } else {
-        est
-    };
+    let mut timeout = capped_timeout(cfg, t.established, conn.retrans, unacked, conn.last_win);
     let mut set_assured = false;
     if !ctx.seen_reply {
         if timeout > t.unack {
@@ -1282,16 +1289,11 @@ fn window_and_state(
     let t = &cfg.timeouts;
     let state_tmo = timeout_of(t, new_state);
     let unacked = (conn.seen[0].flags | conn.seen[1].flags) & flag::DATA_UNACKNOWLEDGED != 0;
-    let mut timeout = if conn.retrans >= cfg.max_retrans && state_tmo > t.retrans {
-        t.retrans
-    } else if index == Index::Rst {
+    let retrans_cap = conn.retrans >= cfg.max_retrans && state_tmo > t.retrans;
+    let mut timeout = if index == Index::Rst && !retrans_cap {
         t.close
-    } else if unacked && state_tmo > t.unack {
-        t.unack
-    } else if conn.last_win == 0 && state_tmo > t.retrans {
-        t.retrans
     } else {
-        state_tmo
+        capped_timeout(cfg, state_tmo, conn.retrans, unacked, conn.last_win)
     };
 
     let mut set_assured = false;
