@@ -54,7 +54,7 @@ impl Generator {
         count: u32,
         reverse: bool,
     ) -> Result<Duration, BpfError> {
-        self.run(iface, frame, flows, count, u32::from(reverse), 0)
+        self.run_cfg(iface, frame, flows, 0, count, u32::from(reverse), 0, 0)
     }
 
     /// [`Self::send`] starting at flow `first` (then `first + 1`, ...):
@@ -91,27 +91,19 @@ impl Generator {
     /// A SYN flood: `count` copies of `frame` (Ethernet/IPv4/TCP SYN, no IP
     /// options), each from another of `flows` spoofed sources (the frame's
     /// source address with its low 15 bits replaced, and another source
-    /// port), checksums kept right. Returns the time it took.
+    /// port), starting at source `first`, checksums kept right. Returns the
+    /// time it took. Successive calls with `first` moved on send a flood in
+    /// bursts with pauses between them: as long as the caller wants, at a
+    /// rate the target can take in, each burst from sources not used yet.
     pub fn syn_flood(
         &self,
         iface: &str,
         frame: &[u8],
         flows: u32,
+        first: u32,
         count: u32,
     ) -> Result<Duration, BpfError> {
-        self.run(iface, frame, flows, count, 0, 1)
-    }
-
-    fn run(
-        &self,
-        iface: &str,
-        frame: &[u8],
-        flows: u32,
-        count: u32,
-        reverse: u32,
-        mode: u32,
-    ) -> Result<Duration, BpfError> {
-        self.run_cfg(iface, frame, flows, 0, count, reverse, mode, 0)
+        self.run_cfg(iface, frame, flows, first, count, 0, 1, 0)
     }
 
     #[allow(clippy::too_many_arguments)]
