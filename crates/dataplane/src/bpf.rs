@@ -48,15 +48,15 @@ pub enum BpfError {
     /// Offload is on but the kernel lets the XDP program mark the frames it
     /// hands to the workers in no way the fast path can use.
     #[error(
-        "offload: this kernel refuses both bpf_xdp_adjust_meta ({meta}) and bpf_xdp_adjust_tail \
-         ({tail}) in XDP programs, so the fast path cannot tell the workers which packets it \
+        "offload: this kernel refuses both bpf_xdp_adjust_meta ({meta}) and bpf_xdp_adjust_head \
+         ({head}) in XDP programs, so the fast path cannot tell the workers which packets it \
          held back; set offload = false (the AF_XDP path is complete without it)"
     )]
     NoMark {
         /// The kernel's answer to a program calling bpf_xdp_adjust_meta.
         meta: String,
-        /// The kernel's answer to a program calling bpf_xdp_adjust_tail.
-        tail: String,
+        /// The kernel's answer to a program calling bpf_xdp_adjust_head.
+        head: String,
     },
     /// The fast path was asked for on a program loaded without one.
     #[error("offload: the XDP program was loaded without the fast path (offload was off)")]
@@ -150,10 +150,11 @@ pub enum Mark {
     /// XDP metadata in front of the frame (`bpf_xdp_adjust_meta`), while
     /// offload is on.
     Meta,
-    /// 8 bytes appended to every frame a socket gets (`bpf_xdp_adjust_tail`),
-    /// offload on or off: the worker takes them off first
-    /// ([`crate::xsk::Pair::set_trailer`]).
-    Trailer,
+    /// 8 bytes put in front of every frame a socket gets, as part of it
+    /// (`bpf_xdp_adjust_head`), offload on or off: the worker takes them
+    /// off first ([`crate::xsk::Pair::set_prefix`]). Not a trailer: XDP
+    /// guarantees every frame headroom, not tailroom.
+    Prefix,
 }
 
 impl Mark {
@@ -162,14 +163,14 @@ impl Mark {
         match self {
             Mark::None => 0,
             Mark::Meta => 1,
-            Mark::Trailer => 2,
+            Mark::Prefix => 2,
         }
     }
 
     /// The mark for a program with (`offload`) or without the fast path,
     /// from what this kernel accepts in an XDP program: metadata where
     /// `bpf_xdp_adjust_meta` loads (unless `TOLLGATE_FORCE_NO_META=1`), else
-    /// the trailer where `bpf_xdp_adjust_tail` loads, else an error: the
+    /// the prefix where `bpf_xdp_adjust_head` loads, else an error: the
     /// fast path cannot be exact. The reason goes with the choice.
     pub fn choose(offload: bool) -> Result<(Mark, String), BpfError> {
         if !offload {
@@ -188,23 +189,23 @@ impl Mark {
             ));
         }
         let meta = meta.err().unwrap_or_default();
-        match xdp_helper_loads(XDP_ADJUST_TAIL, 8)? {
+        match xdp_helper_loads(XDP_ADJUST_HEAD, -8)? {
             Ok(()) => Ok((
-                Mark::Trailer,
+                Mark::Prefix,
                 format!(
-                    "fast-path marks in an 8-byte frame trailer (bpf_xdp_adjust_tail): \
+                    "fast-path marks in an 8-byte frame prefix (bpf_xdp_adjust_head): \
                      bpf_xdp_adjust_meta {meta}"
                 ),
             )),
-            Err(tail) => Err(BpfError::NoMark { meta, tail }),
+            Err(head) => Err(BpfError::NoMark { meta, head }),
         }
     }
 }
 
 /// `BPF_FUNC_xdp_adjust_meta`.
 pub const XDP_ADJUST_META: i32 = 54;
-/// `BPF_FUNC_xdp_adjust_tail`.
-pub const XDP_ADJUST_TAIL: i32 = 65;
+/// `BPF_FUNC_xdp_adjust_head`.
+pub const XDP_ADJUST_HEAD: i32 = 44;
 
 /// Whether the kernel loads an XDP program that calls helper `helper` with
 /// the context and `arg` (`r2`): `Ok(Ok(()))` if it does, `Ok(Err(why))`
@@ -331,8 +332,12 @@ impl XdpProgram {
     /// passes), with the fast path if `offload`, marking frames the way
     /// [`Mark::choose`] picks for this kernel.
     pub fn load(offload: bool) -> Result<XdpProgram, BpfError> {
-        let (mark, _) = Mark::choose(offload)?;
-        Self::load_marked(mark)
+        let (mark, why) = Mark::choose(offload)?;
+        let p = Self::load_marked(mark)?;
+        if offload {
+            tracing::info!("XDP fast path: {why}");
+        }
+        Ok(p)
     }
 
     /// Loads the program with `mark` (see [`Mark`]).
@@ -483,9 +488,9 @@ impl XdpProgram {
         .map_err(|e| BpfError::Offload(e.to_string()))
     }
 
-    /// Frames with a trailer to carry that the program dropped for want of
-    /// room behind them ([`Mark::Trailer`] only; a driver without tailroom).
-    pub fn no_trailer_room(&self) -> u64 {
+    /// Frames the program dropped for want of headroom for their prefix
+    /// ([`Mark::Prefix`] only; a driver breaking XDP's headroom rule).
+    pub fn no_mark_room(&self) -> u64 {
         self.punt_counts::<6>()[5]
     }
 
@@ -527,10 +532,10 @@ impl XdpProgram {
     }
 
     /// [`Self::test_run`] that also returns the mark the program gave the
-    /// frame (`struct tg_meta`, as metadata or trailer), if any. With a
-    /// trailer, frames passed for want of a socket carry it too here.
+    /// frame (`struct tg_meta`, as metadata or prefix), if any. With a
+    /// prefix, frames passed for want of a socket carry it too here.
     pub fn test_run_meta(&mut self, frame: &[u8]) -> Result<(u32, Option<[u8; 8]>), BpfError> {
-        if self.mark == Mark::Trailer && self.config.mark_unsocketed == 0 {
+        if self.mark == Mark::Prefix && self.config.mark_unsocketed == 0 {
             self.config.mark_unsocketed = 1;
             self.write_config()?;
         }
@@ -538,7 +543,7 @@ impl XdpProgram {
     }
 
     /// BPF_PROG_TEST_RUN: the action, the mark (metadata in front of the
-    /// frame out, or its trailer), the average time per run.
+    /// frame out, or its prefix), the average time per run.
     fn run_test(
         &self,
         frame: &[u8],
@@ -579,8 +584,8 @@ impl XdpProgram {
                     .then(|| data.get(..8).and_then(|m| m.try_into().ok()))
                     .flatten()
             }
-            Mark::Trailer if data.len() == frame.len() + 8 => {
-                data.get(frame.len()..).and_then(|m| m.try_into().ok())
+            Mark::Prefix if data.len() == frame.len() + 8 => {
+                data.get(..8).and_then(|m| m.try_into().ok())
             }
             _ => None,
         };
