@@ -292,7 +292,7 @@ impl InterfaceFeatures {
             &format!("{n}: multi-buffer"),
             Status::of_opt(self.multi_buffer()),
             "NETDEV_XDP_ACT_RX_SG",
-            "not used: frames must fit one buffer (MTU up to about 3 500 bytes in native mode)",
+            "not used: frames must fit one 4096-byte buffer (MTU at most 3498)",
         ));
         rows
     }
@@ -590,6 +590,7 @@ struct HelperProbe {
     since: &'static str,
     yes: &'static str,
     no: &'static str,
+    unknown: &'static str,
 }
 
 const REQUIRED: &str = "required: the XDP program calls it";
@@ -601,6 +602,7 @@ const HELPERS: [HelperProbe; 7] = [
         since: "4.15",
         yes: "fast-path marks in XDP metadata",
         no: "fast-path marks in a frame trailer (if bpf_xdp_adjust_tail)",
+        unknown: "decides where the fast-path marks go",
     },
     HelperProbe {
         name: "bpf_xdp_adjust_head",
@@ -608,6 +610,7 @@ const HELPERS: [HelperProbe; 7] = [
         since: "4.10",
         yes: "not used",
         no: "not used",
+        unknown: "not used",
     },
     HelperProbe {
         name: "bpf_xdp_adjust_tail",
@@ -615,6 +618,7 @@ const HELPERS: [HelperProbe; 7] = [
         since: "4.18",
         yes: "the trailer fallback for the fast-path marks",
         no: "no trailer fallback",
+        unknown: "the trailer fallback for the fast-path marks",
     },
     HelperProbe {
         name: "bpf_redirect_map",
@@ -622,6 +626,7 @@ const HELPERS: [HelperProbe; 7] = [
         since: "4.14",
         yes: "frames to the sockets and the fast path out",
         no: REQUIRED,
+        unknown: REQUIRED,
     },
     HelperProbe {
         name: "bpf_loop",
@@ -629,6 +634,7 @@ const HELPERS: [HelperProbe; 7] = [
         since: "5.17",
         yes: "the fast path waits on a busy flow with it",
         no: REQUIRED,
+        unknown: REQUIRED,
     },
     HelperProbe {
         name: "bpf_ktime_get_coarse_ns",
@@ -636,6 +642,7 @@ const HELPERS: [HelperProbe; 7] = [
         since: "5.11",
         yes: "the fast path's last-seen times",
         no: REQUIRED,
+        unknown: REQUIRED,
     },
     HelperProbe {
         name: "bpf_csum_diff",
@@ -643,6 +650,7 @@ const HELPERS: [HelperProbe; 7] = [
         since: "4.6",
         yes: "the fast path verifies checksums with it",
         no: REQUIRED,
+        unknown: REQUIRED,
     },
 ];
 
@@ -811,7 +819,11 @@ impl Kernel {
                 sys::BPF_FUNC_ktime_get_coarse_ns => k.ktime_coarse = found,
                 _ => k.csum_diff = found,
             }
-            let choice = if found { h.yes } else { h.no };
+            let choice = match status {
+                Status::Yes => h.yes,
+                Status::No => h.no,
+                Status::Unknown => h.unknown,
+            };
             k.rows.push(row(h.name, status, detail, choice));
         }
 
@@ -1404,7 +1416,7 @@ pub fn choose(k: &KernelFeatures, ifs: &[InterfaceFeatures], s: &Settings) -> Pl
                 Some(true) => ("native".into(), format!("driver {d}")),
                 Some(false) => (
                     "generic/skb".into(),
-                    format!("driver {d} has no native XDP: slower"),
+                    format!("driver {d}: no native XDP, slower"),
                 ),
                 None => (
                     "native or generic".into(),
@@ -1437,11 +1449,16 @@ pub fn choose(k: &KernelFeatures, ifs: &[InterfaceFeatures], s: &Settings) -> Pl
                 if all {
                     "AF_XDP zero-copy mode (the drivers offer it)".to_string()
                 } else if let Some(i) = none {
-                    format!(
-                        "AF_XDP copy mode (no zero-copy in driver {} of {})",
-                        i.driver_name(),
-                        i.name
-                    )
+                    match &i.driver {
+                        Some(d) => format!(
+                            "AF_XDP copy mode (no zero-copy in driver {d} of {})",
+                            i.name
+                        ),
+                        None => format!(
+                            "AF_XDP copy mode (no zero-copy in the driver of {})",
+                            i.name
+                        ),
+                    }
                 } else {
                     "AF_XDP zero-copy tried first, copy if refused (the kernel does not say)"
                         .to_string()
@@ -1488,7 +1505,7 @@ pub fn choose(k: &KernelFeatures, ifs: &[InterfaceFeatures], s: &Settings) -> Pl
     } else {
         add(
             "metadata",
-            format!("{} (used with offload = true)", meta.reason),
+            format!("{}; used only with offload = true", meta.reason),
         );
         add("offload", "offload: off (offload = false)".into());
     }
@@ -1746,7 +1763,7 @@ mod tests {
         let l = lines(&p);
         assert!(l.contains("XDP native on tg0 (driver veth)"), "{l}");
         assert!(
-            l.contains("generic/skb on lo (driver unknown has no native XDP: slower)"),
+            l.contains("generic/skb on lo (driver unknown: no native XDP, slower)"),
             "{l}"
         );
         assert_eq!(p.fatal, vec!["interface gone0 does not exist".to_string()]);
