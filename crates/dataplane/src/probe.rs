@@ -452,8 +452,9 @@ pub fn load_xdp(insns: &[sys::bpf_insn]) -> Result<OwnedFd, LoadError> {
         )
     };
     if fd < 0 {
-        let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)])
-            .into_owned();
+        let text =
+            String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())])
+                .into_owned();
         let verifier = text
             .lines()
             .rev()
