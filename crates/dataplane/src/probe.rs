@@ -10,7 +10,7 @@
 //! `tollgate lab` log the choices once at start.
 //!
 //! `TOLLGATE_FORCE_NO_META=1` makes the probe report `bpf_xdp_adjust_meta`
-//! as unavailable, so the trailer fallback can be exercised on kernels that
+//! as unavailable, so the prefix fallback can be exercised on kernels that
 //! have the helper.
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -538,9 +538,24 @@ fn create_map(kind: sys::bpf_map_type, value: u32, flags: u32, mmap: bool) -> Re
     Ok(())
 }
 
-/// `libbpf_probe_bpf_helper` for XDP programs: supported or not, or why it
-/// could not be told.
+/// Whether XDP programs may call helper `id`, or why it could not be told.
+/// The helpers the fast path's marks depend on are asked with a real load
+/// of a program calling them (the context and one number, as Tollgate
+/// calls them): libbpf's probe only recognises some verifiers' wordings of
+/// a refusal and takes any other failure as "supported".
 fn helper(id: sys::bpf_func_id) -> Result<bool, i32> {
+    let arg = match id {
+        sys::BPF_FUNC_xdp_adjust_meta | sys::BPF_FUNC_xdp_adjust_head => Some(-8),
+        sys::BPF_FUNC_xdp_adjust_tail => Some(8),
+        _ => None,
+    };
+    if let Some(arg) = arg {
+        return match load_xdp(&calling(id, arg)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno == libc::EPERM => Err(e.errno),
+            Err(_) => Ok(false),
+        };
+    }
     // SAFETY: libbpf takes no options here (NULL) and loads and closes a
     // probe program of its own.
     let r = unsafe { sys::libbpf_probe_bpf_helper(sys::BPF_PROG_TYPE_XDP, id, std::ptr::null()) };
@@ -602,24 +617,24 @@ const HELPERS: [HelperProbe; 7] = [
         id: sys::BPF_FUNC_xdp_adjust_meta,
         since: "4.15",
         yes: "fast-path marks in XDP metadata",
-        no: "fast-path marks in a frame trailer (if bpf_xdp_adjust_tail)",
+        no: "fast-path marks in a frame prefix (if bpf_xdp_adjust_head)",
         unknown: "decides where the fast-path marks go",
     },
     HelperProbe {
         name: "bpf_xdp_adjust_head",
         id: sys::BPF_FUNC_xdp_adjust_head,
         since: "4.10",
-        yes: "not used",
-        no: "not used",
-        unknown: "not used",
+        yes: "the prefix fallback for the fast-path marks",
+        no: "no prefix fallback",
+        unknown: "the prefix fallback for the fast-path marks",
     },
     HelperProbe {
         name: "bpf_xdp_adjust_tail",
         id: sys::BPF_FUNC_xdp_adjust_tail,
         since: "4.18",
-        yes: "the trailer fallback for the fast-path marks",
-        no: "no trailer fallback",
-        unknown: "the trailer fallback for the fast-path marks",
+        yes: "not used",
+        no: "not used",
+        unknown: "not used",
     },
     HelperProbe {
         name: "bpf_redirect_map",
@@ -1175,8 +1190,8 @@ impl Interface {
 pub enum MetaMode {
     /// XDP metadata in front of the frame (`bpf_xdp_adjust_meta`).
     Meta,
-    /// A trailer after the frame (`bpf_xdp_adjust_tail`).
-    Trailer,
+    /// 8 bytes in front of the frame, as part of it (`bpf_xdp_adjust_head`).
+    Prefix,
     /// Neither helper: offload cannot run.
     None,
 }
@@ -1191,7 +1206,7 @@ pub struct MetaChoice {
 }
 
 /// The metadata rule: `bpf_xdp_adjust_meta` if the kernel allows it, else
-/// a trailer if it allows `bpf_xdp_adjust_tail`, else none (offload is
+/// a prefix if it allows `bpf_xdp_adjust_head`, else none (offload is
 /// refused).
 pub fn choose_meta(k: &KernelFeatures) -> MetaChoice {
     if !k.bpf_load {
@@ -1211,18 +1226,18 @@ pub fn choose_meta(k: &KernelFeatures) -> MetaChoice {
     } else {
         "kernel refuses bpf_xdp_adjust_meta".into()
     };
-    if k.adjust_tail {
+    if k.adjust_head {
         MetaChoice {
-            mode: MetaMode::Trailer,
+            mode: MetaMode::Prefix,
             reason: format!(
-                "metadata: none ({why}): fast-path marks carried in a frame trailer (bpf_xdp_adjust_tail)"
+                "metadata: none ({why}): fast-path marks carried in a frame prefix (bpf_xdp_adjust_head)"
             ),
         }
     } else {
         MetaChoice {
             mode: MetaMode::None,
             reason: format!(
-                "metadata: none ({why}, and bpf_xdp_adjust_tail too): offload = true is refused"
+                "metadata: none ({why}, and bpf_xdp_adjust_head too): offload = true is refused"
             ),
         }
     }
@@ -1238,7 +1253,7 @@ pub fn meta_choice() -> MetaChoice {
     if k.bpf_load {
         k.meta_forced_off = forced_no_meta();
         k.adjust_meta = !k.meta_forced_off && helper(sys::BPF_FUNC_xdp_adjust_meta) == Ok(true);
-        k.adjust_tail = helper(sys::BPF_FUNC_xdp_adjust_tail) == Ok(true);
+        k.adjust_head = helper(sys::BPF_FUNC_xdp_adjust_head) == Ok(true);
     }
     choose_meta(&k)
 }
@@ -1474,7 +1489,7 @@ pub fn choose(k: &KernelFeatures, ifs: &[InterfaceFeatures], s: &Settings) -> Pl
         add("metadata", meta.reason.clone());
         if meta.mode == MetaMode::None && k.bpf_load {
             fatal.push(
-                "offload = true needs bpf_xdp_adjust_meta or bpf_xdp_adjust_tail; the kernel refuses both: set offload = false"
+                "offload = true needs bpf_xdp_adjust_meta or bpf_xdp_adjust_head; the kernel refuses both: set offload = false"
                     .into(),
             );
         }
@@ -1619,17 +1634,17 @@ mod tests {
     }
 
     #[test]
-    fn no_adjust_meta_falls_back_to_a_trailer() {
+    fn no_adjust_meta_falls_back_to_a_prefix() {
         let k = KernelFeatures {
             adjust_meta: false,
             ..full()
         };
         let p = choose(&k, &[veth("tg0", true), veth("tg1", true)], &OFFLOAD);
         assert!(p.can_run(), "{:?}", p.fatal);
-        assert_eq!(p.meta.mode, MetaMode::Trailer);
+        assert_eq!(p.meta.mode, MetaMode::Prefix);
         assert_eq!(
             p.meta.reason,
-            "metadata: none (kernel refuses bpf_xdp_adjust_meta): fast-path marks carried in a frame trailer (bpf_xdp_adjust_tail)"
+            "metadata: none (kernel refuses bpf_xdp_adjust_meta): fast-path marks carried in a frame prefix (bpf_xdp_adjust_head)"
         );
         // Forced off says so.
         let k = KernelFeatures {
@@ -1637,7 +1652,7 @@ mod tests {
             ..k
         };
         let m = choose_meta(&k);
-        assert_eq!(m.mode, MetaMode::Trailer);
+        assert_eq!(m.mode, MetaMode::Prefix);
         assert!(
             m.reason.contains("forced by TOLLGATE_FORCE_NO_META=1"),
             "{}",
@@ -1649,7 +1664,7 @@ mod tests {
     fn neither_helper_refuses_offload_only() {
         let k = KernelFeatures {
             adjust_meta: false,
-            adjust_tail: false,
+            adjust_head: false,
             ..full()
         };
         let ifs = [veth("tg0", true), veth("tg1", true)];
@@ -1860,8 +1875,8 @@ mod tests {
                 "the verifier refused for another reason: {e}"
             );
         }
-        let tail = load_xdp(&calling(sys::BPF_FUNC_xdp_adjust_tail, -8));
-        assert_eq!(k.adjust_tail, tail.is_ok(), "verifier: {tail:?}");
+        let head = load_xdp(&calling(sys::BPF_FUNC_xdp_adjust_head, -8));
+        assert_eq!(k.adjust_head, head.is_ok(), "verifier: {head:?}");
         // A call to a helper XDP programs may never use is refused, and
         // the refusal is the helper's (the loader itself works).
         let bad = load_xdp(&calling(sys::BPF_FUNC_skb_store_bytes, 0));
@@ -1892,7 +1907,7 @@ mod tests {
         assert!(k.version.is_some(), "{}", k.release);
         assert!(k.af_xdp, "{:?}", k.af_xdp_error);
         // Tollgate's own program loads here, so what it uses is there.
-        crate::bpf::XdpProgram::load().expect("Tollgate's XDP program");
+        crate::bpf::XdpProgram::load(true).expect("Tollgate's XDP program");
         for (ok, what) in [
             (k.redirect_map, "redirect_map"),
             (k.bpf_loop, "bpf_loop"),

@@ -3,9 +3,8 @@
 
 mod common;
 
-use dataplane::bpf::{
-    action, xdp_helper_loads, Mark, XdpProgram, XDP_ADJUST_HEAD, XDP_ADJUST_META,
-};
+use dataplane::bpf::{action, Mark, XdpProgram};
+use dataplane::probe::{calling, load_xdp};
 
 #[test]
 fn program_loads_and_passes_what_it_must_not_take() {
@@ -42,8 +41,13 @@ fn a_missing_redirect_target_does_not_answer() {
 /// What this kernel accepts, as the probe tells it (printed: a skipped
 /// variant names the kernel's answer).
 fn helpers() -> (Result<(), String>, Result<(), String>) {
-    let meta = xdp_helper_loads(XDP_ADJUST_META, -8).expect("BPF programs load as root");
-    let head = xdp_helper_loads(XDP_ADJUST_HEAD, -8).expect("BPF programs load as root");
+    let ask = |id| {
+        load_xdp(&calling(id, -8))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let meta = ask(libbpf_sys::BPF_FUNC_xdp_adjust_meta);
+    let head = ask(libbpf_sys::BPF_FUNC_xdp_adjust_head);
     eprintln!("probe: bpf_xdp_adjust_meta {meta:?}, bpf_xdp_adjust_head {head:?}");
     (meta, head)
 }

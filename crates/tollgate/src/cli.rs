@@ -337,7 +337,7 @@ fn report_json(
         "meta": {
             "mode": match plan.meta.mode {
                 MetaMode::Meta => "meta",
-                MetaMode::Trailer => "trailer",
+                MetaMode::Prefix => "prefix",
                 MetaMode::None => "none",
             },
             "reason": plan.meta.reason,

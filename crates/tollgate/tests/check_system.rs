@@ -183,13 +183,13 @@ fn json_and_the_forced_fallback() {
         .as_array()
         .is_some_and(|r| r.len() == 20));
     let kernel_meta = v["kernel"]["features"]["adjust_meta"] == Value::Bool(true);
-    let tail = v["kernel"]["features"]["adjust_tail"] == Value::Bool(true);
+    let head = v["kernel"]["features"]["adjust_head"] == Value::Bool(true);
     assert_eq!(
         v["meta"]["mode"],
         if kernel_meta {
             "meta"
-        } else if tail {
-            "trailer"
+        } else if head {
+            "prefix"
         } else {
             "none"
         }
@@ -215,11 +215,11 @@ fn json_and_the_forced_fallback() {
             .is_some_and(|d| d.starts_with("forced by TOLLGATE_FORCE_NO_META")),
         "{row}"
     );
-    if tail {
-        assert_eq!(v["meta"]["mode"], "trailer");
+    if head {
+        assert_eq!(v["meta"]["mode"], "prefix");
         assert!(v["meta"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("frame trailer (bpf_xdp_adjust_tail)")));
+            .is_some_and(|r| r.contains("frame prefix (bpf_xdp_adjust_head)")));
     } else {
         assert_eq!(v["meta"]["mode"], "none");
     }
