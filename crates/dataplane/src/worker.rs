@@ -727,7 +727,7 @@ impl Worker {
         let mut last_idle = 0;
         // Busy polling: poll() only looks (no sleep) and the idle work below
         // runs at most every IDLE_NS instead of after every empty look.
-        let timeout = if self.busy_poll { 0 } else { 100 };
+        let idle_timeout = if self.busy_poll { 0 } else { 100 };
         if let Some(o) = &self.offload {
             o.set_clock(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
@@ -749,6 +749,13 @@ impl Worker {
                     revents: 0,
                 },
             ];
+            // Frames waiting in a TX ring come back through the completion
+            // ring, not as something to read: look again soon.
+            let timeout = if self.pair.in_flight() > 0 {
+                idle_timeout.min(1)
+            } else {
+                idle_timeout
+            };
             // SAFETY: `fds` is a valid array of three pollfd for the call's
             // duration (a negative fd is ignored by poll).
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
@@ -763,6 +770,16 @@ impl Worker {
                 // (a dead master's expectations) is announced.
                 self.pipeline.conntrack_mut().expire(now);
                 self.post_msgs();
+            }
+            if ready <= 0 {
+                // Nothing to read. Under overload every frame can be in a TX
+                // ring, none in the fill rings: then nothing can arrive, and
+                // the completions were only ever collected after a receive.
+                // Collect them (which refills the fill rings) and kick the
+                // TX rings here too, or the worker never starts again.
+                self.pair.reclaim();
+                self.pair.flush(0);
+                self.pair.flush(1);
             }
             if ready > 0 {
                 self.step(Side::Inside, now);

@@ -381,6 +381,14 @@ impl Pair {
         })
     }
 
+    /// Frames handed to the TX rings and not yet back through a completion
+    /// ring, both sides.
+    pub fn in_flight(&self) -> u32 {
+        self.socks[0]
+            .in_flight
+            .saturating_add(self.socks[1].in_flight)
+    }
+
     /// Frames free in the pool (for tests and metrics).
     pub fn pool_len(&self) -> usize {
         self.pool.len()
