@@ -23,6 +23,9 @@ struct tg_config {
 	/* The key of `flows4`'s hash (random, chosen when the program is
 	 * loaded: no one outside can aim flows at one bucket). */
 	__u32 flows4_seed;
+	/* 1: with TG_MARK_TRAILER, frames passed for want of a socket carry
+	 * the trailer too (BPF_PROG_TEST_RUN, where no socket exists). */
+	__u32 mark_unsocketed;
 };
 
 /* ---- the fast path (flow offload) ----
@@ -196,8 +199,15 @@ _Static_assert(((TG_E4_VALID | TG_E4_CLAIMED) & TG_E4_GEN_MASK) == 0 &&
 		       (TG_E4_GEN_MASK & TG_E4_REF_MASK) == 0,
 	       "the meta fields do not overlap");
 
-/* Written by the program in front of every frame it gives an AF_XDP socket
- * while offload is on (XDP metadata). */
+/* The mark the program gives the worker with a frame it hands to an AF_XDP
+ * socket: with TG_MARK_META as XDP metadata in front of the frame, while
+ * offload is on; with TG_MARK_TRAILER as 8 bytes appended to every frame
+ * (offload on or off), which the worker takes off before anything else
+ * reads the frame. */
+#define TG_MARK_META 1
+#define TG_MARK_TRAILER 2
+/* No mark: the program has no fast path (offload stays off). */
+#define TG_MARK_NONE 0
 struct tg_meta {
 	__u16 magic;
 	__u8 kind;

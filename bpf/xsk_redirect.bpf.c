@@ -17,6 +17,13 @@
 #include <bpf/bpf_endian.h>
 #include "tollgate.h"
 
+/* How frames handed to a socket carry the fast path's mark (struct
+ * tg_meta), chosen by user space before the program is loaded from what the
+ * kernel offers (tollgate.h, TG_MARK_*). A constant of the loaded program:
+ * the verifier never walks the branches of the other way, so a kernel that
+ * refuses bpf_xdp_adjust_meta still loads the trailer variant. */
+const volatile __u32 tg_mark = TG_MARK_NONE;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, 2 * TG_MAX_QUEUES);
@@ -29,7 +36,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct tg_config);
-} config SEC(".maps");
+} settings SEC(".maps");
 
 /* The two sides as egress ports (slot = side). */
 struct {
@@ -72,7 +79,10 @@ enum tg_punt {
 	TG_PUNT_WINDOW = 2,
 	TG_PUNT_INACTIVE = 3,
 	TG_PUNT_BUSY = 4,
-	TG_PUNT_REASONS = 5,
+	/* Not a punt: frames dropped because the trailer did not fit (no
+	 * tailroom), trailer mode only. */
+	TG_NO_TRAILER_ROOM = 5,
+	TG_PUNT_REASONS = 6,
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -520,18 +530,46 @@ static __always_inline int tcp_in_window(struct tg_flow *f, __u32 dir, struct pk
 	return 1;
 }
 
-/* Writes the metadata the worker reads in front of the frame. */
-static __always_inline void set_meta(struct xdp_md *ctx, __u8 kind, __u8 dir, __u32 slot)
+/* Notes the mark the worker reads with the frame (written by hand_over). */
+static __always_inline void set_meta(struct tg_meta *m, __u8 kind, __u8 dir, __u32 slot)
+{
+	m->kind = kind;
+	m->dir = dir;
+	m->slot = slot;
+}
+
+/* Writes the mark as XDP metadata in front of the frame. Only the metadata
+ * variant of the program contains this call (tg_mark is a load-time
+ * constant). */
+static __always_inline void write_meta(struct xdp_md *ctx, struct tg_meta *mark)
 {
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct tg_meta)))
 		return;
 	struct tg_meta *m = (void *)(long)ctx->data_meta;
 	if ((void *)(m + 1) > (void *)(long)ctx->data)
 		return;
-	m->magic = TG_META_MAGIC;
-	m->kind = kind;
-	m->dir = dir;
-	m->slot = slot;
+	*m = *mark;
+}
+
+/* Appends the mark to the frame (trailer variant): 0, or -1 when the frame
+ * has no room for it. */
+static __always_inline int write_trailer(struct xdp_md *ctx, struct tg_meta *mark)
+{
+	if (bpf_xdp_adjust_tail(ctx, (int)sizeof(struct tg_meta)))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u64 len = end - data;
+
+	if (len < sizeof(struct tg_meta))
+		return -1;
+	/* Bounded for the verifier: a frame is less than 16 KB here. */
+	__u64 at = (len - sizeof(struct tg_meta)) & 0x3fff;
+	struct tg_meta *m = data + at;
+	if ((void *)(m + 1) > end)
+		return -1;
+	__builtin_memcpy(m, mark, sizeof(*m));
+	return 0;
 }
 
 /* Gives the flow back to the worker: from ACTIVE (or after our own BUSY). */
@@ -559,7 +597,7 @@ static long spin_cb(__u64 i, void *data)
 /* A plain packet of a flow we hold (BUSY): forwarded and accounted, the flow
  * ACTIVE again; or, when the core would not simply accept it, given to the
  * slow path with the flow withdrawn. */
-static __always_inline int forward_locked(struct xdp_md *ctx, struct tg_flow *f, __u32 dir,
+static __always_inline int forward_locked(struct tg_meta *m, struct tg_flow *f, __u32 dir,
 					  __u32 slot, __u32 side, struct pkt *p)
 {
 	const __u64 active = (__u64)TG_ACTIVE << TG_CTL_SHIFT;
@@ -573,7 +611,7 @@ static __always_inline int forward_locked(struct xdp_md *ctx, struct tg_flow *f,
 	if (w == 0) {
 		withdraw(f, busy);
 		count_punt(TG_PUNT_WINDOW);
-		set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
+		set_meta(m, TG_META_WITHDRAWN, dir, slot);
 		return -1;
 	}
 	if (w == 1)
@@ -623,9 +661,10 @@ static __always_inline int find4(struct pkt *p, __u32 seed, __u32 *ref)
 	return 0;
 }
 
-/* The fast path: XDP_REDIRECT to the other side, or -1 (with the metadata
- * set) for the slow path. */
-static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 side)
+/* The fast path: XDP_REDIRECT to the other side, or -1 (with the mark in
+ * `m` set) for the slow path. */
+static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 side,
+				struct tg_meta *m)
 {
 	struct pkt p = {};
 
@@ -703,25 +742,25 @@ static __always_inline int fast(struct xdp_md *ctx, struct tg_config *c, __u32 s
 	}
 	switch (what) {
 	case LOCKED:
-		return forward_locked(ctx, f, dir, slot, side, &p);
+		return forward_locked(m, f, dir, slot, side, &p);
 	case PENDING_PUNT:
 		count_punt(TG_PUNT_PENDING);
-		set_meta(ctx, TG_META_PENDING, dir, slot);
+		set_meta(m, TG_META_PENDING, dir, slot);
 		return -1;
 	case WITHDRAWN_PUNT:
 		count_punt(TG_PUNT_NOT_PLAIN);
-		set_meta(ctx, TG_META_WITHDRAWN, dir, slot);
+		set_meta(m, TG_META_WITHDRAWN, dir, slot);
 		return -1;
 	case INACTIVE:
 		count_punt(TG_PUNT_INACTIVE);
-		set_meta(ctx, TG_META_NONE, 0, 0);
+		set_meta(m, TG_META_NONE, 0, 0);
 		return -1;
 	default:
 		/* Held all along (never seen): the slow path; the worker takes
 		 * the flow back from there, so nothing is lost but the order of
 		 * this packet. */
 		count_punt(TG_PUNT_BUSY);
-		set_meta(ctx, TG_META_NONE, 0, 0);
+		set_meta(m, TG_META_NONE, 0, 0);
 		return -1;
 	}
 }
@@ -730,7 +769,7 @@ SEC("xdp")
 int tg_redirect(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
-	struct tg_config *c = bpf_map_lookup_elem(&config, &zero);
+	struct tg_config *c = bpf_map_lookup_elem(&settings, &zero);
 
 	if (!c || !c->redirect)
 		return XDP_PASS;
@@ -738,19 +777,32 @@ int tg_redirect(struct xdp_md *ctx)
 	__u32 q = ctx->rx_queue_index;
 	if (q >= TG_MAX_QUEUES)
 		return XDP_PASS;
-	if (c->offload) {
-		void *meta = (void *)(long)ctx->data_meta;
-		int r = fast(ctx, c, side);
+	__u32 slot = side * TG_MAX_QUEUES + q;
+	struct tg_meta m = { .magic = TG_META_MAGIC, .kind = TG_META_NONE };
+
+	if (tg_mark != TG_MARK_NONE && c->offload) {
+		int r = fast(ctx, c, side, &m);
 
 		if (r >= 0)
 			return r;
+	}
+	if (tg_mark == TG_MARK_TRAILER) {
+		/* Every frame a socket gets carries the trailer, offload on or
+		 * off, so the worker always knows to take it off. No socket on
+		 * this queue: the kernel's, as it came. */
+		if (!c->mark_unsocketed && !bpf_map_lookup_elem(&xsks, &slot))
+			return XDP_PASS;
+		if (write_trailer(ctx, &m)) {
+			count_punt(TG_NO_TRAILER_ROOM);
+			return XDP_DROP;
+		}
+	} else if (tg_mark == TG_MARK_META && c->offload) {
 		/* Every frame handed over carries metadata, so the worker never
 		 * reads a stale one (the frame's previous use). */
-		if ((void *)(long)ctx->data_meta == meta)
-			set_meta(ctx, TG_META_NONE, 0, 0);
+		write_meta(ctx, &m);
 	}
 	/* No socket on this queue: XDP_PASS rather than a drop. */
-	return bpf_redirect_map(&xsks, side * TG_MAX_QUEUES + q, XDP_PASS);
+	return bpf_redirect_map(&xsks, slot, XDP_PASS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -45,6 +45,25 @@ pub enum BpfError {
     /// redirects to it: they would be dropped.
     #[error("offload: {0} {why}; set offload = false or fix the interface", why = NO_XMIT)]
     NoRedirectTarget(String),
+    /// Offload is on but the kernel lets the XDP program mark the frames it
+    /// hands to the workers in no way the fast path can use.
+    #[error(
+        "offload: this kernel refuses both bpf_xdp_adjust_meta ({meta}) and bpf_xdp_adjust_tail \
+         ({tail}) in XDP programs, so the fast path cannot tell the workers which packets it \
+         held back; set offload = false (the AF_XDP path is complete without it)"
+    )]
+    NoMark {
+        /// The kernel's answer to a program calling bpf_xdp_adjust_meta.
+        meta: String,
+        /// The kernel's answer to a program calling bpf_xdp_adjust_tail.
+        tail: String,
+    },
+    /// The fast path was asked for on a program loaded without one.
+    #[error("offload: the XDP program was loaded without the fast path (offload was off)")]
+    NoFastPath,
+    /// No BPF program can be loaded (privileges).
+    #[error("loading a BPF program: {0} (Tollgate needs root, or CAP_BPF and CAP_NET_ADMIN)")]
+    Load(std::io::Error),
     /// The kernel did not answer what an interface can do with XDP.
     #[error("querying the XDP features of interface {ifindex}: {err}")]
     XdpQuery {
@@ -122,6 +141,139 @@ pub fn check_redirect_targets(ifaces: [&str; 2]) -> Result<(), BpfError> {
     Ok(())
 }
 
+/// How the program marks the frames it hands to the workers with what the
+/// fast path did with them (`struct tg_meta`; `TG_MARK_*` in tollgate.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// No mark and no fast path in the program (offload off).
+    None,
+    /// XDP metadata in front of the frame (`bpf_xdp_adjust_meta`), while
+    /// offload is on.
+    Meta,
+    /// 8 bytes appended to every frame a socket gets (`bpf_xdp_adjust_tail`),
+    /// offload on or off: the worker takes them off first
+    /// ([`crate::xsk::Pair::set_trailer`]).
+    Trailer,
+}
+
+impl Mark {
+    /// The value of the program's `tg_mark`.
+    fn code(self) -> u32 {
+        match self {
+            Mark::None => 0,
+            Mark::Meta => 1,
+            Mark::Trailer => 2,
+        }
+    }
+
+    /// The mark for a program with (`offload`) or without the fast path,
+    /// from what this kernel accepts in an XDP program: metadata where
+    /// `bpf_xdp_adjust_meta` loads (unless `TOLLGATE_FORCE_NO_META=1`), else
+    /// the trailer where `bpf_xdp_adjust_tail` loads, else an error: the
+    /// fast path cannot be exact. The reason goes with the choice.
+    pub fn choose(offload: bool) -> Result<(Mark, String), BpfError> {
+        if !offload {
+            return Ok((Mark::None, "offload off: no fast path, no mark".into()));
+        }
+        let forced = std::env::var("TOLLGATE_FORCE_NO_META").is_ok_and(|v| v == "1");
+        let meta = if forced {
+            Err("not tried: TOLLGATE_FORCE_NO_META=1".to_string())
+        } else {
+            xdp_helper_loads(XDP_ADJUST_META, -8)?
+        };
+        if meta.is_ok() {
+            return Ok((
+                Mark::Meta,
+                "fast-path marks as XDP metadata (bpf_xdp_adjust_meta)".into(),
+            ));
+        }
+        let meta = meta.err().unwrap_or_default();
+        match xdp_helper_loads(XDP_ADJUST_TAIL, 8)? {
+            Ok(()) => Ok((
+                Mark::Trailer,
+                format!(
+                    "fast-path marks in an 8-byte frame trailer (bpf_xdp_adjust_tail): \
+                     bpf_xdp_adjust_meta {meta}"
+                ),
+            )),
+            Err(tail) => Err(BpfError::NoMark { meta, tail }),
+        }
+    }
+}
+
+/// `BPF_FUNC_xdp_adjust_meta`.
+pub const XDP_ADJUST_META: i32 = 54;
+/// `BPF_FUNC_xdp_adjust_tail`.
+pub const XDP_ADJUST_TAIL: i32 = 65;
+
+/// Whether the kernel loads an XDP program that calls helper `helper` with
+/// the context and `arg` (`r2`): `Ok(Ok(()))` if it does, `Ok(Err(why))`
+/// with the verifier's first complaint if it refuses the program, `Err` if
+/// no program can be loaded at all (privileges). A real load, not libbpf's
+/// helper probe: that one only recognises the verifier's "unknown func"
+/// wording, and kernels that refuse a helper for XDP with other words pass
+/// it.
+pub fn xdp_helper_loads(helper: i32, arg: i32) -> Result<Result<(), String>, BpfError> {
+    fn insn(code: u8, dst: u8, imm: i32) -> libbpf_sys::bpf_insn {
+        let mut i = libbpf_sys::bpf_insn {
+            code,
+            _bitfield_align_1: [],
+            _bitfield_1: libbpf_sys::__BindgenBitfieldUnit::new([0]),
+            off: 0,
+            imm,
+        };
+        i.set_dst_reg(dst);
+        i
+    }
+    const MOV64_IMM: u8 = 0xb7;
+    const CALL: u8 = 0x85;
+    const EXIT: u8 = 0x95;
+    // r2 = arg; call helper (r1 is the context on entry); r0 = XDP_PASS; exit.
+    let prog = [
+        insn(MOV64_IMM, 2, arg),
+        insn(CALL, 0, helper),
+        insn(MOV64_IMM, 0, 2),
+        insn(EXIT, 0, 0),
+    ];
+    let mut log = vec![0u8; 4096];
+    let mut opts = libbpf_sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as libbpf_sys::size_t,
+        log_buf: log.as_mut_ptr().cast(),
+        log_size: 4096,
+        log_level: 1,
+        ..Default::default()
+    };
+    // SAFETY: the instructions, the license string and the log buffer
+    // outlive the call; opts is sized and zeroed but for what is set above.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(
+            libbpf_sys::BPF_PROG_TYPE_XDP,
+            c"tg_probe".as_ptr(),
+            c"Dual BSD/GPL".as_ptr(),
+            prog.as_ptr(),
+            prog.len() as libbpf_sys::size_t,
+            &mut opts,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: `fd` is the program just loaded, closed once.
+        unsafe { libc::close(fd) };
+        return Ok(Ok(()));
+    }
+    let err = std::io::Error::from_raw_os_error(-fd);
+    if -fd == libc::EPERM {
+        return Err(BpfError::Load(err));
+    }
+    let text = String::from_utf8_lossy(log.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
+    // The verifier's last line is its verdict; the one before names why.
+    let why = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("helper") || l.contains("func"))
+        .map_or_else(|| err.to_string(), |l| format!("refused: {}", l.trim()));
+    Ok(Err(why))
+}
+
 /// Queues per interface (`TG_MAX_QUEUES`).
 pub const MAX_QUEUES: u32 = 64;
 
@@ -133,6 +285,7 @@ struct Config {
     ifindex: [u32; 2],
     checksum: u32,
     flows4_seed: u32,
+    mark_unsocketed: u32,
 }
 
 /// A random word from the kernel (the flows4 hash's key).
@@ -155,6 +308,7 @@ pub struct XdpProgram {
     skel: XskRedirectSkel<'static>,
     links: Vec<Link>,
     config: Config,
+    mark: Mark,
 }
 
 fn lib(what: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
@@ -173,24 +327,46 @@ pub fn ifindex(name: &str) -> Result<i32, BpfError> {
 }
 
 impl XdpProgram {
-    /// Loads the program through the verifier (redirect off: everything passes).
-    pub fn load() -> Result<XdpProgram, BpfError> {
+    /// Loads the program through the verifier (redirect off: everything
+    /// passes), with the fast path if `offload`, marking frames the way
+    /// [`Mark::choose`] picks for this kernel.
+    pub fn load(offload: bool) -> Result<XdpProgram, BpfError> {
+        let (mark, _) = Mark::choose(offload)?;
+        Self::load_marked(mark)
+    }
+
+    /// Loads the program with `mark` (see [`Mark`]).
+    pub fn load_marked(mark: Mark) -> Result<XdpProgram, BpfError> {
         // The skeleton borrows its object storage for its whole life; one
         // program per process, so the storage simply lives as long.
         let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = XskRedirectSkelBuilder::default()
+        let mut open = XskRedirectSkelBuilder::default()
             .open(storage)
             .map_err(lib("opening the XDP program"))?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| BpfError::Offload("the program has no read-only data".into()))?;
+        rodata.tg_mark = mark.code();
         let skel = open.load().map_err(lib("loading the XDP program"))?;
-        Ok(XdpProgram {
+        let p = XdpProgram {
             skel,
             links: Vec::new(),
             config: Config {
                 flows4_seed: random_u32(),
                 ..Config::default()
             },
-        })
+            mark,
+        };
+        p.write_config()?;
+        Ok(p)
+    }
+
+    /// How this program marks the frames it hands over.
+    pub fn mark(&self) -> Mark {
+        self.mark
     }
 
     /// Attaches the program to the interface of `side` (0 inside, 1 outside;
@@ -250,6 +426,9 @@ impl XdpProgram {
     /// Turns the fast path on or off; `checksum`: verify L4 checksums as
     /// the core does (its `checksum` option).
     pub fn set_offload(&mut self, on: bool, checksum: bool) -> Result<(), BpfError> {
+        if on && self.mark == Mark::None {
+            return Err(BpfError::NoFastPath);
+        }
         self.config.offload = u32::from(on);
         self.config.checksum = u32::from(checksum);
         self.write_config()
@@ -270,7 +449,7 @@ impl XdpProgram {
 
     fn write_config(&self) -> Result<(), BpfError> {
         let c = &self.config;
-        let mut v = [0u8; 24];
+        let mut v = [0u8; 28];
         for (i, w) in [
             c.redirect,
             c.offload,
@@ -278,6 +457,7 @@ impl XdpProgram {
             c.ifindex[1],
             c.checksum,
             c.flows4_seed,
+            c.mark_unsocketed,
         ]
         .iter()
         .enumerate()
@@ -286,7 +466,7 @@ impl XdpProgram {
         }
         self.skel
             .maps
-            .config
+            .settings
             .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
             .map_err(lib("writing the config map"))
     }
@@ -303,10 +483,22 @@ impl XdpProgram {
         .map_err(|e| BpfError::Offload(e.to_string()))
     }
 
+    /// Frames with a trailer to carry that the program dropped for want of
+    /// room behind them ([`Mark::Trailer`] only; a driver without tailroom).
+    pub fn no_trailer_room(&self) -> u64 {
+        self.punt_counts::<6>()[5]
+    }
+
     /// Packets of installed flows the program sent to the slow path, per
     /// reason: pending, not plain, window, inactive, busy.
     pub fn punts(&self) -> [u64; 5] {
-        let mut out = [0u64; 5];
+        let all = self.punt_counts::<6>();
+        [all[0], all[1], all[2], all[3], all[4]]
+    }
+
+    /// The program's per-CPU `punts` counters, summed.
+    fn punt_counts<const N: usize>(&self) -> [u64; N] {
+        let mut out = [0u64; N];
         for (i, o) in out.iter_mut().enumerate() {
             // i < 5.
             #[allow(clippy::cast_possible_truncation)]
@@ -334,14 +526,19 @@ impl XdpProgram {
         self.run_test(frame, repeat).map(|(rv, _, t)| (rv, t))
     }
 
-    /// [`Self::test_run`] that also returns the metadata the program put in
-    /// front of the frame (`struct tg_meta`), if any.
-    pub fn test_run_meta(&self, frame: &[u8]) -> Result<(u32, Option<[u8; 8]>), BpfError> {
+    /// [`Self::test_run`] that also returns the mark the program gave the
+    /// frame (`struct tg_meta`, as metadata or trailer), if any. With a
+    /// trailer, frames passed for want of a socket carry it too here.
+    pub fn test_run_meta(&mut self, frame: &[u8]) -> Result<(u32, Option<[u8; 8]>), BpfError> {
+        if self.mark == Mark::Trailer && self.config.mark_unsocketed == 0 {
+            self.config.mark_unsocketed = 1;
+            self.write_config()?;
+        }
         self.run_test(frame, 1).map(|(rv, meta, _)| (rv, meta))
     }
 
-    /// BPF_PROG_TEST_RUN: the action, the metadata in front of the frame
-    /// out (if 8 bytes), the average time per run.
+    /// BPF_PROG_TEST_RUN: the action, the mark (metadata in front of the
+    /// frame out, or its trailer), the average time per run.
     fn run_test(
         &self,
         frame: &[u8],
@@ -370,10 +567,23 @@ impl XdpProgram {
             .test_run(input)
             .map_err(lib("running the XDP program"))?;
         let (rv, took) = (out.return_value, out.duration);
-        let meta_len = u32::from_ne_bytes([ctx_out[0], ctx_out[1], ctx_out[2], ctx_out[3]]);
-        let meta = (meta_len == 8)
-            .then(|| data_out.get(..8).and_then(|m| m.try_into().ok()))
-            .flatten();
+        let data: &[u8] = out.data.as_deref().unwrap_or(&[]);
+        let ctx: &[u8] = out.context.as_deref().unwrap_or(&[]);
+        let meta = match self.mark {
+            Mark::Meta => {
+                let meta_len = ctx
+                    .get(..4)
+                    .and_then(|w| w.try_into().ok())
+                    .map_or(0, u32::from_ne_bytes);
+                (meta_len == 8)
+                    .then(|| data.get(..8).and_then(|m| m.try_into().ok()))
+                    .flatten()
+            }
+            Mark::Trailer if data.len() == frame.len() + 8 => {
+                data.get(frame.len()..).and_then(|m| m.try_into().ok())
+            }
+            _ => None,
+        };
         Ok((rv, meta, took))
     }
 }

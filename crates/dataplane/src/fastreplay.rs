@@ -86,7 +86,7 @@ impl FastReplay {
             return Err(setup("creating a veth pair (ip link add)".into()));
         }
         let other = crate::bpf::ifindex("tgfra").map_err(|e| setup(e.to_string()))?;
-        let mut prog = XdpProgram::load().map_err(|e| setup(e.to_string()))?;
+        let mut prog = XdpProgram::load(true).map_err(|e| setup(e.to_string()))?;
         let checksum = pipeline.conntrack().config().checksum;
         prog.set_side(0, 1).map_err(|e| setup(e.to_string()))?;
         prog.set_side(1, other).map_err(|e| setup(e.to_string()))?;

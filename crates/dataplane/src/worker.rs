@@ -21,7 +21,7 @@ use conntrack::shard::Sharding;
 use conntrack::{DropReason, Event, HelperKind, PacketResult, Pipeline};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use crate::bpf::{BpfError, XdpProgram};
+use crate::bpf::{BpfError, Mark, XdpProgram};
 use crate::offload::Offloader;
 use crate::recheck::{OffloadStatus, Watcher};
 use crate::xsk::{Pair, PortError, RingStats};
@@ -596,11 +596,12 @@ pub fn open_workers(
     counters: Vec<Arc<Counters>>,
     fabric: Option<Arc<Fabric>>,
 ) -> Result<(Vec<Worker>, Programs), WorkerError> {
-    let mut prog = XdpProgram::load()?;
+    let mut prog = XdpProgram::load(cfg.offload)?;
     let status = Arc::new(OffloadStatus::default());
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&q, mut p), c)) in queues.iter().zip(pipelines).zip(counters).enumerate() {
-        let pair = Pair::open(&cfg.inside, &cfg.outside, q, cfg.mode)?;
+        let mut pair = Pair::open(&cfg.inside, &cfg.outside, q, cfg.mode)?;
+        pair.set_trailer(prog.mark() == Mark::Trailer);
         prog.set_socket(0, q, pair.fd(0))?;
         prog.set_socket(1, q, pair.fd(1))?;
         if fabric.as_ref().is_some_and(|f| f.workers() > 1) {
@@ -640,10 +641,11 @@ impl Worker {
         pipeline: Pipeline,
         counters: Arc<Counters>,
     ) -> Result<Worker, WorkerError> {
-        let pair = Pair::open(&cfg.inside, &cfg.outside, cfg.queue, cfg.mode)?;
+        let mut pair = Pair::open(&cfg.inside, &cfg.outside, cfg.queue, cfg.mode)?;
         // One program on both interfaces: it tells the sides apart by the
         // ingress interface and shares its maps between them.
-        let mut p = XdpProgram::load()?;
+        let mut p = XdpProgram::load(cfg.offload)?;
+        pair.set_trailer(p.mark() == Mark::Trailer);
         p.set_socket(0, cfg.queue, pair.fd(0))?;
         p.set_socket(1, cfg.queue, pair.fd(1))?;
         p.attach(0, &cfg.inside)?;

@@ -86,6 +86,9 @@ pub struct Pair {
     scratch: Vec<FrameDesc>,
     /// The sockets run in zero-copy mode.
     zero_copy: bool,
+    /// Every received frame ends with the XDP program's 8-byte mark
+    /// ([`crate::bpf::Mark::Trailer`]).
+    trailer: bool,
 }
 
 impl Pair {
@@ -104,6 +107,14 @@ impl Pair {
     /// True if the sockets run in zero-copy mode.
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// Says whether the XDP program appends its 8-byte mark to every frame
+    /// it gives these sockets ([`crate::bpf::Mark::Trailer`]): then
+    /// [`Self::receive`] takes it off each frame before anything reads the
+    /// frame or sends it on.
+    pub fn set_trailer(&mut self, on: bool) {
+        self.trailer = on;
     }
 
     fn open_with(
@@ -128,6 +139,7 @@ impl Pair {
             pool,
             scratch: vec![FrameDesc::default(); BATCH],
             zero_copy,
+            trailer: false,
         };
         pair.refill(0);
         pair.refill(1);
@@ -227,10 +239,11 @@ impl Pair {
     }
 
     /// Receives up to [`BATCH`] frames on side `side` and calls `f` once with
-    /// all of them, the 8 bytes of XDP metadata in front of each (zeros
-    /// unless `meta`) and a mark per frame, all false; the frames `f` marks
-    /// are transmitted on the other side as they are, the others go back to
-    /// the pool.
+    /// all of them, the program's 8-byte mark of each (XDP metadata in front
+    /// of the frame, read only if `meta`, else zeros; or the trailer, taken
+    /// off the frame, see [`Self::set_trailer`]) and a mark per frame, all
+    /// false; the frames `f` marks are transmitted on the other side as
+    /// they are, the others go back to the pool.
     pub fn receive(
         &mut self,
         side: usize,
@@ -250,6 +263,25 @@ impl Pair {
             .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
         let mut marks = [false; BATCH];
         let mut metas = [0u64; BATCH];
+        if self.trailer {
+            for (d, m) in descs[..got].iter_mut().zip(&mut metas) {
+                // SAFETY: a received frame is ours (not in any ring) until
+                // it is produced to a TX or fill ring below; nothing else
+                // reads or writes it meanwhile.
+                let mut data = unsafe { self.umem.data_mut(d) };
+                let len = data.contents().len();
+                // The program gives a socket no frame without its trailer;
+                // a shorter one would be a kernel's bug: left empty, it is
+                // dropped as truncated.
+                let body = len.saturating_sub(8);
+                if let Some(t) = data.contents().get(body..).filter(|t| t.len() == 8) {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(t);
+                    *m = u64::from_ne_bytes(w);
+                }
+                data.cursor().set_pos(body);
+            }
+        }
         {
             let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
             for (i, d) in descs[..got].iter().enumerate() {
@@ -258,7 +290,7 @@ impl Pair {
                 // (they do not leave this block).
                 let data = unsafe { self.umem.data(d) }.contents();
                 frames[i] = data;
-                if meta {
+                if meta && !self.trailer {
                     // SAFETY: the kernel puts a frame's data XDP_PACKET_HEADROOM
                     // (256) bytes into its UMEM chunk, XDP metadata right in
                     // front of it: these 8 bytes are inside the same chunk,

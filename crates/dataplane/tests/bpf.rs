@@ -3,14 +3,17 @@
 
 mod common;
 
-use dataplane::bpf::{action, XdpProgram};
+use dataplane::bpf::{
+    action, xdp_helper_loads, Mark, XdpProgram, XDP_ADJUST_META, XDP_ADJUST_TAIL,
+};
 
 #[test]
 fn program_loads_and_passes_what_it_must_not_take() {
     if !common::root_or_skip("loading BPF") {
         return;
     }
-    let mut p = XdpProgram::load().expect("verifier accepts the program");
+    let mut p = XdpProgram::load(false).expect("verifier accepts the program");
+    assert_eq!(p.mark(), Mark::None);
     let mut frame = vec![0u8; 64];
     frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     // Redirection off (the initial state): everything goes to the stack.
@@ -34,4 +37,91 @@ fn a_missing_redirect_target_does_not_answer() {
         Target::Unanswered(why) => assert!(why.contains("No such device"), "{why}"),
         t => panic!("a missing interface answered {t:?}"),
     }
+}
+
+/// What this kernel accepts, as the probe tells it (printed: a skipped
+/// variant names the kernel's answer).
+fn helpers() -> (Result<(), String>, Result<(), String>) {
+    let meta = xdp_helper_loads(XDP_ADJUST_META, -8).expect("BPF programs load as root");
+    let tail = xdp_helper_loads(XDP_ADJUST_TAIL, 8).expect("BPF programs load as root");
+    eprintln!("probe: bpf_xdp_adjust_meta {meta:?}, bpf_xdp_adjust_tail {tail:?}");
+    (meta, tail)
+}
+
+/// A UDP frame from 10.0.0.1:1000 to 10.0.0.2:2000, checksums right.
+fn udp_frame() -> Vec<u8> {
+    let l3 = conntrack::build::Pkt::udp4([10, 0, 0, 1], 1000, [10, 0, 0, 2], 2000)
+        .payload(b"hello")
+        .build();
+    conntrack::build::ethernet(&l3, &[])
+}
+
+/// Every variant the kernel accepts loads, and each hands frames over
+/// marked its own way: the trailer variant appends 8 bytes (magic first)
+/// to every frame, offload on or off; the metadata variant writes them in
+/// front, only with offload on; without a fast path nothing is added.
+#[test]
+fn each_mark_the_kernel_accepts_loads_and_marks_its_way() {
+    if !common::root_or_skip("loading BPF") {
+        return;
+    }
+    let (meta, tail) = helpers();
+    let frame = udp_frame();
+    let mut tried = 0;
+    for (mark, ok) in [(Mark::Meta, meta.is_ok()), (Mark::Trailer, tail.is_ok())] {
+        let loaded = XdpProgram::load_marked(mark);
+        if !ok {
+            // The probe's answer holds: the kernel refuses this variant.
+            assert!(
+                loaded.is_err(),
+                "{mark:?} loaded although the probe said no"
+            );
+            continue;
+        }
+        tried += 1;
+        let mut p = loaded.expect("the variant the probe accepts loads");
+        p.set_redirect(true).unwrap();
+        for offload in [false, true] {
+            p.set_offload(offload, true).unwrap();
+            let (rv, m) = p.test_run_meta(&frame).unwrap();
+            assert_eq!(rv, action::PASS, "no socket: passed");
+            let want = mark == Mark::Trailer || offload;
+            assert_eq!(m.is_some(), want, "{mark:?} offload {offload}: mark {m:?}");
+            if let Some(m) = m {
+                // struct tg_meta: magic 0x7467, kind NONE (no flow installed).
+                assert_eq!(u16::from_ne_bytes([m[0], m[1]]), 0x7467);
+                assert_eq!(m[2], 0);
+            }
+        }
+    }
+    // The project's kernels have at least one of the two: if neither loads,
+    // offload must be refused (below) and this test says so loudly.
+    assert!(
+        tried > 0,
+        "this kernel refuses both marks: offload cannot run here"
+    );
+}
+
+/// The choice follows the probe: metadata where the kernel takes it (unless
+/// TOLLGATE_FORCE_NO_META=1), else the trailer; and a program without the
+/// fast path refuses to turn it on.
+#[test]
+fn the_mark_follows_the_kernel_and_the_force_switch() {
+    if !common::root_or_skip("loading BPF") {
+        return;
+    }
+    let (meta, tail) = helpers();
+    let (mark, why) = Mark::choose(true).expect("one of the two loads");
+    let forced = std::env::var("TOLLGATE_FORCE_NO_META").is_ok_and(|v| v == "1");
+    let want = if meta.is_ok() && !forced {
+        Mark::Meta
+    } else {
+        assert!(tail.is_ok());
+        Mark::Trailer
+    };
+    assert_eq!(mark, want, "{why}");
+    assert_eq!(Mark::choose(false).unwrap().0, Mark::None);
+    let mut p = XdpProgram::load(false).unwrap();
+    assert!(p.set_offload(true, true).is_err());
+    assert!(p.set_offload(false, true).is_ok());
 }
