@@ -815,6 +815,6 @@ mod tests {
         assert_eq!(Cfg::parse(&b), Some(c));
         assert_eq!(&b[32..40], &7u64.to_ne_bytes());
         assert_eq!(&b[64..68], &11u32.to_ne_bytes());
-        assert_eq!(Cfg::parse(&b[..70]), None);
+        assert_eq!(Cfg::parse(&b[..66]), None);
     }
 }

@@ -329,7 +329,9 @@ fn live_frames_send_the_count_where_the_kernel_allows_them() {
             return;
         }
         for (size, count) in [(60, 1u32), (60, 100_000)] {
-            let c = auto.ceiling(&udp_frame(size), 1024, count).expect("ceiling");
+            let c = auto
+                .ceiling(&udp_frame(size), 1024, count)
+                .expect("ceiling");
             assert_eq!(c.received, u64::from(count), "{size} B x {count}: {c:?}");
         }
     });
