@@ -449,8 +449,10 @@ impl Generator {
         cfg: &Cfg,
         count: u32,
     ) -> Result<Duration, GenError> {
-        self.write_cfg(cfg)?;
         let idx = ifindex(iface)?;
+        // XDP_TX'd frames are transmitted as redirected ones are.
+        check_xmit(iface, idx)?;
+        self.write_cfg(cfg)?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         // The kernel wants data_end to be the frame's length and no metadata.
         let mut ctx = [0u8; 24];
