@@ -23,8 +23,8 @@ struct tg_config {
 	/* The key of `flows4`'s hash (random, chosen when the program is
 	 * loaded: no one outside can aim flows at one bucket). */
 	__u32 flows4_seed;
-	/* 1: with TG_MARK_TRAILER, frames passed for want of a socket carry
-	 * the trailer too (BPF_PROG_TEST_RUN, where no socket exists). */
+	/* 1: with TG_MARK_PREFIX, frames passed for want of a socket carry
+	 * the prefix too (BPF_PROG_TEST_RUN, where no socket exists). */
 	__u32 mark_unsocketed;
 };
 
@@ -201,11 +201,13 @@ _Static_assert(((TG_E4_VALID | TG_E4_CLAIMED) & TG_E4_GEN_MASK) == 0 &&
 
 /* The mark the program gives the worker with a frame it hands to an AF_XDP
  * socket: with TG_MARK_META as XDP metadata in front of the frame, while
- * offload is on; with TG_MARK_TRAILER as 8 bytes appended to every frame
- * (offload on or off), which the worker takes off before anything else
- * reads the frame. */
+ * offload is on; with TG_MARK_PREFIX as 8 bytes put in front of every
+ * frame, as part of it (bpf_xdp_adjust_head; offload on or off), which the
+ * worker takes off before anything else reads the frame. A prefix, not a
+ * trailer: XDP guarantees headroom, not tailroom (a frame the kernel built
+ * for a packet socket has none). */
 #define TG_MARK_META 1
-#define TG_MARK_TRAILER 2
+#define TG_MARK_PREFIX 2
 /* No mark: the program has no fast path (offload stays off). */
 #define TG_MARK_NONE 0
 struct tg_meta {

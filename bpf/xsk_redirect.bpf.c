@@ -21,7 +21,7 @@
  * tg_meta), chosen by user space before the program is loaded from what the
  * kernel offers (tollgate.h, TG_MARK_*). A constant of the loaded program:
  * the verifier never walks the branches of the other way, so a kernel that
- * refuses bpf_xdp_adjust_meta still loads the trailer variant. */
+ * refuses bpf_xdp_adjust_meta still loads the prefix variant. */
 const volatile __u32 tg_mark = TG_MARK_NONE;
 
 struct {
@@ -79,9 +79,9 @@ enum tg_punt {
 	TG_PUNT_WINDOW = 2,
 	TG_PUNT_INACTIVE = 3,
 	TG_PUNT_BUSY = 4,
-	/* Not a punt: frames dropped because the trailer did not fit (no
-	 * tailroom), trailer mode only. */
-	TG_NO_TRAILER_ROOM = 5,
+	/* Not a punt: frames dropped because the prefix did not fit (no
+	 * headroom: a driver breaking XDP's rule), prefix mode only. */
+	TG_NO_MARK_ROOM = 5,
 	TG_PUNT_REASONS = 6,
 };
 struct {
@@ -551,22 +551,14 @@ static __always_inline void write_meta(struct xdp_md *ctx, struct tg_meta *mark)
 	*m = *mark;
 }
 
-/* Appends the mark to the frame (trailer variant): 0, or -1 when the frame
- * has no room for it. */
-static __always_inline int write_trailer(struct xdp_md *ctx, struct tg_meta *mark)
+/* Puts the mark in front of the frame, as part of it (prefix variant): 0,
+ * or -1 if the frame has no headroom (every XDP driver leaves 256 bytes). */
+static __always_inline int write_prefix(struct xdp_md *ctx, struct tg_meta *mark)
 {
-	if (bpf_xdp_adjust_tail(ctx, (int)sizeof(struct tg_meta)))
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct tg_meta)))
 		return -1;
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	__u64 len = end - data;
-
-	if (len < sizeof(struct tg_meta))
-		return -1;
-	/* Bounded for the verifier: a frame is less than 16 KB here. */
-	__u64 at = (len - sizeof(struct tg_meta)) & 0x3fff;
-	struct tg_meta *m = data + at;
-	if ((void *)(m + 1) > end)
+	struct tg_meta *m = (void *)(long)ctx->data;
+	if ((void *)(m + 1) > (void *)(long)ctx->data_end)
 		return -1;
 	__builtin_memcpy(m, mark, sizeof(*m));
 	return 0;
@@ -786,14 +778,14 @@ int tg_redirect(struct xdp_md *ctx)
 		if (r >= 0)
 			return r;
 	}
-	if (tg_mark == TG_MARK_TRAILER) {
-		/* Every frame a socket gets carries the trailer, offload on or
+	if (tg_mark == TG_MARK_PREFIX) {
+		/* Every frame a socket gets carries the prefix, offload on or
 		 * off, so the worker always knows to take it off. No socket on
 		 * this queue: the kernel's, as it came. */
 		if (!c->mark_unsocketed && !bpf_map_lookup_elem(&xsks, &slot))
 			return XDP_PASS;
-		if (write_trailer(ctx, &m)) {
-			count_punt(TG_NO_TRAILER_ROOM);
+		if (write_prefix(ctx, &m)) {
+			count_punt(TG_NO_MARK_ROOM);
 			return XDP_DROP;
 		}
 	} else if (tg_mark == TG_MARK_META && c->offload) {

@@ -12,6 +12,7 @@ pub mod gen;
 pub mod lab;
 pub mod offload;
 pub mod plot;
+pub mod probe;
 pub mod recheck;
 pub mod steer;
 pub mod worker;

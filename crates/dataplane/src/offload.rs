@@ -1114,10 +1114,12 @@ impl Offloader {
 
     /// Packets of installed flows the program gave the slow path, per
     /// [`PUNT_NAMES`] (all workers, all CPUs).
-    pub fn punts(&self) -> [u64; 5] {
-        let mut out = [0u64; 5];
+    /// The sixth: frames the program dropped for want of headroom for its
+    /// prefix ([`crate::bpf::Mark::Prefix`]).
+    pub fn punts(&self) -> [u64; 6] {
+        let mut out = [0u64; 6];
         for (i, o) in out.iter_mut().enumerate() {
-            // i < 5.
+            // i < 6.
             #[allow(clippy::cast_possible_truncation)]
             let key = (i as u32).to_ne_bytes();
             if let Ok(Some(vals)) = self.maps.punts.lookup_percpu(&key, MapFlags::ANY) {

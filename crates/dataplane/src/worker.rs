@@ -208,6 +208,9 @@ pub struct Counters {
     /// Packets of installed flows the XDP program gave the slow path, per
     /// [`crate::offload::PUNT_NAMES`] (all workers; published by worker 0).
     pub punts: [AtomicU64; 5],
+    /// Frames the XDP program dropped for want of headroom for its prefix
+    /// (published by worker 0).
+    pub no_mark_room: AtomicU64,
     /// 1 while the fast path is suspended because an interface cannot
     /// transmit redirected frames ([`crate::recheck`]; published by worker 0).
     pub offload_suspended: AtomicU64,
@@ -249,6 +252,7 @@ impl Default for Counters {
             rings: Default::default(),
             offload: crate::offload::OffloadCounters::default(),
             punts: Default::default(),
+            no_mark_room: AtomicU64::new(0),
             offload_suspended: AtomicU64::new(0),
             offload_suspensions: AtomicU64::new(0),
         }
@@ -601,7 +605,7 @@ pub fn open_workers(
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&q, mut p), c)) in queues.iter().zip(pipelines).zip(counters).enumerate() {
         let mut pair = Pair::open(&cfg.inside, &cfg.outside, q, cfg.mode)?;
-        pair.set_trailer(prog.mark() == Mark::Trailer);
+        pair.set_prefix(prog.mark() == Mark::Prefix);
         prog.set_socket(0, q, pair.fd(0))?;
         prog.set_socket(1, q, pair.fd(1))?;
         if fabric.as_ref().is_some_and(|f| f.workers() > 1) {
@@ -645,7 +649,7 @@ impl Worker {
         // One program on both interfaces: it tells the sides apart by the
         // ingress interface and shares its maps between them.
         let mut p = XdpProgram::load(cfg.offload)?;
-        pair.set_trailer(p.mark() == Mark::Trailer);
+        pair.set_prefix(p.mark() == Mark::Prefix);
         p.set_socket(0, cfg.queue, pair.fd(0))?;
         p.set_socket(1, cfg.queue, pair.fd(1))?;
         p.attach(0, &cfg.inside)?;
@@ -899,9 +903,13 @@ impl Worker {
         if let Some(o) = &self.offload {
             o.counters.copy_to(&self.counters.offload);
             if self.id == 0 {
-                for (c, v) in self.counters.punts.iter().zip(o.punts()) {
+                let punts = o.punts();
+                for (c, v) in self.counters.punts.iter().zip(punts) {
                     c.store(v, Ordering::Relaxed);
                 }
+                self.counters
+                    .no_mark_room
+                    .store(punts[5], Ordering::Relaxed);
                 if let Some(s) = &self.suspension {
                     let c = &self.counters;
                     c.offload_suspended

@@ -86,9 +86,9 @@ pub struct Pair {
     scratch: Vec<FrameDesc>,
     /// The sockets run in zero-copy mode.
     zero_copy: bool,
-    /// Every received frame ends with the XDP program's 8-byte mark
-    /// ([`crate::bpf::Mark::Trailer`]).
-    trailer: bool,
+    /// Every received frame starts with the XDP program's 8-byte mark
+    /// ([`crate::bpf::Mark::Prefix`]).
+    prefix: bool,
 }
 
 impl Pair {
@@ -109,12 +109,12 @@ impl Pair {
         self.zero_copy
     }
 
-    /// Says whether the XDP program appends its 8-byte mark to every frame
-    /// it gives these sockets ([`crate::bpf::Mark::Trailer`]): then
-    /// [`Self::receive`] takes it off each frame before anything reads the
-    /// frame or sends it on.
-    pub fn set_trailer(&mut self, on: bool) {
-        self.trailer = on;
+    /// Says whether the XDP program puts its 8-byte mark in front of every
+    /// frame it gives these sockets ([`crate::bpf::Mark::Prefix`]): then
+    /// [`Self::receive`] reads it, shows the frames without it, and moves
+    /// each frame it sends on over it.
+    pub fn set_prefix(&mut self, on: bool) {
+        self.prefix = on;
     }
 
     fn open_with(
@@ -139,7 +139,7 @@ impl Pair {
             pool,
             scratch: vec![FrameDesc::default(); BATCH],
             zero_copy,
-            trailer: false,
+            prefix: false,
         };
         pair.refill(0);
         pair.refill(1);
@@ -240,10 +240,10 @@ impl Pair {
 
     /// Receives up to [`BATCH`] frames on side `side` and calls `f` once with
     /// all of them, the program's 8-byte mark of each (XDP metadata in front
-    /// of the frame, read only if `meta`, else zeros; or the trailer, taken
-    /// off the frame, see [`Self::set_trailer`]) and a mark per frame, all
-    /// false; the frames `f` marks are transmitted on the other side as
-    /// they are, the others go back to the pool.
+    /// of the frame, read only if `meta`, else zeros; or the prefix, see
+    /// [`Self::set_prefix`]) and a mark per frame, all false; the frames `f`
+    /// marks are transmitted on the other side as they are (without a
+    /// prefix), the others go back to the pool.
     pub fn receive(
         &mut self,
         side: usize,
@@ -263,25 +263,10 @@ impl Pair {
             .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
         let mut marks = [false; BATCH];
         let mut metas = [0u64; BATCH];
-        if self.trailer {
-            for (d, m) in descs[..got].iter_mut().zip(&mut metas) {
-                // SAFETY: a received frame is ours (not in any ring) until
-                // it is produced to a TX or fill ring below; nothing else
-                // reads or writes it meanwhile.
-                let mut data = unsafe { self.umem.data_mut(d) };
-                let len = data.contents().len();
-                // The program gives a socket no frame without its trailer;
-                // a shorter one would be a kernel's bug: left empty, it is
-                // dropped as truncated.
-                let body = len.saturating_sub(8);
-                if let Some(t) = data.contents().get(body..).filter(|t| t.len() == 8) {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(t);
-                    *m = u64::from_ne_bytes(w);
-                }
-                data.cursor().set_pos(body);
-            }
-        }
+        // The program gives a socket no frame without its prefix; a shorter
+        // one would be a kernel's bug: seen as empty, it is dropped as
+        // truncated.
+        let skip = if self.prefix { 8 } else { 0 };
         {
             let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
             for (i, d) in descs[..got].iter().enumerate() {
@@ -289,8 +274,12 @@ impl Pair {
                 // TX or fill ring below, after the last use of these slices
                 // (they do not leave this block).
                 let data = unsafe { self.umem.data(d) }.contents();
-                frames[i] = data;
-                if meta && !self.trailer {
+                frames[i] = data.get(skip..).unwrap_or(&[]);
+                if self.prefix {
+                    if let Some(m) = data.get(..8).and_then(|m| m.try_into().ok()) {
+                        metas[i] = u64::from_ne_bytes(m);
+                    }
+                } else if meta {
                     // SAFETY: the kernel puts a frame's data XDP_PACKET_HEADROOM
                     // (256) bytes into its UMEM chunk, XDP metadata right in
                     // front of it: these 8 bytes are inside the same chunk,
@@ -303,8 +292,19 @@ impl Pair {
         // Marked frames first, in order, then the rest to the pool.
         let mut out = [FrameDesc::default(); BATCH];
         let mut n = 0;
-        for (d, &m) in descs[..got].iter().zip(&marks[..got]) {
+        for (d, &m) in descs[..got].iter_mut().zip(&marks[..got]) {
             if m {
+                if self.prefix {
+                    // A descriptor starts where the frame's buffer does: the
+                    // frame moves over its prefix (8 bytes, in a buffer the
+                    // loop above just read, so in cache).
+                    // SAFETY: the frame is ours (received above, not yet in
+                    // any ring) and no slice of it is alive any more.
+                    let mut data = unsafe { self.umem.data_mut(d) };
+                    let len = data.contents().len();
+                    data.contents_mut().copy_within(skip.min(len).., 0);
+                    data.cursor().set_pos(len.saturating_sub(skip));
+                }
                 out[n] = *d;
                 n += 1;
             } else {

@@ -3,9 +3,8 @@
 
 mod common;
 
-use dataplane::bpf::{
-    action, xdp_helper_loads, Mark, XdpProgram, XDP_ADJUST_META, XDP_ADJUST_TAIL,
-};
+use dataplane::bpf::{action, Mark, XdpProgram};
+use dataplane::probe::{calling, load_xdp};
 
 #[test]
 fn program_loads_and_passes_what_it_must_not_take() {
@@ -42,10 +41,15 @@ fn a_missing_redirect_target_does_not_answer() {
 /// What this kernel accepts, as the probe tells it (printed: a skipped
 /// variant names the kernel's answer).
 fn helpers() -> (Result<(), String>, Result<(), String>) {
-    let meta = xdp_helper_loads(XDP_ADJUST_META, -8).expect("BPF programs load as root");
-    let tail = xdp_helper_loads(XDP_ADJUST_TAIL, 8).expect("BPF programs load as root");
-    eprintln!("probe: bpf_xdp_adjust_meta {meta:?}, bpf_xdp_adjust_tail {tail:?}");
-    (meta, tail)
+    let ask = |id| {
+        load_xdp(&calling(id, -8))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let meta = ask(libbpf_sys::BPF_FUNC_xdp_adjust_meta);
+    let head = ask(libbpf_sys::BPF_FUNC_xdp_adjust_head);
+    eprintln!("probe: bpf_xdp_adjust_meta {meta:?}, bpf_xdp_adjust_head {head:?}");
+    (meta, head)
 }
 
 /// A UDP frame from 10.0.0.1:1000 to 10.0.0.2:2000, checksums right.
@@ -57,18 +61,18 @@ fn udp_frame() -> Vec<u8> {
 }
 
 /// Every variant the kernel accepts loads, and each hands frames over
-/// marked its own way: the trailer variant appends 8 bytes (magic first)
-/// to every frame, offload on or off; the metadata variant writes them in
+/// marked its own way: the prefix variant puts 8 bytes (magic first) in
+/// front of every frame, offload on or off; the metadata variant writes them in
 /// front, only with offload on; without a fast path nothing is added.
 #[test]
 fn each_mark_the_kernel_accepts_loads_and_marks_its_way() {
     if !common::root_or_skip("loading BPF") {
         return;
     }
-    let (meta, tail) = helpers();
+    let (meta, head) = helpers();
     let frame = udp_frame();
     let mut tried = 0;
-    for (mark, ok) in [(Mark::Meta, meta.is_ok()), (Mark::Trailer, tail.is_ok())] {
+    for (mark, ok) in [(Mark::Meta, meta.is_ok()), (Mark::Prefix, head.is_ok())] {
         let loaded = XdpProgram::load_marked(mark);
         if !ok {
             // The probe's answer holds: the kernel refuses this variant.
@@ -85,7 +89,7 @@ fn each_mark_the_kernel_accepts_loads_and_marks_its_way() {
             p.set_offload(offload, true).unwrap();
             let (rv, m) = p.test_run_meta(&frame).unwrap();
             assert_eq!(rv, action::PASS, "no socket: passed");
-            let want = mark == Mark::Trailer || offload;
+            let want = mark == Mark::Prefix || offload;
             assert_eq!(m.is_some(), want, "{mark:?} offload {offload}: mark {m:?}");
             if let Some(m) = m {
                 // struct tg_meta: magic 0x7467, kind NONE (no flow installed).
@@ -103,21 +107,21 @@ fn each_mark_the_kernel_accepts_loads_and_marks_its_way() {
 }
 
 /// The choice follows the probe: metadata where the kernel takes it (unless
-/// TOLLGATE_FORCE_NO_META=1), else the trailer; and a program without the
+/// TOLLGATE_FORCE_NO_META=1), else the prefix; and a program without the
 /// fast path refuses to turn it on.
 #[test]
 fn the_mark_follows_the_kernel_and_the_force_switch() {
     if !common::root_or_skip("loading BPF") {
         return;
     }
-    let (meta, tail) = helpers();
+    let (meta, head) = helpers();
     let (mark, why) = Mark::choose(true).expect("one of the two loads");
     let forced = std::env::var("TOLLGATE_FORCE_NO_META").is_ok_and(|v| v == "1");
     let want = if meta.is_ok() && !forced {
         Mark::Meta
     } else {
-        assert!(tail.is_ok());
-        Mark::Trailer
+        assert!(head.is_ok());
+        Mark::Prefix
     };
     assert_eq!(mark, want, "{why}");
     assert_eq!(Mark::choose(false).unwrap().0, Mark::None);

@@ -124,3 +124,226 @@ fn finish(
     }
     Ok(())
 }
+
+/// What `tollgate check --system` reports on.
+#[derive(Debug, Default)]
+pub struct SystemCheck {
+    /// Interfaces to probe (the config's first, then `--interface`s).
+    pub interfaces: Vec<String>,
+    /// The settings the choices are made for.
+    pub settings: dataplane::probe::Settings,
+    /// Rules of the `--config` file, when one was given (and valid).
+    pub config_rules: Option<usize>,
+}
+
+impl SystemCheck {
+    /// What to check: `config`'s interfaces and settings, if given, plus
+    /// `extra` interfaces (each name once).
+    pub fn new(config: Option<&control::Config>, extra: &[String]) -> SystemCheck {
+        let mut c = SystemCheck::default();
+        if let Some(cfg) = config {
+            c.config_rules = Some(cfg.policy.rules.len());
+            if let Some(i) = &cfg.interfaces {
+                c.interfaces.push(i.inside.clone());
+                c.interfaces.push(i.outside.clone());
+                c.settings.offload = i.offload;
+                c.settings.mode = xdp_mode(i.xdp_mode);
+            }
+        }
+        for name in extra {
+            if !c.interfaces.contains(name) {
+                c.interfaces.push(name.clone());
+            }
+        }
+        c
+    }
+}
+
+/// The dataplane's socket mode for the config's `xdp_mode`.
+pub fn xdp_mode(m: control::config::XdpMode) -> dataplane::xsk::XdpMode {
+    match m {
+        control::config::XdpMode::Copy => dataplane::xsk::XdpMode::Copy,
+        control::config::XdpMode::ZeroCopy => dataplane::xsk::XdpMode::ZeroCopy,
+        control::config::XdpMode::Auto => dataplane::xsk::XdpMode::Auto,
+    }
+}
+
+/// Probes the kernel and the interfaces of `check`, prints the report to
+/// `out` (a table, or one JSON object) and returns the plan (whether
+/// Tollgate can run, and why not).
+pub fn system_report(
+    check: &SystemCheck,
+    output: Output,
+    out: &mut dyn Write,
+) -> std::io::Result<dataplane::probe::Plan> {
+    use dataplane::probe;
+    let names: Vec<&str> = check.interfaces.iter().map(String::as_str).collect();
+    let (k, ifs, plan) = probe::probe_all(&names, &check.settings);
+    match output {
+        Output::Json => writeln!(out, "{}", report_json(check, &k, &ifs, &plan))?,
+        Output::Text => write_table(check, &k, &ifs, &plan, out)?,
+    }
+    Ok(plan)
+}
+
+fn write_table(
+    check: &SystemCheck,
+    k: &dataplane::probe::KernelFeatures,
+    ifs: &[dataplane::probe::InterfaceFeatures],
+    plan: &dataplane::probe::Plan,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let sections: Vec<(String, Vec<dataplane::probe::Row>)> =
+        std::iter::once(("kernel".to_string(), k.rows.clone()))
+            .chain(
+                ifs.iter()
+                    .map(|i| (format!("interface {}", i.name), i.rows())),
+            )
+            .collect();
+    // One set of column widths for the whole table.
+    let all = sections.iter().flat_map(|(_, r)| r);
+    let (mut wf, mut ws, mut wd) = ("FEATURE".len(), "STATUS".len(), "DETAIL".len());
+    for r in all {
+        wf = wf.max(r.feature.chars().count());
+        ws = ws.max(r.status.as_str().len());
+        wd = wd.max(r.detail.chars().count());
+    }
+    writeln!(out, "kernel {}", k.release)?;
+    if let Some(n) = check.config_rules {
+        writeln!(out, "config: ok, {n} rules")?;
+    }
+    for (title, rows) in &sections {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:wf$}  {:ws$}  {:wd$}  TOLLGATE",
+            title.to_uppercase(),
+            "STATUS",
+            "DETAIL"
+        )?;
+        for r in rows {
+            writeln!(
+                out,
+                "{:wf$}  {:ws$}  {:wd$}  {}",
+                r.feature,
+                r.status.as_str(),
+                r.detail,
+                r.choice
+            )?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "CHOICES (offload = {}, xdp_mode = {})",
+        check.settings.offload,
+        mode_name(check.settings.mode)
+    )?;
+    for c in &plan.choices {
+        writeln!(out, "  {}", c.line)?;
+    }
+    writeln!(out)?;
+    if plan.can_run() {
+        writeln!(out, "verdict: Tollgate can run")?;
+    } else {
+        writeln!(out, "verdict: Tollgate cannot run")?;
+        for f in &plan.fatal {
+            writeln!(out, "  - {f}")?;
+        }
+    }
+    Ok(())
+}
+
+fn mode_name(m: dataplane::xsk::XdpMode) -> &'static str {
+    match m {
+        dataplane::xsk::XdpMode::Auto => "auto",
+        dataplane::xsk::XdpMode::Copy => "copy",
+        dataplane::xsk::XdpMode::ZeroCopy => "zerocopy",
+    }
+}
+
+fn rows_json(rows: &[dataplane::probe::Row]) -> Value {
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "feature": r.feature,
+                "status": r.status.as_str(),
+                "detail": r.detail,
+                "choice": r.choice,
+            })
+        })
+        .collect()
+}
+
+fn report_json(
+    check: &SystemCheck,
+    k: &dataplane::probe::KernelFeatures,
+    ifs: &[dataplane::probe::InterfaceFeatures],
+    plan: &dataplane::probe::Plan,
+) -> Value {
+    use dataplane::probe::MetaMode;
+    let interfaces: Vec<Value> = ifs
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "name": i.name,
+                "ifindex": i.ifindex,
+                "driver": i.driver,
+                "xdp_features": i.xdp_flags,
+                "native": i.native(),
+                "zero_copy": i.zero_copy(),
+                "redirect_target": i.redirect_target(),
+                "multi_buffer": i.multi_buffer(),
+                "rx_queues": i.rx_queues,
+                "mtu": i.mtu,
+                "rows": rows_json(&i.rows()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "kernel": {
+            "release": k.release,
+            "version": k.version.map(|(a, b, c)| [a, b, c]),
+            "features": {
+                "bpf_load": k.bpf_load,
+                "btf": k.btf,
+                "adjust_meta": k.adjust_meta,
+                "meta_forced_off": k.meta_forced_off,
+                "adjust_head": k.adjust_head,
+                "adjust_tail": k.adjust_tail,
+                "redirect_map": k.redirect_map,
+                "bpf_loop": k.bpf_loop,
+                "ktime_get_coarse_ns": k.ktime_coarse,
+                "csum_diff": k.csum_diff,
+                "xskmap": k.xskmap,
+                "devmap": k.devmap,
+                "mmapable_array": k.mmapable_array,
+                "hash_no_prealloc": k.hash_no_prealloc,
+                "percpu_array": k.percpu_array,
+                "test_run": k.test_run,
+                "test_run_live": k.test_run_live,
+                "af_xdp": k.af_xdp,
+                "need_wakeup": k.need_wakeup,
+                "shared_umem": k.shared_umem,
+            },
+            "rows": rows_json(&k.rows),
+        },
+        "interfaces": interfaces,
+        "settings": {
+            "offload": check.settings.offload,
+            "xdp_mode": mode_name(check.settings.mode),
+        },
+        "config_rules": check.config_rules,
+        "meta": {
+            "mode": match plan.meta.mode {
+                MetaMode::Meta => "meta",
+                MetaMode::Prefix => "prefix",
+                MetaMode::None => "none",
+            },
+            "reason": plan.meta.reason,
+        },
+        "choices": plan.choices.iter().map(|c| serde_json::json!({"topic": c.topic, "line": c.line})).collect::<Vec<_>>(),
+        "can_run": plan.can_run(),
+        "fatal": plan.fatal,
+    })
+}

@@ -159,6 +159,8 @@ impl Instance {
             .name("tg-supervisor".into())
             .spawn(move || -> Result<(), String> {
                 let opened = enter().and_then(|()| {
+                    // What the kernel and the interfaces offer, and what is chosen.
+                    tracing::info!("{}", dataplane::probe::startup_line(&wc));
                     open_workers(&wc, &queue_ids, pipelines, cs, fabric).map_err(|e| e.to_string())
                 });
                 let (workers, programs) = match opened {

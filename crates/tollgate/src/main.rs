@@ -74,11 +74,24 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a configuration file.
+    /// Validate a configuration file, and/or (--system) report what the
+    /// kernel and the interfaces offer and what Tollgate chooses from it.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "system"])))]
     Check {
-        /// Configuration file (TOML).
+        /// Configuration file (TOML); with --system, its [interfaces] and
+        /// offload settings are checked too.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Probe the running kernel (and the interfaces) and print the
+        /// features and choices. Exit status 1 only if Tollgate cannot run.
+        #[arg(long)]
+        system: bool,
+        /// An interface to probe (repeatable; in this network namespace).
+        #[arg(long = "interface", requires = "system")]
+        interfaces: Vec<String>,
+        /// One JSON object instead of the table.
+        #[arg(long, requires = "system")]
+        json: bool,
     },
     /// Connection tracking table of a running instance.
     Ct {
@@ -345,16 +358,44 @@ fn run() -> anyhow::Result<ExitCode> {
             ask(&at, &req)
         }
         Cmd::Reload { at } => ask(&at, &Request::Reload),
-        Cmd::Check { config } => match control::load(&config) {
-            Ok(c) => {
-                println!("ok: {} rules", c.policy.rules.len());
-                Ok(ExitCode::SUCCESS)
+        Cmd::Check {
+            config,
+            system,
+            interfaces,
+            json,
+        } => {
+            let cfg = match config.as_deref().map(control::load).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if !system {
+                if let Some(c) = cfg {
+                    println!("ok: {} rules", c.policy.rules.len());
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            Err(e) => {
-                eprintln!("{e}");
+            let check = tollgate::cli::SystemCheck::new(cfg.as_ref(), &interfaces);
+            let output = if json {
+                tollgate::cli::Output::Json
+            } else {
+                tollgate::cli::Output::Text
+            };
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let plan = tollgate::cli::system_report(&check, output, &mut out)?;
+            out.flush()?;
+            if plan.can_run() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for f in &plan.fatal {
+                    eprintln!("tollgate: cannot run: {f}");
+                }
                 Ok(ExitCode::FAILURE)
             }
-        },
+        }
         Cmd::Replay {
             config,
             pcap,

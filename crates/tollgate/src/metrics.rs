@@ -236,6 +236,12 @@ pub fn render(d: &Daemon, started: Instant) -> Vec<u8> {
                     l(&c.punts[i]),
                 );
             }
+            f.counter(
+                "tollgate_xdp_no_mark_room_total",
+                "Frames the XDP program dropped because its 8-byte prefix did not fit in front of them (prefix mode, chosen where the kernel refuses bpf_xdp_adjust_meta; a driver without XDP headroom).",
+                &[],
+                l(&c.no_mark_room),
+            );
             #[allow(clippy::cast_precision_loss)]
             f.gauge(
                 "tollgate_offload_suspended",
