@@ -1,8 +1,8 @@
 //! What the lab benches (`tg-bench`, `tg-rfc`) share: the forwarders they put
 //! between the lab's client and server (the Linux bridge with and without
 //! conntrack, Open vSwitch, Tollgate with and without the fast path, plain XDP
-//! redirect), the generator's frames, and the server's ingress counter.
-//! Root only; everything runs inside the lab's namespaces.
+//! redirect), the generator's frames and its own ceiling, and the server's
+//! ingress counter. Root only; everything runs inside the lab's namespaces.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use conntrack::{Config, Pipeline};
 
-use crate::gen::Generator;
+use crate::gen::{Backend, Ceiling, Generator};
 use crate::lab::Lab;
 use crate::{Counters, Worker};
 
@@ -630,6 +630,43 @@ pub fn prime(g: &Generator, lab: &Lab, out: &[u8], back: &[u8], flows: u32) -> R
     paced(&lab.client, out, false)?;
     std::thread::sleep(Duration::from_millis(300));
     Ok(())
+}
+
+/// Which generator [`Generator::load`] picks, asked from the lab's client
+/// namespace.
+pub fn gen_backend(lab: &Arc<Lab>) -> Result<Backend, String> {
+    let l = lab.clone();
+    std::thread::spawn(move || -> Result<Backend, String> {
+        l.enter(&l.client).map_err(|e| e.to_string())?;
+        let g = Generator::load().map_err(|e| e.to_string())?;
+        Ok(g.backend())
+    })
+    .join()
+    .map_err(|_| "generator panicked".to_string())?
+}
+
+/// The generator's own ceiling, measured as the forwarders are (pinned to
+/// CPU 0, `packets` frames of `size` bytes over `flows` flows, flat out), but
+/// into an XDP program that counts and drops them at the far end of a veth
+/// pair in the client namespace: no forwarder at all. A forwarder's figure
+/// near this one is bounded by the generator, not by itself.
+pub fn gen_ceiling(
+    lab: &Arc<Lab>,
+    size: usize,
+    flows: u32,
+    packets: u32,
+) -> Result<(Backend, Ceiling), String> {
+    let f = frame(lab, false, size);
+    let l = lab.clone();
+    std::thread::spawn(move || -> Result<(Backend, Ceiling), String> {
+        Lab::pin(0);
+        l.enter(&l.client).map_err(|e| e.to_string())?;
+        let g = Generator::load().map_err(|e| e.to_string())?;
+        let c = g.ceiling(&f, flows, packets).map_err(|e| e.to_string())?;
+        Ok((g.backend(), c))
+    })
+    .join()
+    .map_err(|_| "generator panicked".to_string())?
 }
 
 /// One trial of [`zero_loss_search`]: rate asked, rate offered, frames lost.

@@ -1,5 +1,6 @@
 //! A SYN flood from spoofed sources against a small table, in the lab (root;
-//! CI runs it as root): while the XDP live-frames generator floods the
+//! CI runs it as root): while the XDP generator (live frames, or the
+//! broadcast loop where the kernel refuses them) floods the
 //! inside with valid SYNs from 200 000 spoofed (source, port) pairs, an
 //! iperf3 transfer that was running keeps flowing and a new HTTP connection
 //! still gets through: the unreplied flood entries are early-dropped to make
@@ -135,6 +136,7 @@ fn syn_flood_spares_established_and_new_connections() {
         Lab::pin(0);
         l.enter(&l.client).expect("client ns");
         let g = Generator::load().expect("generator");
+        eprintln!("flood: generator: {}", g.backend());
         let start = Instant::now();
         let mut sent = 0u32;
         loop {

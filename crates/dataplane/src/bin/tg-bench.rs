@@ -1,15 +1,19 @@
-//! The lab bench (bench/README.md): 64-byte UDP frames over N flows from an
-//! XDP live-frames generator (client namespace, CPU 0) through the box to the
-//! server namespace, which counts and drops them at ingress. Measures, side by
-//! side in one run, the Linux bridge with conntrack, Tollgate's full pipeline
-//! and Tollgate's bare forwarding. Root only.
+//! The lab bench (bench/README.md): 64-byte UDP frames over N flows from the
+//! XDP generator (live frames, or the broadcast loop where the kernel refuses
+//! them; client namespace, CPU 0) through the box to the server namespace,
+//! which counts and drops them at ingress. Measures, side by side in one run,
+//! the generator alone into an XDP_DROP sink (its ceiling), the Linux bridge
+//! with and without conntrack, Open vSwitch, Tollgate's full pipeline, bare
+//! forwarding and fast path, and plain XDP redirect. Root only.
 //!
 //! `tg-bench [packets]` (default 2 000 000 per measurement).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::benchlab::{frame, prime, server_count, sinks_up, Forwarder, Options, Running};
+use dataplane::benchlab::{
+    frame, gen_backend, gen_ceiling, prime, server_count, sinks_up, Forwarder, Options, Running,
+};
 use dataplane::gen::Generator;
 use dataplane::lab::Lab;
 
@@ -68,9 +72,15 @@ fn main() {
     println!("Tollgate's worker on CPU 1; two workers: CPU 1 and CPU 0 (beside the generator), all frames on queue 0,");
     println!("those of worker 1's flows handed over. Open vSwitch: userspace datapath, AF_XDP ports, ct() flows, PMD on CPU 1.");
     println!("Tollgate + XDP: the fast path on (established flows forwarded by the XDP program); plain XDP: XDP_REDIRECT between the ports, no state.");
-    println!("| flows | bridge, no conntrack | kernel, CPU 0 | kernel, RPS to CPU 1 | Open vSwitch | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate + XDP | plain XDP | Tollgate / best kernel | Tollgate / OVS | Tollgate / bare | Tollgate + XDP / best kernel | Tollgate + XDP / plain XDP |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    match gen_backend(&lab) {
+        Ok(b) => println!("Generator: {b}, on CPU 0. Its ceiling: the generator alone, as many frames flat out into an XDP program"),
+        Err(e) => println!("Generator: error: {e}. Its ceiling: the generator alone, as many frames flat out into an XDP program"),
+    }
+    println!("that counts and drops them at the far end of a veth pair (no forwarder): a column near it is bound by the generator.");
+    println!("| flows | generator ceiling (XDP_DROP sink) | bridge, no conntrack | kernel, CPU 0 | kernel, RPS to CPU 1 | Open vSwitch | Tollgate | Tollgate bare forwarding | Tollgate, 2 workers | Tollgate + XDP | plain XDP | Tollgate / best kernel | Tollgate / OVS | Tollgate / bare | Tollgate + XDP / best kernel | Tollgate + XDP / plain XDP |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for flows in [1_024u32, 100_000] {
+        let sink = gen_ceiling(&lab, 64, flows, packets).map(|(_, c)| c.received_pps());
         let br = measure(&lab, Forwarder::Bridge, flows, packets);
         let k0 = measure(&lab, Forwarder::Kernel { rps: false }, flows, packets);
         let k1 = measure(&lab, Forwarder::Kernel { rps: true }, flows, packets);
@@ -94,7 +104,8 @@ fn main() {
             _ => None,
         };
         println!(
-            "| {flows} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {flows} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(&sink),
             cell(&br),
             cell(&k0),
             cell(&k1),

@@ -21,9 +21,10 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use dataplane::benchlab::{
-    frame, percentile, prime, server_count, sinks_up, zero_loss_search, Forwarder, Options, Running,
+    frame, gen_backend, gen_ceiling, percentile, prime, server_count, sinks_up, zero_loss_search,
+    Forwarder, Options, Running,
 };
-use dataplane::gen::Generator;
+use dataplane::gen::{Backend, Ceiling, Generator};
 use dataplane::lab::Lab;
 use dataplane::plot::{Bars, Series};
 
@@ -135,7 +136,7 @@ fn throughput(
         prime(&g, &l, &out, &back, FLOWS)?;
         let mut t = Throughput::default();
         // Flat out: what the generator offers and what gets through.
-        let n = if size > 512 { 300_000 } else { 1_000_000 };
+        let n = flat_out_frames(size);
         let before = server_count(&l)?;
         let took = g
             .send("eth0", &out, FLOWS, n, false)
@@ -173,6 +174,16 @@ fn throughput(
         eprintln!("tg-rfc: {fwd:?}: {report}");
     }
     t?
+}
+
+/// Frames of the flat-out run at `size` bytes (the generator's ceiling is
+/// measured with as many).
+fn flat_out_frames(size: usize) -> u32 {
+    if size > 512 {
+        300_000
+    } else {
+        1_000_000
+    }
 }
 
 /// The server's TCP side: accepts on `port`, and either closes each
@@ -689,6 +700,22 @@ fn part_throughput(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static
         Forwarder::Xdp,
     ];
     let (secs, steps) = if args.quick { (0.3, 5) } else { (1.0, 7) };
+    // The generator alone first: what no forwarder's figure can exceed.
+    let ceilings: Vec<Result<(Backend, Ceiling), String>> = SIZES
+        .iter()
+        .map(|&size| {
+            eprintln!("tg-rfc: throughput, {size} B, the generator alone into an XDP_DROP sink");
+            let c = gen_ceiling(lab, size, FLOWS, flat_out_frames(size));
+            if let Ok((_, c)) = &c {
+                eprintln!(
+                    "tg-rfc:   {size} B generator: offered {:.3} Mpps, the sink received {:.3}",
+                    c.offered_pps() / 1e6,
+                    c.received_pps() / 1e6
+                );
+            }
+            c
+        })
+        .collect();
     let mut tp: Vec<Vec<Result<Throughput, String>>> = Vec::new();
     for fwd in tp_fwds {
         let mut row = Vec::new();
@@ -739,6 +766,14 @@ fn part_throughput(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static
         }
         say(md, line);
     }
+    let mut line = "| the generator alone into an XDP_DROP sink (its ceiling) |".to_string();
+    for c in &ceilings {
+        match c {
+            Ok((_, c)) => line.push_str(&format!(" – | {} |", mpps(c.received_pps()))),
+            Err(e) => line.push_str(&format!(" {} | |", failure(e))),
+        }
+    }
+    say(md, line);
     let offered: Vec<String> = SIZES
         .iter()
         .enumerate()
@@ -751,6 +786,34 @@ fn part_throughput(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'static
             format!("{size} B {}", mpps(best))
         })
         .collect();
+    let backend = ceilings
+        .iter()
+        .find_map(|c| c.as_ref().ok().map(|(b, _)| b.to_string()))
+        .unwrap_or_else(|| "unknown (it failed)".into());
+    let ceiling: Vec<String> = SIZES
+        .iter()
+        .zip(&ceilings)
+        .map(|(size, c)| match c {
+            Ok((_, c)) => format!(
+                "{size} B {} offered, {} received",
+                mpps(c.offered_pps()),
+                mpps(c.received_pps())
+            ),
+            Err(_) => format!("{size} B failed"),
+        })
+        .collect();
+    say(md, String::new());
+    say(
+        md,
+        format!(
+            "Generator: {backend}. Its ceiling in this run, the last row (Mpps): {}: the \
+             generator alone on CPU 0, flat out with as many frames as the full-load runs, into \
+             an XDP program that counts and drops them at the far end of a veth pair, no \
+             forwarder. A forwarder's figure near it is the generator's limit, not the \
+             forwarder's.",
+            ceiling.join(", ")
+        ),
+    );
     say(md, String::new());
     say(
         md,
@@ -1014,13 +1077,14 @@ fn main() {
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let generator = gen_backend(&lab).map_or_else(|e| format!("error: {e}"), |b| b.to_string());
     say(&mut md, "# RFC-style measurements (tg-rfc)".into());
     say(&mut md, String::new());
     say(
         &mut md,
         format!(
-            "Run of {date}, kernel {}, {cpus} CPUs, veth lab (client -> box -> server namespaces){}. \
-             Reproduce: `sudo ./x bench` (or `sudo ./target/release/tg-rfc`).",
+            "Run of {date}, kernel {}, {cpus} CPUs, veth lab (client -> box -> server namespaces){}, \
+             generator: {generator}. Reproduce: `sudo ./x bench` (or `sudo ./target/release/tg-rfc`).",
             kernel.trim(),
             if args.quick { ", --quick" } else { "" }
         ),
