@@ -147,7 +147,7 @@ impl SystemCheck {
                 c.interfaces.push(i.inside.clone());
                 c.interfaces.push(i.outside.clone());
                 c.settings.offload = i.offload;
-                c.settings.mode = xdp_mode(i.xdp_mode);
+                c.settings.mode = i.xdp_mode;
             }
         }
         for name in extra {
@@ -156,15 +156,6 @@ impl SystemCheck {
             }
         }
         c
-    }
-}
-
-/// The dataplane's socket mode for the config's `xdp_mode`.
-pub fn xdp_mode(m: control::config::XdpMode) -> dataplane::xsk::XdpMode {
-    match m {
-        control::config::XdpMode::Copy => dataplane::xsk::XdpMode::Copy,
-        control::config::XdpMode::ZeroCopy => dataplane::xsk::XdpMode::ZeroCopy,
-        control::config::XdpMode::Auto => dataplane::xsk::XdpMode::Auto,
     }
 }
 
@@ -237,7 +228,7 @@ fn write_table(
         out,
         "CHOICES (offload = {}, xdp_mode = {})",
         check.settings.offload,
-        mode_name(check.settings.mode)
+        check.settings.mode.name()
     )?;
     for c in &plan.choices {
         writeln!(out, "  {}", c.line)?;
@@ -252,14 +243,6 @@ fn write_table(
         }
     }
     Ok(())
-}
-
-fn mode_name(m: dataplane::xsk::XdpMode) -> &'static str {
-    match m {
-        dataplane::xsk::XdpMode::Auto => "auto",
-        dataplane::xsk::XdpMode::Copy => "copy",
-        dataplane::xsk::XdpMode::ZeroCopy => "zerocopy",
-    }
 }
 
 fn rows_json(rows: &[dataplane::probe::Row]) -> Value {
@@ -331,7 +314,7 @@ fn report_json(
         "interfaces": interfaces,
         "settings": {
             "offload": check.settings.offload,
-            "xdp_mode": mode_name(check.settings.mode),
+            "xdp_mode": check.settings.mode.name(),
         },
         "config_rules": check.config_rules,
         "meta": {
