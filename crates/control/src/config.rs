@@ -75,16 +75,37 @@ pub struct Interfaces {
     pub busy_poll: bool,
 }
 
-/// `[interfaces] xdp_mode`.
+/// `[interfaces] xdp_mode`: how the AF_XDP sockets move frames between the
+/// NIC and the UMEM. The dataplane takes this type as it is
+/// (`dataplane::xsk::XdpMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpMode {
     /// Zero-copy where the driver offers it, else copy (the default).
     #[default]
     Auto,
-    /// Always copy.
+    /// Always copy (works on every driver with XDP).
     Copy,
-    /// Zero-copy or refuse to start.
+    /// Zero-copy or refuse to start (the driver must support it).
     ZeroCopy,
+}
+
+impl XdpMode {
+    /// Every mode.
+    pub const ALL: [XdpMode; 3] = [XdpMode::Auto, XdpMode::Copy, XdpMode::ZeroCopy];
+
+    /// The config file's name for it (`auto`, `copy`, `zerocopy`).
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Copy => "copy",
+            XdpMode::ZeroCopy => "zerocopy",
+        }
+    }
+
+    /// The mode of a config file name.
+    pub fn from_name(name: &str) -> Option<XdpMode> {
+        XdpMode::ALL.into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// A validated configuration.
@@ -784,20 +805,16 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             }
             let xdp_mode = match i.xdp_mode.as_ref() {
                 None => XdpMode::Auto,
-                Some(m) => {
-                    match m.get_ref().as_str() {
-                        "auto" => XdpMode::Auto,
-                        "copy" => XdpMode::Copy,
-                        "zerocopy" => XdpMode::ZeroCopy,
-                        other => {
-                            errs.push(l.at(
-                            m.span(),
-                            format!("interfaces.xdp_mode: \"{other}\" is not auto, copy or zerocopy"),
-                        ));
-                            XdpMode::Auto
-                        }
-                    }
-                }
+                Some(m) => XdpMode::from_name(m.get_ref()).unwrap_or_else(|| {
+                    errs.push(l.at(
+                        m.span(),
+                        format!(
+                            "interfaces.xdp_mode: \"{}\" is not auto, copy or zerocopy",
+                            m.get_ref()
+                        ),
+                    ));
+                    XdpMode::Auto
+                }),
             };
             Some(Interfaces {
                 inside: i.inside.into_inner(),
@@ -876,6 +893,16 @@ mod tests {
             .expect_err("refused");
         assert_eq!(e[0].line, 4);
         assert!(e[0].msg.contains("auto, copy or zerocopy"), "{}", e[0].msg);
+        for m in XdpMode::ALL {
+            let c = parse(&format!(
+                "[interfaces]\ninside = \"a\"\noutside = \"b\"\nxdp_mode = \"{}\"\n",
+                m.name()
+            ))
+            .expect("valid");
+            assert_eq!(c.interfaces.map(|i| i.xdp_mode), Some(m));
+            assert_eq!(XdpMode::from_name(m.name()), Some(m));
+        }
+        assert_eq!(XdpMode::from_name("Copy"), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The control socket's protocol: one JSON object per line each way. A
-//! client sends one request; the daemon answers with zero or more data lines
-//! and a final `{"ok":true,...}` or `{"ok":false,"error":"..."}` line (a
-//! `ct_events` stream never ends on its own). Everything here is pure: the
+//! client sends one request ([`Request`]); the daemon answers with zero or
+//! more data lines and a final `{"ok":true,...}` or
+//! `{"ok":false,"error":"..."}` line (a `ct_events` stream never ends on its
+//! own), each a [`Reply`] that both ends use. Everything here is pure: the
 //! socket lives in the daemon, so the parsing and matching are tested on
 //! byte slices.
 
@@ -551,6 +552,339 @@ impl ExpectJson {
     }
 }
 
+/// What a `ct events` line reports, by the kernel's event names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventName {
+    /// The connection entered the table.
+    New,
+    /// Its TCP state, seen-reply or assured changed.
+    Update,
+    /// It left the table.
+    Destroy,
+}
+
+impl From<conntrack::EventKind> for EventName {
+    fn from(k: conntrack::EventKind) -> EventName {
+        match k {
+            conntrack::EventKind::New => EventName::New,
+            conntrack::EventKind::Update => EventName::Update,
+            conntrack::EventKind::Destroy => EventName::Destroy,
+        }
+    }
+}
+
+impl EventName {
+    /// The name on the wire (`new`, `update`, `destroy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::New => "new",
+            EventName::Update => "update",
+            EventName::Destroy => "destroy",
+        }
+    }
+}
+
+/// One worker's counters (`ct stats`): the core's (the kernel's
+/// `conntrack -S` names), its expectations' and its dataplane's. Every key is
+/// required when read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct WorkerStats {
+    /// Worker (shard).
+    pub worker: usize,
+    /// Connections in its table.
+    pub entries: usize,
+    /// Its table's size.
+    pub max_entries: u32,
+    /// Lookups that found an entry.
+    pub found: u64,
+    /// Connections confirmed.
+    pub new: u64,
+    /// Packets marked invalid.
+    pub invalid: u64,
+    /// Confirmations that lost a race for their tuple.
+    pub insert_failed: u64,
+    /// New packets dropped, the table full.
+    pub drop: u64,
+    /// Entries evicted to make room.
+    pub early_drop: u64,
+    /// Lookups restarted (port reuse).
+    pub search_restart: u64,
+    /// Entries that timed out.
+    pub expired: u64,
+    /// Non-first fragments that followed their first fragment.
+    pub frag_followed: u64,
+    /// New connections refused by `max_per_source`.
+    pub source_limit: u64,
+    /// Expectations held.
+    pub expect_count: usize,
+    /// Connections created from an expectation.
+    pub expect_new: u64,
+    /// Expectations created.
+    pub expect_create: u64,
+    /// Expectations removed.
+    pub expect_delete: u64,
+    /// Expectation requests refused.
+    pub expect_refused: u64,
+    /// Expectations evicted (`max_expected`).
+    pub expect_evicted: u64,
+    /// Frames received, inside and outside.
+    pub rx: [u64; 2],
+    /// Frames forwarded, inside and outside.
+    pub forwarded: [u64; 2],
+    /// Frames dropped, inside and outside.
+    pub dropped: [u64; 2],
+    /// Frames that found the TX ring full.
+    pub tx_full: u64,
+    /// Frames handed to another worker.
+    pub handoffs: u64,
+    /// Frames handed over by another worker.
+    pub handoffs_in: u64,
+    /// Handoffs dropped (the other worker's queue full).
+    pub handoff_dropped: u64,
+    /// Expectation messages sent to other workers.
+    pub expect_msgs_out: u64,
+    /// Expectation messages received from other workers.
+    pub expect_msgs_in: u64,
+    /// Expectation messages dropped.
+    pub expect_msgs_dropped: u64,
+    /// Events dropped (a subscriber too slow).
+    pub events_dropped: u64,
+}
+
+impl WorkerStats {
+    /// The text line of `ct stats`: `worker=N`, then every other counter as
+    /// `key=value` in key order (arrays as `[inside,outside]`).
+    pub fn line(&self) -> String {
+        use std::fmt::Write;
+        let mut line = format!("worker={}", self.worker);
+        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(self) {
+            let mut kv: Vec<_> = m.iter().filter(|(k, _)| *k != "worker").collect();
+            kv.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in kv {
+                let _ = write!(line, " {k}={v}");
+            }
+        }
+        line
+    }
+}
+
+/// How a request that succeeded ends: its last line, `{"ok":true,...}`,
+/// with what the verb reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// `ct list`, `expect list`: how many lines came before
+    /// (`{"count":N,"ok":true}`).
+    Count {
+        /// Lines sent.
+        count: u64,
+    },
+    /// `ct flush` (`{"ok":true,"removed":N}`).
+    Removed {
+        /// Connections removed.
+        removed: usize,
+    },
+    /// `ct stats`: one `stats` line per worker came before
+    /// (`{"ok":true,"workers":N}`).
+    Workers {
+        /// Workers.
+        workers: usize,
+    },
+    /// `ct events`: events follow (`{"ok":true,"streaming":true}`); not the
+    /// last line, the stream never ends on its own.
+    Streaming,
+    /// `ct events` after its client has gone (`{"ok":true}`).
+    Ended,
+    /// `expect add`, `expect del`: which expectation
+    /// (`{"id":N,"ok":true,"worker":W}`).
+    Expectation {
+        /// Worker that holds (held) it.
+        worker: usize,
+        /// Its id on that worker.
+        id: u32,
+    },
+    /// `reload` (`{"ok":true,"rules":N}`).
+    Reloaded {
+        /// Rules of the new policy.
+        rules: usize,
+    },
+}
+
+/// One line the daemon sends: a data line, or the last line (`ok`). The
+/// wire form is [`Reply::to_line`]; [`parse_reply`] reads it back.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "WireReply")]
+pub enum Reply {
+    /// `ct list`: a connection (`{"conn":{...}}`).
+    Conn(ConnJson),
+    /// `ct events`: an event (`{"conn":{...},"event":"new"}`).
+    Event {
+        /// What happened.
+        event: EventName,
+        /// The connection after it (before it, for destroy).
+        conn: ConnJson,
+    },
+    /// `ct stats`: one worker (`{"stats":{...}}`).
+    Stats(WorkerStats),
+    /// `expect list`: an expectation (`{"expect":{...}}`).
+    Expect(ExpectJson),
+    /// The request succeeded.
+    Done(Done),
+    /// The request failed: why (`{"error":"...","ok":false}`).
+    Error(String),
+}
+
+impl Serialize for Reply {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        match self {
+            Reply::Conn(c) => m.serialize_entry("conn", c)?,
+            Reply::Event { event, conn } => {
+                m.serialize_entry("conn", conn)?;
+                m.serialize_entry("event", event)?;
+            }
+            Reply::Stats(st) => m.serialize_entry("stats", st)?,
+            Reply::Expect(e) => m.serialize_entry("expect", e)?,
+            Reply::Done(d) => match *d {
+                Done::Count { count } => {
+                    m.serialize_entry("count", &count)?;
+                    m.serialize_entry("ok", &true)?;
+                }
+                Done::Removed { removed } => {
+                    m.serialize_entry("ok", &true)?;
+                    m.serialize_entry("removed", &removed)?;
+                }
+                Done::Workers { workers } => {
+                    m.serialize_entry("ok", &true)?;
+                    m.serialize_entry("workers", &workers)?;
+                }
+                Done::Streaming => {
+                    m.serialize_entry("ok", &true)?;
+                    m.serialize_entry("streaming", &true)?;
+                }
+                Done::Ended => m.serialize_entry("ok", &true)?,
+                Done::Expectation { worker, id } => {
+                    m.serialize_entry("id", &id)?;
+                    m.serialize_entry("ok", &true)?;
+                    m.serialize_entry("worker", &worker)?;
+                }
+                Done::Reloaded { rules } => {
+                    m.serialize_entry("ok", &true)?;
+                    m.serialize_entry("rules", &rules)?;
+                }
+            },
+            Reply::Error(e) => {
+                m.serialize_entry("error", e)?;
+                m.serialize_entry("ok", &false)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Every key a reply line may have, as read; [`Reply`] is made from it.
+#[derive(Deserialize)]
+struct WireReply {
+    ok: Option<bool>,
+    error: Option<String>,
+    event: Option<EventName>,
+    conn: Option<ConnJson>,
+    stats: Option<WorkerStats>,
+    expect: Option<ExpectJson>,
+    count: Option<u64>,
+    removed: Option<usize>,
+    workers: Option<usize>,
+    streaming: Option<bool>,
+    worker: Option<usize>,
+    id: Option<u32>,
+    rules: Option<usize>,
+}
+
+impl TryFrom<WireReply> for Reply {
+    type Error = String;
+
+    fn try_from(w: WireReply) -> Result<Reply, String> {
+        match w.ok {
+            Some(false) => w
+                .error
+                .map(Reply::Error)
+                .ok_or_else(|| "\"ok\" is false but there is no \"error\"".to_string()),
+            Some(true) => {
+                let mut done = Vec::new();
+                if let Some(count) = w.count {
+                    done.push(Done::Count { count });
+                }
+                if let Some(removed) = w.removed {
+                    done.push(Done::Removed { removed });
+                }
+                if let Some(workers) = w.workers {
+                    done.push(Done::Workers { workers });
+                }
+                match w.streaming {
+                    Some(true) => done.push(Done::Streaming),
+                    Some(false) => return Err("\"streaming\" is false".into()),
+                    None => {}
+                }
+                match (w.worker, w.id) {
+                    (Some(worker), Some(id)) => done.push(Done::Expectation { worker, id }),
+                    (None, None) => {}
+                    _ => return Err("\"worker\" and \"id\" come together".into()),
+                }
+                if let Some(rules) = w.rules {
+                    done.push(Done::Reloaded { rules });
+                }
+                match done[..] {
+                    [] => Ok(Reply::Done(Done::Ended)),
+                    [d] => Ok(Reply::Done(d)),
+                    _ => {
+                        Err("more than one of count, removed, workers, streaming, id, rules".into())
+                    }
+                }
+            }
+            None => match (w.conn, w.event, w.stats, w.expect) {
+                (Some(conn), Some(event), None, None) => Ok(Reply::Event { event, conn }),
+                (Some(c), None, None, None) => Ok(Reply::Conn(c)),
+                (None, None, Some(s), None) => Ok(Reply::Stats(s)),
+                (None, None, None, Some(e)) => Ok(Reply::Expect(e)),
+                (None, None, None, None) => Err("none of ok, conn, stats, expect".into()),
+                (None, Some(_), None, None) => Err("an event without its conn".into()),
+                _ => Err("more than one of conn, stats, expect".into()),
+            },
+        }
+    }
+}
+
+impl Reply {
+    /// The line on the wire (without its newline): compact JSON, every
+    /// object's keys in sorted order (as the daemon has always sent them:
+    /// its replies went through `serde_json::Value`).
+    pub fn to_line(&self) -> String {
+        match serde_json::to_value(self) {
+            Ok(v) => v.to_string(),
+            // Not reached: every part of a reply is a map with string keys.
+            Err(e) => serde_json::json!({"error": format!("encoding the reply: {e}"), "ok": false})
+                .to_string(),
+        }
+    }
+}
+
+/// Parses one reply line (without its newline). The error quotes the line
+/// (its first [`QUOTED`] characters).
+pub fn parse_reply(line: &[u8]) -> Result<Reply, String> {
+    serde_json::from_slice(line).map_err(|e| {
+        let text = String::from_utf8_lossy(line);
+        let mut quoted: String = text.chars().take(QUOTED).collect();
+        if quoted.len() < text.len() {
+            quoted.push_str("...");
+        }
+        format!("bad reply from the daemon {quoted:?}: {e}")
+    })
+}
+
+/// Characters of a bad reply line quoted in its error.
+pub const QUOTED: usize = 200;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,6 +1045,234 @@ mod tests {
         assert_eq!(serde_json::from_str::<ConnJson>(&j).expect("parses"), c);
     }
 
+    /// Lines a running daemon sent before replies were typed (they went
+    /// through `serde_json::json!`): the typed replies write them byte for
+    /// byte, and read them back.
+    const WIRE: &[&str] = &[
+        r#"{"conn":{"assured":true,"family":"ipv4","orig":{"bytes":1191,"dport":5201,"dst":"10.77.0.2","packets":14,"sport":45622,"src":"10.77.0.1"},"proto":"tcp","protonum":6,"reply":{"bytes":1015,"dport":45622,"dst":"10.77.0.1","packets":13,"sport":5201,"src":"10.77.0.2"},"seen_reply":true,"tcp_state":"TIME_WAIT","timeout":115,"worker":0}}"#,
+        r#"{"conn":{"assured":false,"family":"ipv4","orig":{"bytes":252,"dport":2048,"dst":"10.77.0.2","packets":3,"sport":19795,"src":"10.77.0.1"},"proto":"icmp","protonum":1,"reply":{"bytes":252,"dport":0,"dst":"10.77.0.1","packets":3,"sport":19795,"src":"10.77.0.2"},"seen_reply":true,"timeout":0,"worker":0},"event":"destroy"}"#,
+        r#"{"stats":{"drop":0,"dropped":[0,0],"early_drop":0,"entries":2,"events_dropped":0,"expect_count":0,"expect_create":0,"expect_delete":0,"expect_evicted":0,"expect_msgs_dropped":0,"expect_msgs_in":0,"expect_msgs_out":0,"expect_new":0,"expect_refused":0,"expired":0,"forwarded":[13,11],"found":8,"frag_followed":0,"handoff_dropped":0,"handoffs":0,"handoffs_in":0,"insert_failed":0,"invalid":0,"max_entries":262144,"new":2,"rx":[13,11],"search_restart":0,"source_limit":0,"tx_full":0,"worker":0}}"#,
+        r#"{"expect":{"dport":6000,"dst":"10.77.0.1","helper":"ftp","id":1,"master":"tcp 10.77.0.1:45622 -> 10.77.0.2:5201","proto":"tcp","sport":null,"src":"10.77.0.2","timeout":300,"worker":0}}"#,
+        r#"{"count":4,"ok":true}"#,
+        r#"{"ok":true,"removed":1}"#,
+        r#"{"ok":true,"workers":1}"#,
+        r#"{"ok":true,"streaming":true}"#,
+        r#"{"ok":true}"#,
+        r#"{"id":1,"ok":true,"worker":0}"#,
+        r#"{"ok":true,"rules":5}"#,
+        r#"{"error":"no worker 7","ok":false}"#,
+        r#"{"error":"state: \"sleepy\" is not a TCP state (NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2) nor unreplied, replied or assured","ok":false}"#,
+    ];
+
+    fn wire_replies() -> Vec<Reply> {
+        let dir = |src: &str, dst: &str, sport, dport, packets, bytes| DirJson {
+            src: src.into(),
+            dst: dst.into(),
+            sport,
+            dport,
+            packets,
+            bytes,
+        };
+        let tcp = ConnJson {
+            worker: 0,
+            family: "ipv4".into(),
+            proto: "tcp".into(),
+            protonum: 6,
+            tcp_state: Some("TIME_WAIT".into()),
+            timeout: 115,
+            orig: dir("10.77.0.1", "10.77.0.2", 45622, 5201, 14, 1191),
+            reply: dir("10.77.0.2", "10.77.0.1", 5201, 45622, 13, 1015),
+            seen_reply: true,
+            assured: true,
+            helper: None,
+            offloaded: false,
+        };
+        let icmp = ConnJson {
+            worker: 0,
+            family: "ipv4".into(),
+            proto: "icmp".into(),
+            protonum: 1,
+            tcp_state: None,
+            timeout: 0,
+            orig: dir("10.77.0.1", "10.77.0.2", 19795, 2048, 3, 252),
+            reply: dir("10.77.0.2", "10.77.0.1", 19795, 0, 3, 252),
+            seen_reply: true,
+            assured: false,
+            helper: None,
+            offloaded: false,
+        };
+        let stats = WorkerStats {
+            entries: 2,
+            max_entries: 262_144,
+            found: 8,
+            new: 2,
+            rx: [13, 11],
+            forwarded: [13, 11],
+            ..WorkerStats::default()
+        };
+        let expect = ExpectJson {
+            worker: 0,
+            id: 1,
+            timeout: 300,
+            proto: "tcp".into(),
+            src: "10.77.0.2".into(),
+            dst: "10.77.0.1".into(),
+            sport: None,
+            dport: 6000,
+            helper: Some("ftp".into()),
+            master: "tcp 10.77.0.1:45622 -> 10.77.0.2:5201".into(),
+        };
+        vec![
+            Reply::Conn(tcp),
+            Reply::Event {
+                event: EventName::Destroy,
+                conn: icmp,
+            },
+            Reply::Stats(stats),
+            Reply::Expect(expect),
+            Reply::Done(Done::Count { count: 4 }),
+            Reply::Done(Done::Removed { removed: 1 }),
+            Reply::Done(Done::Workers { workers: 1 }),
+            Reply::Done(Done::Streaming),
+            Reply::Done(Done::Ended),
+            Reply::Done(Done::Expectation { worker: 0, id: 1 }),
+            Reply::Done(Done::Reloaded { rules: 5 }),
+            Reply::Error("no worker 7".into()),
+            Reply::Error(
+                FilterSpec {
+                    state: Some("sleepy".into()),
+                    ..FilterSpec::default()
+                }
+                .compile()
+                .expect_err("not a state"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn replies_keep_the_wire_text() {
+        let replies = wire_replies();
+        assert_eq!(replies.len(), WIRE.len());
+        for (r, line) in replies.iter().zip(WIRE) {
+            assert_eq!(r.to_line(), *line);
+            assert_eq!(parse_reply(line.as_bytes()).as_ref(), Ok(r), "{line}");
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let mut all = wire_replies();
+        let mut c = ConnJson::from_info(
+            3,
+            &conn([10, 0, 0, 1], 40000, [192, 0, 2, 1], 21, ipproto::TCP),
+        );
+        c.helper = Some("ftp".into());
+        c.offloaded = true;
+        all.push(Reply::Conn(c.clone()));
+        for event in [EventName::New, EventName::Update] {
+            all.push(Reply::Event {
+                event,
+                conn: c.clone(),
+            });
+        }
+        all.push(Reply::Done(Done::Count { count: u64::MAX }));
+        all.push(Reply::Error("a \"quoted\"\nline\u{1F600}".into()));
+        for r in &all {
+            // The wire form, and serde's own (nested keys in field order).
+            let line = r.to_line();
+            assert_eq!(parse_reply(line.as_bytes()).as_ref(), Ok(r), "{line}");
+            let direct = serde_json::to_string(r).expect("serializes");
+            assert_eq!(&serde_json::from_str::<Reply>(&direct).expect("parses"), r);
+            assert!(!line.contains('\n'), "{line}");
+        }
+        // The optional keys stay away when empty.
+        let plain = Reply::Conn(ConnJson::from_info(
+            0,
+            &conn([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, ipproto::UDP),
+        ))
+        .to_line();
+        for key in ["tcp_state", "helper", "offloaded"] {
+            assert!(!plain.contains(key), "{plain}");
+        }
+        assert!(Reply::Conn(c)
+            .to_line()
+            .contains(r#""helper":"ftp","offloaded":true"#));
+    }
+
+    #[test]
+    fn event_names_are_the_cores() {
+        for k in [
+            conntrack::EventKind::New,
+            conntrack::EventKind::Update,
+            conntrack::EventKind::Destroy,
+        ] {
+            let e = EventName::from(k);
+            assert_eq!(e.as_str(), k.as_str());
+            assert_eq!(
+                serde_json::to_string(&e).expect("serializes"),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn stats_text_line() {
+        let Ok(Reply::Stats(s)) = parse_reply(WIRE[2].as_bytes()) else {
+            panic!("not stats")
+        };
+        assert_eq!(
+            s.line(),
+            "worker=0 drop=0 dropped=[0,0] early_drop=0 entries=2 events_dropped=0 expect_count=0 \
+             expect_create=0 expect_delete=0 expect_evicted=0 expect_msgs_dropped=0 expect_msgs_in=0 \
+             expect_msgs_out=0 expect_new=0 expect_refused=0 expired=0 forwarded=[13,11] found=8 \
+             frag_followed=0 handoff_dropped=0 handoffs=0 handoffs_in=0 insert_failed=0 invalid=0 \
+             max_entries=262144 new=2 rx=[13,11] search_restart=0 source_limit=0 tx_full=0"
+        );
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        for (bad, want) in [
+            (&b""[..], "EOF"),
+            (b"not json", "expected"),
+            (b"[1,2]", "bad reply"),
+            (b"{}", "none of ok, conn, stats, expect"),
+            (br#"{"colour":"red"}"#, "none of"),
+            (br#"{"ok":"yes"}"#, "invalid type"),
+            (br#"{"ok":false}"#, "no \"error\""),
+            (br#"{"ok":false,"error":7}"#, "invalid type"),
+            (br#"{"ok":true,"count":-1}"#, "invalid value"),
+            (br#"{"ok":true,"count":1,"rules":2}"#, "more than one"),
+            (br#"{"ok":true,"worker":1}"#, "come together"),
+            (br#"{"ok":true,"streaming":false}"#, "streaming"),
+            (br#"{"event":"new"}"#, "without its conn"),
+            (br#"{"event":"born","conn":{}}"#, "unknown variant"),
+            (br#"{"conn":{"worker":0}}"#, "missing field"),
+            (br#"{"stats":{"worker":0}}"#, "missing field"),
+            (br#"{"expect":{"worker":0,"id":1}}"#, "missing field"),
+            (
+                br#"{"stats":{"worker":0},"expect":{"worker":0}}"#,
+                "missing field",
+            ),
+            (
+                br#"{"ok":true,"id":5000000000,"worker":0}"#,
+                "invalid value",
+            ),
+        ] {
+            let e = parse_reply(bad).expect_err("must be refused");
+            assert!(e.contains(want), "{e} does not say {want}");
+            assert!(e.starts_with("bad reply from the daemon"), "{e}");
+        }
+        // Two data keys at once.
+        let two = WIRE[0].replacen('{', r#"{"expect":{"dport":1,"dst":"a","id":1,"master":"m","proto":"tcp","sport":null,"src":"b","timeout":1,"worker":0},"#, 1);
+        assert!(parse_reply(two.as_bytes())
+            .unwrap_err()
+            .contains("more than one of conn, stats, expect"));
+        // A long line is quoted in part.
+        let long = vec![b'x'; 10_000];
+        assert!(parse_reply(&long).unwrap_err().len() < QUOTED + 200);
+    }
+
     proptest! {
         /// Arbitrary bytes: an error or a request, never a panic; a request
         /// that parses survives a round trip through JSON.
@@ -719,6 +1281,35 @@ mod tests {
             if let Ok(r) = parse_request(&bytes) {
                 let j = serde_json::to_vec(&r).expect("serializes");
                 prop_assert_eq!(parse_request(&j), Ok(r));
+            }
+        }
+
+        /// Arbitrary bytes as a reply: an error or a reply, never a panic; a
+        /// reply that parses survives a round trip through its wire form.
+        #[test]
+        fn arbitrary_replies(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(r) = parse_reply(&bytes) {
+                prop_assert_eq!(parse_reply(r.to_line().as_bytes()), Ok(r));
+            }
+        }
+
+        /// Replies made of the wire's keys with arbitrary values: never a
+        /// panic, and a round trip when they parse.
+        #[test]
+        fn arbitrary_reply_objects(
+            keys in proptest::collection::vec(0usize..13, 0..4),
+            values in proptest::collection::vec(0usize..6, 4),
+        ) {
+            const KEYS: [&str; 13] = ["ok", "error", "event", "conn", "stats", "expect", "count", "removed", "workers", "streaming", "worker", "id", "rules"];
+            const VALUES: [&str; 6] = ["true", "false", "1", "\"new\"", "null", "{}"];
+            let mut m = serde_json::Map::new();
+            for (k, v) in keys.iter().zip(&values) {
+                let v: serde_json::Value = serde_json::from_str(VALUES[*v]).expect("json");
+                m.insert(KEYS[*k].to_string(), v);
+            }
+            let line = serde_json::Value::Object(m).to_string();
+            if let Ok(r) = parse_reply(line.as_bytes()) {
+                prop_assert_eq!(parse_reply(r.to_line().as_bytes()), Ok(r));
             }
         }
 

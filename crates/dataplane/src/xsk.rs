@@ -41,17 +41,9 @@ pub enum PortError {
     },
 }
 
-/// How a socket moves frames between the NIC and the UMEM.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum XdpMode {
-    /// Zero-copy where the driver offers it, else copy.
-    #[default]
-    Auto,
-    /// Always copy (works on every driver with XDP).
-    Copy,
-    /// Zero-copy or fail (the driver must support it).
-    ZeroCopy,
-}
+/// How a socket moves frames between the NIC and the UMEM: the config's
+/// `xdp_mode`, one type for both.
+pub use control::config::XdpMode;
 
 /// One socket of a pair: its rings and what it holds.
 struct Sock {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use control::proto::{ConnJson, ExpectJson, Request};
+use control::proto::{self, Done, Reply, Request};
 use serde_json::Value;
 
 /// How replies are printed.
@@ -43,82 +43,80 @@ pub fn request(
     let mut count = 0u64;
     for l in BufReader::new(s).lines() {
         let l = l.map_err(|e| format!("reading the reply: {e}"))?;
-        let v: Value = serde_json::from_str(&l).map_err(|e| format!("bad reply {l:?}: {e}"))?;
-        if let Some(ok) = v.get("ok").and_then(Value::as_bool) {
-            if !ok {
-                let e = v.get("error").and_then(Value::as_str).unwrap_or("failed");
-                return Err(e.to_string());
+        match proto::parse_reply(l.as_bytes())? {
+            Reply::Error(e) => return Err(e),
+            Reply::Done(Done::Streaming) => {}
+            Reply::Done(d) => return finish(req, d, &l, count, output, out),
+            item => {
+                count += 1;
+                print_item(&item, &l, output, out).map_err(|e| e.to_string())?;
             }
-            if v.get("streaming").is_some() {
-                continue;
-            }
-            return finish(req, &v, count, output, out);
         }
-        count += 1;
-        print_item(&v, output, out).map_err(|e| e.to_string())?;
     }
     Err("the daemon closed the connection without an answer".into())
 }
 
-fn print_item(v: &Value, output: Output, out: &mut dyn Write) -> std::io::Result<()> {
+/// Prints a data line: `line` as it came (JSON), or its text form.
+fn print_item(
+    item: &Reply,
+    line: &str,
+    output: Output,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     if output == Output::Json {
-        return writeln!(out, "{v}");
-    }
-    if let Some(c) = v.get("conn") {
-        let Ok(c) = serde_json::from_value::<ConnJson>(c.clone()) else {
-            return writeln!(out, "{v}");
-        };
-        return match v.get("event").and_then(Value::as_str) {
-            Some(ev) => writeln!(
-                out,
-                "{:>9} {}",
-                format!("[{}]", ev.to_uppercase()),
-                c.line()
-            ),
-            None => writeln!(out, "{}", c.line()),
-        };
-    }
-    if let Some(e) = v.get("expect") {
-        if let Ok(e) = serde_json::from_value::<ExpectJson>(e.clone()) {
-            return writeln!(out, "{}", e.line());
-        }
-    }
-    if let Some(Value::Object(m)) = v.get("stats") {
-        let mut line = m
-            .get("worker")
-            .map_or_else(String::new, |w| format!("worker={w}"));
-        for (k, x) in m.iter().filter(|(k, _)| *k != "worker") {
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            line.push_str(&format!("{k}={x}"));
-        }
         return writeln!(out, "{line}");
     }
-    writeln!(out, "{v}")
+    match item {
+        Reply::Conn(c) => writeln!(out, "{}", c.line()),
+        Reply::Event { event, conn } => writeln!(
+            out,
+            "{:>9} {}",
+            format!("[{}]", event.as_str().to_uppercase()),
+            conn.line()
+        ),
+        Reply::Expect(e) => writeln!(out, "{}", e.line()),
+        Reply::Stats(s) => writeln!(out, "{}", s.line()),
+        Reply::Done(_) | Reply::Error(_) => writeln!(out, "{line}"),
+    }
 }
 
+/// The last line of a request that succeeded (`line` as it came): a summary
+/// on standard error, or (JSON) the line itself for the verbs that change
+/// something. A last line that does not answer `req` is an error.
 fn finish(
     req: &Request,
-    v: &Value,
+    done: Done,
+    line: &str,
     count: u64,
     output: Output,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let msg = match req {
-        Request::CtList { .. } => format!("tollgate: {count} flow entries have been shown."),
-        Request::ExpectList => format!("tollgate: {count} expectations have been shown."),
-        Request::CtFlush { .. } => {
-            format!("tollgate: {} flow entries have been deleted.", n("removed"))
+    let msg = match (req, done) {
+        (Request::CtList { .. }, Done::Count { .. }) => {
+            format!("tollgate: {count} flow entries have been shown.")
         }
-        Request::ExpectAdd(_) => format!("expectation {} added on worker {}", n("id"), n("worker")),
-        Request::ExpectDel { .. } => format!("expectation {} deleted", n("id")),
-        Request::Reload => format!("policy reloaded: {} rules", n("rules")),
-        Request::CtStats | Request::CtEvents { .. } => return Ok(()),
+        (Request::ExpectList, Done::Count { .. }) => {
+            format!("tollgate: {count} expectations have been shown.")
+        }
+        (Request::CtFlush { .. }, Done::Removed { removed }) => {
+            format!("tollgate: {removed} flow entries have been deleted.")
+        }
+        (Request::ExpectAdd(_), Done::Expectation { worker, id }) => {
+            format!("expectation {id} added on worker {worker}")
+        }
+        (Request::ExpectDel { .. }, Done::Expectation { id, .. }) => {
+            format!("expectation {id} deleted")
+        }
+        (Request::Reload, Done::Reloaded { rules }) => format!("policy reloaded: {rules} rules"),
+        (Request::CtStats, Done::Workers { .. }) | (Request::CtEvents { .. }, _) => return Ok(()),
+        _ => {
+            return Err(format!(
+                "the daemon's reply {line:?} does not answer this request"
+            ))
+        }
     };
     if output == Output::Json && !matches!(req, Request::CtList { .. } | Request::ExpectList) {
-        writeln!(out, "{v}").map_err(|e| e.to_string())?;
+        writeln!(out, "{line}").map_err(|e| e.to_string())?;
     } else {
         eprintln!("{msg}");
     }
@@ -147,7 +145,7 @@ impl SystemCheck {
                 c.interfaces.push(i.inside.clone());
                 c.interfaces.push(i.outside.clone());
                 c.settings.offload = i.offload;
-                c.settings.mode = xdp_mode(i.xdp_mode);
+                c.settings.mode = i.xdp_mode;
             }
         }
         for name in extra {
@@ -156,15 +154,6 @@ impl SystemCheck {
             }
         }
         c
-    }
-}
-
-/// The dataplane's socket mode for the config's `xdp_mode`.
-pub fn xdp_mode(m: control::config::XdpMode) -> dataplane::xsk::XdpMode {
-    match m {
-        control::config::XdpMode::Copy => dataplane::xsk::XdpMode::Copy,
-        control::config::XdpMode::ZeroCopy => dataplane::xsk::XdpMode::ZeroCopy,
-        control::config::XdpMode::Auto => dataplane::xsk::XdpMode::Auto,
     }
 }
 
@@ -237,7 +226,7 @@ fn write_table(
         out,
         "CHOICES (offload = {}, xdp_mode = {})",
         check.settings.offload,
-        mode_name(check.settings.mode)
+        check.settings.mode.name()
     )?;
     for c in &plan.choices {
         writeln!(out, "  {}", c.line)?;
@@ -252,14 +241,6 @@ fn write_table(
         }
     }
     Ok(())
-}
-
-fn mode_name(m: dataplane::xsk::XdpMode) -> &'static str {
-    match m {
-        dataplane::xsk::XdpMode::Auto => "auto",
-        dataplane::xsk::XdpMode::Copy => "copy",
-        dataplane::xsk::XdpMode::ZeroCopy => "zerocopy",
-    }
 }
 
 fn rows_json(rows: &[dataplane::probe::Row]) -> Value {
@@ -331,7 +312,7 @@ fn report_json(
         "interfaces": interfaces,
         "settings": {
             "offload": check.settings.offload,
-            "xdp_mode": mode_name(check.settings.mode),
+            "xdp_mode": check.settings.mode.name(),
         },
         "config_rules": check.config_rules,
         "meta": {

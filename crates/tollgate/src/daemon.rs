@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use control::proto::{self, ConnJson, ExpectJson, Filter, FilterSpec, Request, MAX_REQUEST};
+use control::proto::{
+    self, ConnJson, Done, ExpectJson, Filter, FilterSpec, Reply, Request, WorkerStats, MAX_REQUEST,
+};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use dataplane::{Counters, Mailbox};
-use serde_json::json;
 
 /// Slab slots a listing or flush job walks at once: bounds how long one job
 /// holds a worker away from its packets.
@@ -188,10 +189,10 @@ impl Daemon {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let r = self.dispatch(req, stream);
         match r {
-            Ok(Ok(last)) => writeln!(stream, "{last}"),
+            Ok(Ok(last)) => send(stream, &last),
             Ok(Err(e)) => {
                 self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
-                writeln!(stream, "{}", json!({"ok": false, "error": e}))
+                send(stream, &Reply::Error(e))
             }
             Err(io) => Err(io),
         }
@@ -201,8 +202,8 @@ impl Daemon {
         &self,
         req: Request,
         out: &mut UnixStream,
-    ) -> std::io::Result<Result<serde_json::Value, String>> {
-        Ok(match req {
+    ) -> std::io::Result<Result<Reply, String>> {
+        let done = match req {
             Request::CtList { filter } => self.list(&filter, out)?,
             Request::CtFlush { filter } => self.flush(&filter),
             Request::CtStats => self.stats(out)?,
@@ -210,17 +211,16 @@ impl Daemon {
             Request::ExpectList => self.expect_list(out)?,
             Request::ExpectAdd(spec) => self.expect_add(&spec),
             Request::ExpectDel { id, worker } => self.expect_del(id, worker),
-            Request::Reload => self
-                .reload()
-                .map(|rules| json!({"ok": true, "rules": rules})),
-        })
+            Request::Reload => self.reload().map(|rules| Done::Reloaded { rules }),
+        };
+        Ok(done.map(Reply::Done))
     }
 
     fn list(
         &self,
         spec: &FilterSpec,
         out: &mut UnixStream,
-    ) -> std::io::Result<Result<serde_json::Value, String>> {
+    ) -> std::io::Result<Result<Done, String>> {
         let filter = match spec.compile() {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
@@ -243,8 +243,7 @@ impl Daemon {
                     Err(e) => return Ok(Err(e)),
                 };
                 for c in &conns {
-                    let j = ConnJson::from_info(w, c);
-                    writeln!(out, "{}", json!({ "conn": j }))?;
+                    send(out, &Reply::Conn(ConnJson::from_info(w, c)))?;
                     count += 1;
                 }
                 if end >= slots {
@@ -253,10 +252,10 @@ impl Daemon {
                 start = end;
             }
         }
-        Ok(Ok(json!({"ok": true, "count": count})))
+        Ok(Ok(Done::Count { count }))
     }
 
-    fn flush(&self, spec: &FilterSpec) -> Result<serde_json::Value, String> {
+    fn flush(&self, spec: &FilterSpec) -> Result<Done, String> {
         let filter = spec.compile()?;
         let mut removed = 0usize;
         for w in 0..self.workers.len() {
@@ -276,10 +275,10 @@ impl Daemon {
             }
         }
         tracing::info!("ct flush: {removed} connections removed");
-        Ok(json!({"ok": true, "removed": removed}))
+        Ok(Done::Removed { removed })
     }
 
-    fn stats(&self, out: &mut UnixStream) -> std::io::Result<Result<serde_json::Value, String>> {
+    fn stats(&self, out: &mut UnixStream) -> std::io::Result<Result<Done, String>> {
         for (w, h) in self.workers.iter().enumerate() {
             let got = self.ask(w, |p, _| {
                 let ct = p.conntrack();
@@ -297,52 +296,51 @@ impl Daemon {
             };
             let c = &h.counters;
             let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            let line = json!({"stats": {
-                "worker": w,
-                "entries": len,
-                "max_entries": max,
-                "found": s.found,
-                "new": s.new,
-                "invalid": s.invalid,
-                "insert_failed": s.insert_failed,
-                "drop": s.drop,
-                "early_drop": s.early_drop,
-                "search_restart": s.search_restart,
-                "expired": s.expired,
-                "frag_followed": s.frag_followed,
-                "source_limit": s.source_limit,
-                "expect_count": exps,
-                "expect_new": e.expect_new,
-                "expect_create": e.expect_create,
-                "expect_delete": e.expect_delete,
-                "expect_refused": e.expect_refused,
-                "expect_evicted": e.expect_evicted,
-                "rx": [l(&c.rx[0]), l(&c.rx[1])],
-                "forwarded": [l(&c.forwarded[0]), l(&c.forwarded[1])],
-                "dropped": [l(&c.dropped[0]), l(&c.dropped[1])],
-                "tx_full": l(&c.tx_full),
-                "handoffs": l(&c.handoffs),
-                "handoffs_in": l(&c.handoffs_in),
-                "handoff_dropped": l(&c.handoff_dropped),
-                "expect_msgs_out": l(&c.expect_msgs[0]),
-                "expect_msgs_in": l(&c.expect_msgs[1]),
-                "expect_msgs_dropped": l(&c.expect_msgs_dropped),
-                "events_dropped": l(&c.events_dropped),
-            }});
-            writeln!(out, "{line}")?;
+            let stats = WorkerStats {
+                worker: w,
+                entries: len,
+                max_entries: max,
+                found: s.found,
+                new: s.new,
+                invalid: s.invalid,
+                insert_failed: s.insert_failed,
+                drop: s.drop,
+                early_drop: s.early_drop,
+                search_restart: s.search_restart,
+                expired: s.expired,
+                frag_followed: s.frag_followed,
+                source_limit: s.source_limit,
+                expect_count: exps,
+                expect_new: e.expect_new,
+                expect_create: e.expect_create,
+                expect_delete: e.expect_delete,
+                expect_refused: e.expect_refused,
+                expect_evicted: e.expect_evicted,
+                rx: [l(&c.rx[0]), l(&c.rx[1])],
+                forwarded: [l(&c.forwarded[0]), l(&c.forwarded[1])],
+                dropped: [l(&c.dropped[0]), l(&c.dropped[1])],
+                tx_full: l(&c.tx_full),
+                handoffs: l(&c.handoffs),
+                handoffs_in: l(&c.handoffs_in),
+                handoff_dropped: l(&c.handoff_dropped),
+                expect_msgs_out: l(&c.expect_msgs[0]),
+                expect_msgs_in: l(&c.expect_msgs[1]),
+                expect_msgs_dropped: l(&c.expect_msgs_dropped),
+                events_dropped: l(&c.events_dropped),
+            };
+            send(out, &Reply::Stats(stats))?;
         }
-        Ok(Ok(json!({"ok": true, "workers": self.workers.len()})))
+        Ok(Ok(Done::Workers {
+            workers: self.workers.len(),
+        }))
     }
 
-    /// Streams events until the client goes away.
-    fn events(
-        &self,
-        spec: &FilterSpec,
-        out: &mut UnixStream,
-    ) -> std::io::Result<serde_json::Value> {
+    /// Streams events until the client goes away; returns the last line
+    /// (for a client that is no longer there, unless the filter was bad).
+    fn events(&self, spec: &FilterSpec, out: &mut UnixStream) -> std::io::Result<Reply> {
         let filter = match spec.compile() {
             Ok(f) => f,
-            Err(e) => return Ok(json!({"ok": false, "error": e})),
+            Err(e) => return Ok(Reply::Error(e)),
         };
         let (tx, rx) = bounded(SUBSCRIBER_QUEUE);
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
@@ -357,15 +355,17 @@ impl Daemon {
         // The client says nothing after its request: a read that returns
         // means it has gone.
         out.set_nonblocking(false)?;
-        writeln!(out, "{}", json!({"ok": true, "streaming": true}))?;
+        send(out, &Reply::Done(Done::Streaming))?;
         let mut probe = out.try_clone()?;
         probe.set_read_timeout(Some(Duration::from_millis(1)))?;
         loop {
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok((w, e)) => {
-                    let line =
-                        json!({"event": e.kind.as_str(), "conn": ConnJson::from_info(w, &e.conn)});
-                    if writeln!(out, "{line}").is_err() {
+                    let line = Reply::Event {
+                        event: e.kind.into(),
+                        conn: ConnJson::from_info(w, &e.conn),
+                    };
+                    if send(out, &line).is_err() {
                         break;
                     }
                 }
@@ -391,14 +391,11 @@ impl Daemon {
         if empty {
             self.set_events(false);
         }
-        Ok(json!({"ok": true}))
+        Ok(Reply::Done(Done::Ended))
     }
 
-    fn expect_list(
-        &self,
-        out: &mut UnixStream,
-    ) -> std::io::Result<Result<serde_json::Value, String>> {
-        let mut count = 0;
+    fn expect_list(&self, out: &mut UnixStream) -> std::io::Result<Result<Done, String>> {
+        let mut count = 0u64;
         for w in 0..self.workers.len() {
             let got = self.ask(w, |p, now| {
                 p.conntrack().expectations(now).collect::<Vec<_>>()
@@ -408,14 +405,14 @@ impl Daemon {
                 Err(e) => return Ok(Err(e)),
             };
             for e in &list {
-                writeln!(out, "{}", json!({"expect": ExpectJson::from_info(w, e)}))?;
+                send(out, &Reply::Expect(ExpectJson::from_info(w, e)))?;
                 count += 1;
             }
         }
-        Ok(Ok(json!({"ok": true, "count": count})))
+        Ok(Ok(Done::Count { count }))
     }
 
-    fn expect_add(&self, spec: &proto::ExpectAddSpec) -> Result<serde_json::Value, String> {
+    fn expect_add(&self, spec: &proto::ExpectAddSpec) -> Result<Done, String> {
         let (master, exp) = spec.compile()?;
         let mut last = String::from("no such master connection");
         for w in 0..self.workers.len() {
@@ -424,7 +421,7 @@ impl Daemon {
             })? {
                 Ok(id) => {
                     tracing::info!("expectation {id} added on worker {w}");
-                    return Ok(json!({"ok": true, "worker": w, "id": id}));
+                    return Ok(Done::Expectation { worker: w, id });
                 }
                 Err(conntrack::expect::ExpectError::NoMaster) => {}
                 Err(e) => last = e.to_string(),
@@ -433,7 +430,7 @@ impl Daemon {
         Err(last)
     }
 
-    fn expect_del(&self, id: u32, worker: Option<usize>) -> Result<serde_json::Value, String> {
+    fn expect_del(&self, id: u32, worker: Option<usize>) -> Result<Done, String> {
         let ws: Vec<usize> = match worker {
             Some(w) if w < self.workers.len() => vec![w],
             Some(w) => return Err(format!("no worker {w}")),
@@ -441,7 +438,7 @@ impl Daemon {
         };
         for w in ws {
             if self.ask(w, move |p, _| p.conntrack_mut().unexpect(id))? {
-                return Ok(json!({"ok": true, "worker": w, "id": id}));
+                return Ok(Done::Expectation { worker: w, id });
             }
         }
         Err(format!("no expectation {id}"))
@@ -497,11 +494,7 @@ impl Daemon {
                     if self.clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
                         self.clients.fetch_sub(1, Ordering::AcqRel);
                         let mut s = stream;
-                        let _ = writeln!(
-                            s,
-                            "{}",
-                            json!({"ok": false, "error": "too many control clients"})
-                        );
+                        let _ = send(&mut s, &Reply::Error("too many control clients".into()));
                         continue;
                     }
                     let me = self.clone();
@@ -552,10 +545,15 @@ impl Daemon {
             Err(e) => {
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
                 self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
-                let _ = writeln!(stream, "{}", json!({"ok": false, "error": e}));
+                let _ = send(&mut stream, &Reply::Error(e));
             }
         }
     }
+}
+
+/// Writes one reply line.
+fn send(out: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
+    writeln!(out, "{}", reply.to_line())
 }
 
 /// Fails if a live instance already serves the control socket at `path`

@@ -127,11 +127,11 @@ impl Instance {
             bypass: false,
             offload: cfg.interfaces.as_ref().is_some_and(|i| i.offload),
             busy_poll: cfg.interfaces.as_ref().is_some_and(|i| i.busy_poll),
-            mode: match cfg.interfaces.as_ref().map(|i| i.xdp_mode) {
-                Some(control::config::XdpMode::Copy) => dataplane::xsk::XdpMode::Copy,
-                Some(control::config::XdpMode::ZeroCopy) => dataplane::xsk::XdpMode::ZeroCopy,
-                _ => dataplane::xsk::XdpMode::Auto,
-            },
+            mode: cfg
+                .interfaces
+                .as_ref()
+                .map(|i| i.xdp_mode)
+                .unwrap_or_default(),
         };
         let mut pipelines: Vec<Pipeline> = (0..n)
             .map(|_| Pipeline::new(conntrack.clone(), cfg.policy.clone()))

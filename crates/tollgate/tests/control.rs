@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use control::proto::{parse_reply, ConnJson, EventName, ExpectJson, Reply, WorkerStats};
 use dataplane::lab::Lab;
 use serde_json::Value;
 
@@ -29,27 +30,54 @@ fn config(sock: &Path, metrics: u16, tcp_new: bool) -> String {
     lab_config(sock, 1, &metrics, &rules)
 }
 
-fn json_lines(s: &str) -> Vec<Value> {
+/// The CLI's `--json` lines: the daemon's replies, typed.
+fn replies(s: &str) -> Vec<Reply> {
     s.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .map(|l| parse_reply(l.as_bytes()).expect("a reply"))
         .collect()
 }
 
 /// `ct list --json` with extra filter arguments: the connections.
-fn conns(sock: &Path, filter: &[&str]) -> Vec<Value> {
+fn conns(sock: &Path, filter: &[&str]) -> Vec<ConnJson> {
     let mut args = vec!["ct", "list", "--json"];
     args.extend_from_slice(filter);
     let (ok, out, err) = cli(sock, &args);
     assert!(ok, "ct list failed: {err}");
-    json_lines(&out)
+    replies(&out)
         .into_iter()
-        .map(|v| v["conn"].clone())
+        .map(|r| match r {
+            Reply::Conn(c) => c,
+            other => panic!("not a connection: {other:?}"),
+        })
+        .collect()
+}
+
+/// `ct stats --json`: worker 0's counters.
+fn stats(sock: &Path) -> WorkerStats {
+    let (ok, out, err) = cli(sock, &["ct", "stats", "--json"]);
+    assert!(ok, "ct stats failed: {err}");
+    match replies(&out).into_iter().next() {
+        Some(Reply::Stats(s)) => s,
+        other => panic!("not stats: {other:?}"),
+    }
+}
+
+/// `expect list --json`: the expectations.
+fn expectations(sock: &Path) -> Vec<ExpectJson> {
+    let (ok, out, err) = cli(sock, &["expect", "list", "--json"]);
+    assert!(ok, "expect list failed: {err}");
+    replies(&out)
+        .into_iter()
+        .map(|r| match r {
+            Reply::Expect(e) => e,
+            other => panic!("not an expectation: {other:?}"),
+        })
         .collect()
 }
 
 /// Sends raw bytes to the control socket; returns the reply line.
-fn raw(sock: &Path, bytes: &[u8]) -> Value {
+fn raw(sock: &Path, bytes: &[u8]) -> Reply {
     let mut s = UnixStream::connect(sock).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     // An oversized request may be answered (and closed) before it is all
@@ -57,7 +85,7 @@ fn raw(sock: &Path, bytes: &[u8]) -> Value {
     let _ = s.write_all(bytes);
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).expect("reply");
-    serde_json::from_str(&line).expect("a JSON reply")
+    parse_reply(line.trim_end().as_bytes()).expect("a reply")
 }
 
 fn iperf(lab: &Lab, secs: &str) -> (bool, String) {
@@ -136,18 +164,14 @@ fn control_plane_end_to_end() {
     assert!(ok, "iperf3: {out}");
 
     let all = conns(&sock, &[]);
-    let mut seen: Vec<(String, String, String, u64)> = all
+    let mut seen: Vec<(String, String, String, u16)> = all
         .iter()
         .map(|c| {
             (
-                c["proto"].as_str().unwrap_or("").to_string(),
-                c["orig"]["src"].as_str().unwrap_or("").to_string(),
-                c["orig"]["dst"].as_str().unwrap_or("").to_string(),
-                if c["proto"] == "tcp" {
-                    c["orig"]["dport"].as_u64().unwrap_or(0)
-                } else {
-                    0
-                },
+                c.proto.clone(),
+                c.orig.src.clone(),
+                c.orig.dst.clone(),
+                if c.proto == "tcp" { c.orig.dport } else { 0 },
             )
         })
         .collect();
@@ -173,10 +197,10 @@ fn control_plane_end_to_end() {
         ),
     ];
     assert_eq!(seen, want, "ct list: {all:?}");
-    let icmp = &all[all.iter().position(|c| c["proto"] == "icmp").expect("icmp")];
-    assert_eq!(icmp["orig"]["packets"], 2);
-    assert_eq!(icmp["reply"]["packets"], 2);
-    assert_eq!(icmp["seen_reply"], true);
+    let icmp = all.iter().find(|c| c.proto == "icmp").expect("icmp");
+    assert_eq!(icmp.orig.packets, 2);
+    assert_eq!(icmp.reply.packets, 2);
+    assert!(icmp.seen_reply);
     // Text output: conntrack -L lines.
     let (ok, text, err) = cli(&sock, &["ct", "list", "-p", "icmp"]);
     assert!(ok);
@@ -202,12 +226,10 @@ fn control_plane_end_to_end() {
     assert!(!ok && err.contains("not a TCP state"), "{err}");
 
     // Stats: the kernel's names, consistent with the listing.
-    let (ok, out, _) = cli(&sock, &["ct", "stats", "--json"]);
-    assert!(ok);
-    let st = &json_lines(&out)[0]["stats"];
-    assert_eq!(st["entries"], 3, "{st}");
-    assert_eq!(st["new"], 3, "{st}");
-    assert!(st["found"].as_u64().unwrap_or(0) > 10, "{st}");
+    let st = stats(&sock);
+    assert_eq!(st.entries, 3, "{st:?}");
+    assert_eq!(st.new, 3, "{st:?}");
+    assert!(st.found > 10, "{st:?}");
     let (ok, text, _) = cli(&sock, &["ct", "stats"]);
     assert!(
         ok && text.contains("found=") && text.contains("early_drop=0"),
@@ -216,7 +238,7 @@ fn control_plane_end_to_end() {
 
     // Expectations: on behalf of the iperf3 control connection.
     let tcp = conns(&sock, &["-p", "tcp"]);
-    let sport = tcp[0]["orig"]["sport"].as_u64().expect("sport").to_string();
+    let sport = tcp[0].orig.sport.to_string();
     let add = |master_sport: &str| {
         cli(
             &sock,
@@ -244,21 +266,18 @@ fn control_plane_end_to_end() {
     };
     let (ok, _, err) = add(&sport);
     assert!(ok, "expect add: {err}");
-    let (ok, out, _) = cli(&sock, &["expect", "list", "--json"]);
-    assert!(ok);
-    let exps = json_lines(&out);
-    assert_eq!(exps.len(), 1, "{out}");
-    assert_eq!(exps[0]["expect"]["dport"], 6000);
-    assert_eq!(exps[0]["expect"]["sport"], Value::Null);
-    let id = exps[0]["expect"]["id"].as_u64().expect("id").to_string();
+    let exps = expectations(&sock);
+    assert_eq!(exps.len(), 1, "{exps:?}");
+    assert_eq!(exps[0].dport, 6000);
+    assert_eq!(exps[0].sport, None);
+    let id = exps[0].id.to_string();
     let (ok, _, err) = add("1");
     assert!(!ok && err.contains("no such master"), "{err}");
     let (ok, _, err) = cli(&sock, &["expect", "del", &id]);
     assert!(ok, "{err}");
     let (ok, _, err) = cli(&sock, &["expect", "del", &id]);
     assert!(!ok && err.contains("no expectation"), "{err}");
-    let (_, out, _) = cli(&sock, &["expect", "list", "--json"]);
-    assert!(json_lines(&out).is_empty());
+    assert!(expectations(&sock).is_empty());
 
     // Flush with a filter.
     let (ok, _, err) = cli(&sock, &["ct", "flush", "-p", "icmp"]);
@@ -283,49 +302,49 @@ fn control_plane_end_to_end() {
         .expect("stdout")
         .read_to_string(&mut ev)
         .expect("events");
-    let ev = json_lines(&ev);
-    let count = |kind: &str, proto: &str| {
+    let ev = replies(&ev);
+    let count = |kind: EventName, proto: &str| {
         ev.iter()
-            .filter(|e| e["event"] == kind && e["conn"]["proto"] == proto)
+            .filter(|e| matches!(e, Reply::Event { event, conn } if *event == kind && conn.proto == proto))
             .count()
     };
-    assert_eq!(count("new", "icmp"), 1, "{ev:?}");
-    assert_eq!(count("new", "tcp"), 2, "{ev:?}");
-    assert!(count("update", "tcp") >= 2, "{ev:?}");
-    assert_eq!(count("destroy", "icmp"), 1, "{ev:?}");
+    assert_eq!(count(EventName::New, "icmp"), 1, "{ev:?}");
+    assert_eq!(count(EventName::New, "tcp"), 2, "{ev:?}");
+    assert!(count(EventName::Update, "tcp") >= 2, "{ev:?}");
+    assert_eq!(count(EventName::Destroy, "icmp"), 1, "{ev:?}");
 
     // Malformed and oversized requests: an error reply, the daemon lives on.
     let r = raw(&sock, b"this is not json\n");
-    assert_eq!(r["ok"], false);
     assert!(
-        r["error"].as_str().unwrap_or("").contains("bad request"),
-        "{r}"
+        matches!(&r, Reply::Error(e) if e.contains("bad request")),
+        "{r:?}"
     );
     let r = raw(
         &sock,
         b"{\"cmd\":\"ct_list\",\"filter\":{\"src\":\"300.1.1.1\"}}\n",
     );
-    assert_eq!(r["ok"], false);
+    assert!(matches!(r, Reply::Error(_)), "{r:?}");
     let mut big = vec![b'x'; 200_000];
     big.push(b'\n');
     let r = raw(&sock, &big);
     assert!(
-        r["error"].as_str().unwrap_or("").contains("too large"),
-        "{r}"
+        matches!(&r, Reply::Error(e) if e.contains("too large")),
+        "{r:?}"
     );
     let (ok, _, _) = cli(&sock, &["ct", "stats"]);
     assert!(ok, "the daemon must survive bad requests");
 
     // Metrics agree with the workers' counters.
     let m = metrics(&lab, port);
-    let (_, out, _) = cli(&sock, &["ct", "stats", "--json"]);
-    let st = &json_lines(&out)[0]["stats"];
+    let st = stats(&sock);
     let fwd_in = metric(
         &m,
         "tollgate_packets_total{worker=\"0\",side=\"inside\",verdict=\"accept\"}",
     );
     assert!(fwd_in > 100.0, "inside accepted {fwd_in}");
-    assert!(fwd_in <= st["forwarded"][0].as_f64().unwrap_or(0.0));
+    #[allow(clippy::cast_precision_loss)]
+    let fwd_stats = st.forwarded[0] as f64;
+    assert!(fwd_in <= fwd_stats);
     assert!(m.contains("tollgate_conntrack_found_total{worker=\"0\"}"));
     assert!(m.contains("tollgate_batch_seconds_bucket{worker=\"0\",le=\"0.000001\"}"));
     assert!(m.contains("tollgate_xsk_fill_ring_empty_total{worker=\"0\",side=\"inside\"}"));
@@ -431,10 +450,7 @@ fn prometheus_scrapes(lab: &Lab, port: u16, sock: &Path, dir: &Path) {
     );
     let t = Instant::now();
     loop {
-        let (_, out, _) = cli(sock, &["ct", "stats", "--json"]);
-        let want = json_lines(&out)[0]["stats"]["forwarded"][0]
-            .as_u64()
-            .expect("forwarded");
+        let want = stats(sock).forwarded[0];
         let (ok, out) = lab.exec(&lab.boxns, &["curl", "-s", "-m", "2", &query]);
         let got = serde_json::from_str::<Value>(&out).ok().and_then(|v| {
             v["data"]["result"][0]["value"][1]
