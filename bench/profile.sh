@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 packets=${1:-10000000}
 command -v perf >/dev/null || { echo "profile.sh: perf is not installed (apt-get install linux-perf)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "profile.sh: needs root" >&2; exit 2; }
-cargo build --release -q -p dataplane --bin tg-bench
+cargo build --release -q -p bench --bin tg-bench
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 TG_BENCH_ONLY=Tollgate ./target/release/tg-bench "$packets" >"$work/bench.out" 2>&1 &

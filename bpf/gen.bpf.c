@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* A traffic generator for the bench harness and the flood tests, two ways
- * (crates/dataplane/src/gen.rs picks one):
+ * (crates/bench/src/gen.rs picks one):
  *
  * - tg_gen, run with BPF_PROG_TEST_RUN and BPF_F_TEST_XDP_LIVE_FRAMES on
  *   the sending interface: it sends the given frame again and again out of

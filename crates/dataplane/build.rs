@@ -1,4 +1,5 @@
-//! Compiles the XDP programs in bpf/ and generates their libbpf-rs skeletons.
+//! Compiles Tollgate's XDP program (bpf/xsk_redirect.bpf.c) and generates
+//! its libbpf-rs skeleton. The bench's programs are crates/bench's.
 
 use std::path::PathBuf;
 
@@ -10,19 +11,17 @@ fn main() {
     // <linux/bpf.h> wants <asm/types.h>, which Debian keeps per architecture.
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
-    for name in ["xsk_redirect", "gen", "steer", "fwd"] {
-        let src = root.join(format!("{name}.bpf.c"));
-        libbpf_cargo::SkeletonBuilder::new()
-            .source(&src)
-            .clang_args([
-                format!("-I{libbpf_include}"),
-                format!("-I{}", root.display()),
-                format!("-I{multiarch}"),
-            ])
-            .build_and_generate(out_dir.join(format!("{name}.skel.rs")))
-            .expect("building an XDP program");
-        println!("cargo:rerun-if-changed={}", src.display());
-    }
+    let src = root.join("xsk_redirect.bpf.c");
+    libbpf_cargo::SkeletonBuilder::new()
+        .source(&src)
+        .clang_args([
+            format!("-I{libbpf_include}"),
+            format!("-I{}", root.display()),
+            format!("-I{multiarch}"),
+        ])
+        .build_and_generate(out_dir.join("xsk_redirect.skel.rs"))
+        .expect("building the XDP program");
+    println!("cargo:rerun-if-changed={}", src.display());
     println!(
         "cargo:rerun-if-changed={}",
         root.join("tollgate.h").display()

@@ -4,17 +4,12 @@
 //!
 //! All `unsafe` of the project's packet path lives in [`xsk`].
 
-pub mod benchlab;
 pub mod bpf;
 pub mod fastreplay;
-pub mod fwd;
-pub mod gen;
 pub mod lab;
 pub mod offload;
-pub mod plot;
 pub mod probe;
 pub mod recheck;
-pub mod steer;
 pub mod worker;
 pub mod xsk;
 

@@ -1842,16 +1842,7 @@ mod tests {
     // --- on this machine (root) -------------------------------------------
 
     fn root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the probe tests as root"
-        );
-        eprintln!("SKIPPED: needs root");
-        false
+        testkit::root_or_skip("probing the kernel")
     }
 
     /// The probe's answer for a helper agrees with loading a program that

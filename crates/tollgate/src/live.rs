@@ -183,15 +183,22 @@ impl Instance {
                 let epoch = std::time::Instant::now();
                 let mut threads = Vec::with_capacity(workers.len());
                 let (state_tx, state_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+                // Each worker says whether it runs where it was told to.
+                let (pinned_tx, pinned_rx) = std::sync::mpsc::channel::<Result<(), String>>();
                 for ((i, mut w), inbox) in workers.into_iter().enumerate().zip(inboxes) {
                     let ws = s.clone();
                     let save = state_path.is_some().then(|| state_tx.clone());
                     let core = (!cores_w.is_empty()).then(|| cores_w[i % cores_w.len()]);
+                    let pinned = pinned_tx.clone();
                     let t = std::thread::Builder::new()
                         .name(format!("tg-worker-{i}"))
                         .spawn(move || {
-                            if let Some(cpu) = core {
-                                Lab::pin(cpu);
+                            let placed = core.map_or(Ok(()), |cpu| pin(i, cpu));
+                            let ok = placed.is_ok();
+                            let _ = pinned.send(placed);
+                            drop(pinned);
+                            if !ok {
+                                return;
                             }
                             w.run_from(&ws, Some(&inbox), epoch);
                             if let Some(tx) = save {
@@ -213,6 +220,19 @@ impl Instance {
                             return Err(e);
                         }
                     }
+                }
+                drop(pinned_tx);
+                // A worker that cannot run on its core refuses the start:
+                // an operator who named cores wants them, not a worker
+                // sharing another's.
+                let placed: Result<(), String> = pinned_rx.iter().collect();
+                if let Err(e) = placed {
+                    s.store(true, Ordering::Relaxed);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    let _ = ready_tx.send(Err(e.clone()));
+                    return Err(e);
                 }
                 let _ = ready_tx.send(Ok(()));
                 drop(state_tx);
@@ -675,4 +695,20 @@ fn save_state(path: &std::path::Path, parts: Vec<Vec<u8>>) {
         Ok(()) => tracing::info!("state file {}: {count} connection(s) saved", path.display()),
         Err(e) => tracing::warn!("state file {}: not saved: {e}", path.display()),
     }
+}
+
+/// Pins the calling thread (worker `i`) to core `cpu`, or says why not.
+fn pin(i: usize, cpu: usize) -> Result<(), String> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        return Ok(());
+    }
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    Err(format!(
+        "cannot pin worker {i} to core {cpu} (this process may run on cores {allowed:?}): \
+         fix [interfaces] cores"
+    ))
 }

@@ -434,13 +434,7 @@ fn shards_give_the_same_answers() {
 #[test]
 fn fast_path_gives_the_same_answers() {
     use tollgate::replay::{replay_offload, replay_with_clock, Clock};
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the BPF tests as root"
-        );
-        eprintln!("SKIPPED: loading BPF needs root");
+    if !testkit::root_or_skip("loading BPF") {
         return;
     }
     // replay_offload moves its thread into a network namespace of its own.

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench::gen::Generator;
 use conntrack::build::{ethernet, Pkt};
 use conntrack::packet::tcp_flags::SYN;
-use dataplane::gen::Generator;
 use dataplane::lab::Lab;
 use serde_json::Value;
 

@@ -188,7 +188,7 @@ fn two_workers_with_asymmetric_queues() {
 /// one direction handed over; real FTP and iperf3 work in both.
 #[test]
 fn steered_symmetric_and_asymmetric() {
-    use dataplane::steer::{SteerMode, Steering};
+    use bench::steer::{SteerMode, Steering};
     let Some(_one) = begin() else { return };
     for symmetric in [true, false] {
         let lab = std::sync::Arc::new(Lab::build_with(2).expect("lab"));

@@ -73,6 +73,19 @@ fn crash_and_restart_leave_nothing_behind() {
             .0,
         "nothing bridges the lab yet"
     );
+    // A core the process may not run on: refused, naming it, and nothing
+    // left behind (a worker is never left unpinned when cores are named).
+    let far = dir.join("cores.toml");
+    std::fs::write(
+        &far,
+        lab_config(&sock, 1, "", &[""]).replace("queues = 1\n", "queues = 1\ncores = [1023]\n"),
+    )
+    .expect("config");
+    let out = start(&lab, &far).wait_with_output().expect("cores run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot pin worker 0 to core 1023"), "{err}");
+    assert!(!xdp_attached(&lab) && !sock.exists());
     // Forget the failed neighbour resolution.
     let _ = lab.exec(&lab.client, &["ip", "neigh", "flush", "all"]);
 

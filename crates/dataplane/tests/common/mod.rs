@@ -11,30 +11,8 @@ use conntrack::Pipeline;
 use dataplane::lab::Lab;
 use dataplane::{Counters, Worker};
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// True if a test that needs root (`what`: the lab, loading BPF) can run;
-/// else says it is skipped, and in CI fails instead: CI must never skip one
-/// silently.
-pub fn root_or_skip(what: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must run the tests that need root ({what})"
-    );
-    eprintln!("SKIPPED: {what} needs root");
-    false
-}
-
-/// [`root_or_skip`] for the lab tests.
-pub fn lab_allowed() -> bool {
-    root_or_skip("the lab")
-}
+#[allow(unused_imports)]
+pub use testkit::{is_root, lab_allowed, root_or_skip};
 
 /// A thread in the lab's box namespace until the test ends, passing or
 /// failing (then told to stop and joined, so the lab, dropped after it, is

@@ -21,28 +21,7 @@ pub static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// (`[command, version flag]`). Outside CI a missing one skips the test; in
 /// CI it fails it.
 pub fn ready(tools: &[[&str; 2]]) -> bool {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(!ci, "CI must run the lab tests as root");
-        eprintln!("SKIPPED: needs root (network namespaces, XDP)");
-        return false;
-    }
-    for [cmd, flag] in tools {
-        let found = Command::new(cmd)
-            .arg(flag)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(!ci, "CI must install {cmd} (./x deps)");
-            eprintln!("SKIPPED: {cmd} is not installed");
-            return false;
-        }
-    }
-    true
+    testkit::lab_with(tools)
 }
 
 /// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.

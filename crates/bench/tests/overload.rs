@@ -4,14 +4,12 @@
 //! its fill rings empty once stopped for good (a few thousand frames a second
 //! while the kernel dropped millions at the rings). Root; CI runs it.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane::benchlab::{frame, prime, server_count, sinks_up, Forwarder, Options, Running};
-use dataplane::gen::Generator;
+use bench::benchlab::{frame, prime, server_count, sinks_up, Forwarder, Options, Running};
+use bench::gen::Generator;
 use dataplane::lab::Lab;
 
 const FLOWS: u32 = 100_000;
@@ -52,7 +50,7 @@ fn a_stall_is_a_run_below_half_the_median() {
 
 #[test]
 fn forwarding_goes_on_under_overload() {
-    if !common::lab_allowed() {
+    if !testkit::lab_allowed() {
         return;
     }
     Lab::clean_stale();

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::benchlab::{
+use bench::benchlab::{
     frame, gen_backend, gen_ceiling, prime, server_count, sinks_up, Forwarder, Options, Running,
 };
-use dataplane::gen::Generator;
+use bench::gen::Generator;
 use dataplane::lab::Lab;
 
 fn measure(lab: &Arc<Lab>, fwd: Forwarder, flows: u32, packets: u32) -> Result<f64, String> {

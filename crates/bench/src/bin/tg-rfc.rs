@@ -20,13 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use dataplane::benchlab::{
+use bench::benchlab::{
     frame, gen_backend, gen_ceiling, percentile, prime, server_count, sinks_up, zero_loss_search,
     Forwarder, Options, Running,
 };
-use dataplane::gen::{Backend, Ceiling, Generator};
+use bench::gen::{Backend, Ceiling, Generator};
+use bench::plot::{Bars, Series};
 use dataplane::lab::Lab;
-use dataplane::plot::{Bars, Series};
 
 const FLOWS: u32 = 1024;
 const SIZES: [usize; 3] = [64, 512, 1518];

@@ -9,11 +9,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bench::gen::{forced_backend, Backend, GenError, Generator, FORCE_ENV};
 use conntrack::build::{ethernet, Pkt};
 use conntrack::packet::tcp_flags::SYN;
-use dataplane::gen::{forced_backend, Backend, GenError, Generator, FORCE_ENV};
-
-mod common;
 
 /// The tests that set `TOLLGATE_FORCE_GEN` take turns with the others.
 static ENV: Mutex<()> = Mutex::new(());
@@ -89,7 +87,7 @@ fn udp_frame(size: usize) -> Vec<u8> {
 
 #[test]
 fn loop_sends_exactly_the_count_into_a_sink() {
-    if !common::root_or_skip("loading XDP programs in a namespace") {
+    if !testkit::root_or_skip("loading XDP programs in a namespace") {
         return;
     }
     let _g = env_lock();
@@ -186,7 +184,7 @@ fn ones_sum(data: &[u8], mut sum: u32) -> u16 {
 
 #[test]
 fn loop_floods_from_distinct_sources_with_right_checksums_and_paces() {
-    if !common::root_or_skip("loading XDP programs in a namespace") {
+    if !testkit::root_or_skip("loading XDP programs in a namespace") {
         return;
     }
     let _g = env_lock();
@@ -290,7 +288,7 @@ fn loop_floods_from_distinct_sources_with_right_checksums_and_paces() {
 
 #[test]
 fn force_switch_is_honoured() {
-    if !common::root_or_skip("loading XDP programs") {
+    if !testkit::root_or_skip("loading XDP programs") {
         return;
     }
     let _g = env_lock();
@@ -321,7 +319,7 @@ fn force_switch_is_honoured() {
 
 #[test]
 fn live_frames_send_the_count_where_the_kernel_allows_them() {
-    if !common::root_or_skip("loading XDP programs in a namespace") {
+    if !testkit::root_or_skip("loading XDP programs in a namespace") {
         return;
     }
     let _g = env_lock();

@@ -12,8 +12,8 @@ use std::time::Duration;
 use conntrack::{Config, Pipeline};
 
 use crate::gen::{Backend, Ceiling, Generator};
-use crate::lab::Lab;
-use crate::{Counters, Worker};
+use dataplane::lab::Lab;
+use dataplane::{Counters, Worker};
 
 /// What forwards between the lab's two sides.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -339,7 +339,7 @@ fn new_pipeline(opts: Options) -> Pipeline {
             max_entries: opts.max_entries,
             ..Config::default()
         },
-        crate::lab::strict_policy(),
+        dataplane::lab::strict_policy(),
     )
 }
 
@@ -428,16 +428,16 @@ fn two_up(
         let cfg = l.worker_config(false, false, opts.busy_poll);
         let mut boxes = Vec::new();
         for i in 0..2 {
-            boxes.push(crate::mailbox(i, 64).map_err(|e| e.to_string())?);
+            boxes.push(dataplane::mailbox(i, 64).map_err(|e| e.to_string())?);
         }
-        let fabric = crate::worker::Fabric::new(
+        let fabric = dataplane::worker::Fabric::new(
             conntrack::shard::Sharding::new(2, conntrack::tuple::HashSecret(1, 2)),
             boxes.iter().map(|(m, _)| m.wake_fd()).collect(),
         );
         let (workers, programs) = open_retrying(|| {
             let pipes = vec![new_pipeline(opts), new_pipeline(opts)];
             let cs = vec![Arc::new(Counters::default()), Arc::new(Counters::default())];
-            crate::worker::open_workers(&cfg, &[0, 1], pipes, cs, Some(fabric.clone()))
+            dataplane::worker::open_workers(&cfg, &[0, 1], pipes, cs, Some(fabric.clone()))
         })?;
         let _ = ready.send(());
         let epoch = std::time::Instant::now();
