@@ -294,7 +294,7 @@ impl Conntrack {
         total / self.entries.len().max(1)
     }
 
-    /// The flow hash of a packet's tuple, for [`Self::prefetch`] and [`Self::track_hashed`].
+    /// The flow hash of a packet's tuple, for [`Self::prefetch`] and [`Self::track_prehashed`].
     pub fn flow_hash(&self, t: &Tuple) -> u64 {
         self.hash(t)
     }

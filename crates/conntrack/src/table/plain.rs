@@ -15,7 +15,7 @@ use crate::proto::tcp::{self, TcpCtx, TcpVerdict};
 use crate::tuple::{ipproto, Direction, Family, Tuple};
 use crate::{CtState, HelperKind};
 
-/// What [`Conntrack::track_plain`] made of a packet.
+/// What [`Conntrack::try_plain`] made of a packet.
 pub(super) enum Plain {
     /// Tracked: a packet of this entry and direction, in this state.
     Done(u32, Direction, Option<HelperKind>, CtState),
@@ -74,7 +74,7 @@ impl Conntrack {
     /// anything else. Same answers and same state as the general path
     /// (`plain_tcp_path_is_the_general_path`, `plain_udp_path_is_the_general_path`).
     #[inline(always)]
-    pub(super) fn track_plain(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
+    pub(super) fn try_plain(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Plain {
         #[cfg(any(test, feature = "differential"))]
         if self.general_only {
             return Plain::General(hash);

@@ -104,26 +104,28 @@ pub(super) fn tcp_timeout(verdict: TcpVerdict, st: &mut u8) -> Result<Option<u64
 impl Conntrack {
     /// Tracks one parsed packet: finds or creates (unconfirmed) its entry and runs
     /// the L4 tracker. Call [`Conntrack::confirm`] if policy accepts the packet,
-    /// [`Conntrack::abort`] otherwise.
+    /// [`Conntrack::abort`] otherwise. Hashes the packet's tuple itself.
     #[inline]
     pub fn track(&mut self, pkt: &Packet<'_>, now: u64) -> Track {
-        self.track_any(pkt, None, now)
+        self.track_plain_or_general(pkt, None, now)
     }
 
     /// [`Self::track`] with the packet tuple's [`Self::flow_hash`] already computed
-    /// (by a batch that prefetched it).
+    /// (by a batch that prefetched with it).
     #[inline]
-    pub fn track_hashed(&mut self, pkt: &Packet<'_>, hash: u64, now: u64) -> Track {
-        self.track_any(pkt, Some(hash), now)
+    pub fn track_prehashed(&mut self, pkt: &Packet<'_>, hash: u64, now: u64) -> Track {
+        self.track_plain_or_general(pkt, Some(hash), now)
     }
 
+    /// The plain path ([`Self::try_plain`]) if it takes the packet, else the
+    /// general path with what the plain one learnt (the hash, the lookup).
     #[inline(always)]
-    fn track_any(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
-        match self.track_plain(pkt, hash, now) {
+    fn track_plain_or_general(&mut self, pkt: &Packet<'_>, hash: Option<u64>, now: u64) -> Track {
+        match self.try_plain(pkt, hash, now) {
             Plain::Done(idx, dir, helper, state) => Track::of_entry(idx, state, dir, helper),
             Plain::Refused(r) => self.plain_refused(pkt, now, r),
-            Plain::General(hash) => self.track_inner(pkt, hash, None, now),
-            Plain::Found(hash, found) => self.track_inner(pkt, Some(hash), Some(found), now),
+            Plain::General(hash) => self.track_general(pkt, hash, None, now),
+            Plain::Found(hash, found) => self.track_general(pkt, Some(hash), Some(found), now),
         }
     }
 
@@ -136,8 +138,11 @@ impl Conntrack {
         t
     }
 
+    /// The general path. An enhanced GRE packet gets its missing source key
+    /// from the PPTP keymap first (and is looked up afresh, under its full
+    /// tuple); then [`Self::track_by_kind`].
     #[inline(always)]
-    fn track_inner(
+    fn track_general(
         &mut self,
         pkt: &Packet<'_>,
         hash: Option<u64>,
@@ -150,14 +155,18 @@ impl Conntrack {
                 // the sender's, so both directions make a full tuple.
                 let mut p = *pkt;
                 p.tuple.src_port = src_key;
-                return self.track_inner_keyed(&p, None, None, now);
+                return self.track_by_kind(&p, None, None, now);
             }
         }
-        self.track_inner_keyed(pkt, hash, found, now)
+        self.track_by_kind(pkt, hash, found, now)
     }
 
-    /// `found`: the lookup of the packet's tuple under `hash`, if already made.
-    fn track_inner_keyed(
+    /// The general path on a complete tuple, by what the packet is: a later
+    /// fragment follows its first, an ICMP error relates to the flow it
+    /// quotes, an untracked ICMP type stays untracked, anything else is a
+    /// flow's packet ([`Self::track_new_or_existing`]). `found`: the lookup
+    /// of the packet's tuple under `hash`, if already made.
+    fn track_by_kind(
         &mut self,
         pkt: &Packet<'_>,
         hash: Option<u64>,
@@ -172,7 +181,7 @@ impl Conntrack {
         let mut t = match pkt.l4 {
             L4::Icmp(Icmp::Error { inner }) => return self.icmp_error(pkt, &inner, now),
             L4::Icmp(Icmp::Untracked) => return Track::verdictless(CtState::Untracked, None),
-            _ => self.track_flow(pkt, hash, found, now),
+            _ => self.track_new_or_existing(pkt, hash, found, now),
         };
         if let Some(f) = pkt.frag {
             if f.more {
@@ -182,8 +191,10 @@ impl Conntrack {
         self.invalid_counted(t)
     }
 
+    /// A flow's packet: hashes and looks up its tuple (unless done), then
+    /// opens a new connection or goes on with the entry found.
     #[inline(always)]
-    fn track_flow(
+    fn track_new_or_existing(
         &mut self,
         pkt: &Packet<'_>,
         hash: Option<u64>,
@@ -198,15 +209,16 @@ impl Conntrack {
         };
         match hit {
             None => self.new_conn(pkt, hash, now),
-            Some((idx, dir)) => self.track_found(pkt, idx, dir, hash, now),
+            Some((idx, dir)) => self.track_existing_or_restart(pkt, idx, dir, hash, now),
         }
     }
 
     /// A packet of entry `idx` (general path). At most one restart: a dead
-    /// TCP entry replaced by a new connection. Apart from [`Self::track_flow`]
-    /// so that a new connection's path does not carry this one's registers.
+    /// TCP entry replaced by a new connection. Apart from
+    /// [`Self::track_new_or_existing`] so that a new connection's path does
+    /// not carry this one's registers.
     #[inline(never)]
-    fn track_found(
+    fn track_existing_or_restart(
         &mut self,
         pkt: &Packet<'_>,
         idx: u32,
@@ -214,25 +226,27 @@ impl Conntrack {
         hash: u64,
         now: u64,
     ) -> Track {
-        if let Some(track) = self.track_found_once(pkt, idx, dir, hash, now) {
+        if let Some(track) = self.track_existing_once(pkt, idx, dir, hash, now) {
             return track;
         }
         match self.lookup(&pkt.tuple, hash) {
             None => self.new_conn(pkt, hash, now),
-            Some((idx, dir)) => {
-                self.track_found_once(pkt, idx, dir, hash, now)
-                    .unwrap_or(Track::verdictless(
-                        CtState::Invalid,
-                        Some(DropReason::TcpInvalidState),
-                    ))
-            }
+            Some((idx, dir)) => self
+                .track_existing_once(pkt, idx, dir, hash, now)
+                .unwrap_or(Track::verdictless(
+                    CtState::Invalid,
+                    Some(DropReason::TcpInvalidState),
+                )),
         }
     }
 
-    /// [`Self::track_found`] once: `None` if the entry was dead and is now
-    /// destroyed (search again).
+    /// [`Self::track_existing_or_restart`] without the restart: takes the
+    /// entry back from the fast path if it is offloaded, treats an expired
+    /// entry as gone (a new connection), runs the L4 tracker and records an
+    /// update event. `None` if the entry was dead and is now destroyed
+    /// (search again).
     #[inline(always)]
-    fn track_found_once(
+    fn track_existing_once(
         &mut self,
         pkt: &Packet<'_>,
         idx: u32,
