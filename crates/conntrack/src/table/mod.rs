@@ -362,7 +362,8 @@ impl Conntrack {
             return 0;
         };
         let mut expired = 0;
-        while let Some(mut cur) = self.wheel.next_due(&mut sweep) {
+        while self.wheel.due(&sweep) {
+            let mut cur = self.wheel.take_due();
             while cur != wheel::NIL {
                 let next = self.wheel.next(cur);
                 let mut deadline = self.entries[cur as usize].deadline;
@@ -382,7 +383,9 @@ impl Conntrack {
                 }
                 cur = next;
             }
+            self.wheel.advance(&mut sweep);
         }
+        self.wheel.end(sweep);
         if !self.expects.is_empty() {
             let mut reaped = core::mem::take(&mut self.reaped);
             self.expects.expired_slots(now, 8, &mut reaped);

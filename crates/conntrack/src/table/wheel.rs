@@ -60,13 +60,17 @@ pub(super) struct Wheel {
     started: bool,
 }
 
-/// One pass of [`Wheel::next_due`] over the buckets due at a time.
+/// One pass over the buckets due at a time: [`Wheel::sweep`], then while
+/// [`Wheel::due`]: [`Wheel::take_due`], walk the bucket, [`Wheel::advance`];
+/// then [`Wheel::end`]. The cursor passes a bucket only once it has been
+/// walked, so deadlines clamped meanwhile ([`Wheel::clamp`]) go to the
+/// bucket being walked at the earliest. Work is bounded by the ticks
+/// elapsed, at most one turn of the wheel: after a longer jump every bucket
+/// was visited once and the cursor jumps to the pass's tick.
 pub(super) struct Sweep {
     now_tick: u32,
-    /// Buckets taken so far (at most one turn).
+    /// Buckets walked so far (at most one turn).
     steps: usize,
-    /// A bucket was taken and the cursor still points at it.
-    taken: bool,
 }
 
 impl Wheel {
@@ -176,38 +180,33 @@ impl Wheel {
             self.cursor = now_tick;
             return None;
         }
-        Some(Sweep {
-            now_tick,
-            steps: 0,
-            taken: false,
-        })
+        Some(Sweep { now_tick, steps: 0 })
     }
 
-    /// The next bucket due in pass `s`, emptied as by [`Self::take_bucket`];
-    /// `None` once the cursor has reached the pass's tick. The cursor passes
-    /// a bucket only when the next one is asked for, so deadlines clamped
-    /// meanwhile ([`Self::clamp`]) are clamped to the bucket being walked.
-    /// Work is bounded by the ticks elapsed, at most one turn of the wheel:
-    /// after a longer jump every bucket was visited once and the cursor
-    /// jumps to the pass's tick.
-    pub(super) fn next_due(&mut self, s: &mut Sweep) -> Option<u32> {
-        if s.taken {
-            self.cursor = self.cursor.wrapping_add(1);
-            s.steps += 1;
-            s.taken = false;
-        }
-        if self.cursor != s.now_tick
+    /// True if the bucket at the cursor is due in pass `s`.
+    pub(super) fn due(&self, s: &Sweep) -> bool {
+        self.cursor != s.now_tick
             && s.now_tick.wrapping_sub(self.cursor) <= u32::MAX / 2
             && s.steps < BUCKETS
-        {
-            s.taken = true;
-            return Some(self.take_bucket(self.cursor as usize & (BUCKETS - 1)));
-        }
+    }
+
+    /// Empties the bucket at the cursor, as [`Self::take_bucket`].
+    pub(super) fn take_due(&mut self) -> u32 {
+        self.take_bucket(self.cursor as usize & (BUCKETS - 1))
+    }
+
+    /// Moves the cursor past the bucket just walked.
+    pub(super) fn advance(&mut self, s: &mut Sweep) {
+        self.cursor = self.cursor.wrapping_add(1);
+        s.steps += 1;
+    }
+
+    /// Ends pass `s`.
+    pub(super) fn end(&mut self, s: Sweep) {
         if s.steps == BUCKETS {
             // A jump of a turn or more: every bucket was visited once.
             self.cursor = s.now_tick;
         }
-        None
     }
 }
 
@@ -223,12 +222,15 @@ mod tests {
         let Some(mut s) = w.sweep(now) else {
             return out;
         };
-        while let Some(mut cur) = w.next_due(&mut s) {
+        while w.due(&s) {
+            let mut cur = w.take_due();
             while cur != NIL {
                 out.push(cur);
                 cur = w.next(cur);
             }
+            w.advance(&mut s);
         }
+        w.end(s);
         out
     }
 
