@@ -13,13 +13,13 @@
 //! packet, [`Conntrack::abort`] frees it when policy dropped it, so a dropped
 //! first packet leaves nothing behind.
 //!
-//! The pieces, along the seams of that work: [`entry`] (what an entry is,
-//! the index, the slab), [`wheel`] (the timer, on its own), [`track`] (the
-//! general path of a packet, and confirmation), [`plain`] (the established
-//! shortcut), [`frag`] (later fragments follow the first), [`events`]
-//! (`conntrack -E`), [`query`] (listings and operator actions), [`help`]
-//! (helpers on accepted packets), [`offload`] (the fast path's
-//! connections), [`state`] (the connections as bytes across a restart).
+//! The pieces, along the seams of that work: `entry` (what an entry is, the
+//! index, the slab), `wheel` (the timer, on its own), `track` (the general
+//! path of a packet, and confirmation), `plain` (the established shortcut),
+//! `frag` (later fragments follow the first), `events` (`conntrack -E`),
+//! `query` (listings and operator actions), `help` (helpers on accepted
+//! packets), [`offload`] (the fast path's connections), [`state`] (the
+//! connections as bytes across a restart).
 
 mod entry;
 mod events;

@@ -47,7 +47,7 @@ impl Conntrack {
         }
     }
 
-    /// Adds an expectation on behalf of connection `conn` (a [`Track::conn`] of an
+    /// Adds an expectation on behalf of connection `conn` (a [`super::Track::conn`] of an
     /// accepted packet), with its helper's policy.
     pub fn expect(&mut self, conn: u32, spec: &ExpectSpec, now: u64) -> Result<u32, ExpectError> {
         let live = self
@@ -168,7 +168,7 @@ impl Conntrack {
         self.index.capacity()
     }
 
-    /// Slots a lookup of `t` reads in the index (see [`Index::probe_len`]).
+    /// Slots a lookup of `t` reads in the index (see [`crate::index::Index::probe_len`]).
     pub fn probe_len(&self, t: &Tuple) -> usize {
         self.index.probe_len(self.flow_hash(t))
     }
