@@ -126,7 +126,7 @@ fn batch32(ct: &mut Conntrack, ring: &[Packet<'static>], k: &mut usize) {
         if let Some(next) = hashes.get(j + AHEAD) {
             ct.prefetch_entry(*next);
         }
-        let t = ct.track_hashed(black_box(p), *h, SEC);
+        let t = ct.track_prehashed(black_box(p), *h, SEC);
         black_box(t.state);
     }
     *k += 32;

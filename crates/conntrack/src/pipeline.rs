@@ -193,7 +193,7 @@ impl Pipeline {
             );
         }
         let track = match hash {
-            Some(h) => self.ct.track_hashed(pkt, h, now),
+            Some(h) => self.ct.track_prehashed(pkt, h, now),
             None => self.ct.track(pkt, now),
         };
         if track.must_drop {

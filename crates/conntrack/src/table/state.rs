@@ -7,7 +7,9 @@
 //! Import checks every record (it is read from a file): a record that cannot
 //! be a connection is skipped and counted, never trusted.
 
-use super::{helper_of, status, Conntrack, Entry, L4State, Ns, NONE, SEC};
+use super::entry::{status, Entry, Ext, L4State, Ns};
+use super::{Conntrack, SEC};
+use crate::expect::helper_of;
 use crate::proto::tcp::{TcpConn, TCP_STATE_BYTES};
 use crate::tuple::{ipproto, Addr, Family, Tuple};
 
@@ -190,7 +192,7 @@ impl Conntrack {
             _ => return false,
         };
         let hash = self.hash(&t);
-        if self.lookup(&t, hash).is_some() || self.free == NONE {
+        if self.lookup(&t, hash).is_some() || !self.wheel.has_free() {
             return false;
         }
         let Ok(idx) = self.alloc(hash, now) else {
@@ -211,10 +213,10 @@ impl Conntrack {
             ..Entry::default()
         };
         self.set_orig(idx, &t);
-        self.ext[idx as usize] = super::Ext::NONE;
+        self.ext[idx as usize] = Ext::NONE;
         self.index_insert(idx, hash);
         self.inserts = self.inserts.wrapping_add(1);
-        let tick = self.clamp_tick(deadline);
+        let tick = self.wheel.clamp(deadline);
         self.wheel_link(idx, tick);
         if let Some(sc) = &mut self.sources {
             sc.inc(t.family, t.src);

@@ -15,7 +15,9 @@
 //! - SANE and Amanda announce a port on the connection's original destination
 //!   that its original source will connect to (Amanda: in the reply direction).
 
-use super::{status, Conntrack, NONE};
+use super::entry::status;
+use super::{Conntrack, NONE};
+use crate::expect::helper_of;
 use crate::expect::{ExpectSpec, Mask};
 use crate::helpers::pptp::{self, PptpAction, PptpState};
 use crate::helpers::sip::{self, Method};
@@ -112,7 +114,7 @@ fn ip_to_addr(ip: std::net::IpAddr) -> (Family, Addr) {
 impl Conntrack {
     /// Gives a newly confirmed connection its helper state.
     pub(super) fn attach_helper(&mut self, idx: u32) {
-        let Some(kind) = super::helper_of(self.entries[idx as usize].helper) else {
+        let Some(kind) = helper_of(self.entries[idx as usize].helper) else {
             return;
         };
         match self.helps.alloc() {
@@ -139,7 +141,7 @@ impl Conntrack {
         if matches!(pkt.l4, L4::Icmp(_)) {
             return;
         }
-        let Some(kind) = super::helper_of(e.helper) else {
+        let Some(kind) = helper_of(e.helper) else {
             return;
         };
         let orig = e.orig.tuple(&self.v6hi[idx as usize]);
@@ -585,7 +587,7 @@ impl Conntrack {
 
     /// Called while a connection with helper state is destroyed.
     pub(super) fn helper_destroyed(&mut self, idx: u32, help: u32) {
-        if super::helper_of(self.entries[idx as usize].helper) == Some(HelperKind::Pptp) {
+        if helper_of(self.entries[idx as usize].helper) == Some(HelperKind::Pptp) {
             let st = self.helps.states[help as usize].pptp;
             self.pptp_teardown(idx, &st, 0);
         }

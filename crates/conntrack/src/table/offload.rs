@@ -12,7 +12,9 @@
 //! the owner has forwarded every one of them, to keep their order), the core
 //! keeps processing normally and the entry stays marked.
 
-use super::{status, Conntrack, L4State, NONE, SEC};
+use super::entry::{status, L4State};
+use super::{Conntrack, NONE, SEC};
+use crate::expect::helper_of;
 use crate::proto::tcp::TcpFast;
 use crate::tuple::ipproto;
 use crate::tuple::Tuple;
@@ -109,7 +111,7 @@ impl Conntrack {
             _ => return None,
         }
         let helper = if e.status & status::EXPECTED != 0 {
-            super::helper_of(e.master_helper)
+            helper_of(e.master_helper)
         } else {
             None
         };
