@@ -6,6 +6,8 @@
 //! XDP redirect) and the plots; `tg-rfc` and `tg-bench` run them. None of it
 //! is on Tollgate's packet path.
 
+#![deny(unsafe_code)]
+
 pub mod benchlab;
 pub mod fwd;
 pub mod gen;

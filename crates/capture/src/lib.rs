@@ -2,6 +2,8 @@
 //! here parses untrusted bytes: a corrupt file ends in an error carrying its
 //! offset, never a panic, an endless loop or a huge allocation.
 
+#![forbid(unsafe_code)]
+
 pub mod ether;
 pub mod pcap;
 

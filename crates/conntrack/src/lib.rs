@@ -8,6 +8,8 @@
 //! [`table`] (the hash table with its expiry wheel), [`policy`] (an nftables-like
 //! rule set) and [`pipeline`] (raw stage → conntrack → filter → confirm).
 
+#![deny(unsafe_code)]
+
 pub mod build;
 pub mod expect;
 pub mod helpers;

@@ -1,6 +1,24 @@
-//! Large tables backed by transparent huge pages where the kernel offers them:
-//! a table of a million connections spans ~170 MB, and with 4 KiB pages nearly
-//! every lookup also misses the TLB.
+//! The core's two hints to the machine, and its only `unsafe`: large tables
+//! backed by transparent huge pages where the kernel offers them (a table of
+//! a million connections spans ~170 MB, and with 4 KiB pages nearly every
+//! lookup also misses the TLB), and cache prefetches for a batch's entries.
+
+#![allow(unsafe_code)]
+
+/// Cache prefetch hint for the line at `p`; a no-op where the target has
+/// none.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint: it never faults (not even on an invalid
+    // address) and neither reads nor writes memory as the program can observe.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 /// A vector of `n` copies of `v`, its memory advised for huge pages before it
 /// is first touched.

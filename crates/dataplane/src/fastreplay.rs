@@ -68,14 +68,7 @@ impl FastReplay {
     /// the fast path on and puts it in front of `pipeline`.
     pub fn new(mut pipeline: Pipeline) -> Result<FastReplay, FastReplayError> {
         let setup = |e: String| FastReplayError::Setup(e);
-        // SAFETY: unshare only moves this thread into a new network namespace.
-        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        if r != 0 {
-            return Err(setup(format!(
-                "unshare: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
+        crate::sys::unshare_net().map_err(|e| setup(format!("unshare: {e}")))?;
         let ok = std::process::Command::new("ip")
             .args([
                 "link", "add", "tgfra", "type", "veth", "peer", "name", "tgfrb",

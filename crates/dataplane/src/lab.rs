@@ -164,27 +164,14 @@ impl Lab {
     pub fn enter(&self, ns: &str) -> Result<(), LabError> {
         let path = format!("/run/netns/{ns}");
         let f = std::fs::File::open(&path).map_err(|e| LabError::Setns(ns.to_string(), e))?;
-        // SAFETY: `f` is an open namespace file; setns only changes the calling
-        // thread's network namespace.
-        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        if r != 0 {
-            return Err(LabError::Setns(
-                self.boxns.clone(),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+        crate::sys::setns_net(&f).map_err(|e| LabError::Setns(self.boxns.clone(), e))
     }
 
     /// Pins the calling thread to one CPU.
     pub fn pin(cpu: usize) {
-        // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call
-        // only changes the calling thread's affinity.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+        // A lab's threads: a failure only costs the measurement its
+        // placement (production workers refuse to start instead).
+        let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     }
 
     /// A worker's configuration for queue 0 of the lab's two interfaces

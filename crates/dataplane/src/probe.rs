@@ -13,10 +13,11 @@
 //! as unavailable, so the prefix fallback can be exercised on kernels that
 //! have the helper.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use libbpf_sys as sys;
 
+use crate::sys as os;
 use crate::xsk::XdpMode;
 
 /// The environment variable that hides `bpf_xdp_adjust_meta` from the probe.
@@ -359,19 +360,7 @@ pub fn parse_version(release: &str) -> Option<(u32, u32, u32)> {
 }
 
 fn uname_release() -> String {
-    // SAFETY: all-zero is a valid utsname (arrays of c_char).
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid utsname the call fills.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return String::new();
-    }
-    let bytes: Vec<u8> = u
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c.to_ne_bytes()[0])
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    os::uname_release()
 }
 
 // --- raw BPF instructions -------------------------------------------------
@@ -431,27 +420,7 @@ impl std::fmt::Display for LoadError {
 /// Loads `insns` as an XDP program through the verifier.
 pub fn load_xdp(insns: &[sys::bpf_insn]) -> Result<OwnedFd, LoadError> {
     let mut log = vec![0u8; 16 * 1024];
-    let opts = sys::bpf_prog_load_opts {
-        sz: std::mem::size_of::<sys::bpf_prog_load_opts>() as sys::size_t,
-        log_buf: log.as_mut_ptr().cast(),
-        log_size: u32::try_from(log.len()).unwrap_or(0),
-        ..Default::default()
-    };
-    let mut opts = opts;
-    // SAFETY: the name and licence are NUL-terminated literals; `insns`
-    // lives for the call, its length is passed; `opts` is sized and its log
-    // buffer (writable, `log_size` bytes) outlives the call.
-    let fd = unsafe {
-        sys::bpf_prog_load(
-            sys::BPF_PROG_TYPE_XDP,
-            c"tg_probe".as_ptr(),
-            c"GPL".as_ptr(),
-            insns.as_ptr(),
-            insns.len() as sys::size_t,
-            &mut opts,
-        )
-    };
-    if fd < 0 {
+    os::prog_load_xdp(insns, &mut log).map_err(|errno| {
         let text =
             String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())])
                 .into_owned();
@@ -462,13 +431,8 @@ pub fn load_xdp(insns: &[sys::bpf_insn]) -> Result<OwnedFd, LoadError> {
             .unwrap_or("")
             .trim()
             .to_string();
-        return Err(LoadError {
-            errno: -fd,
-            verifier,
-        });
-    }
-    // SAFETY: `fd` is a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        LoadError { errno, verifier }
+    })
 }
 
 /// Runs program `prog` once on a 64-byte frame with `BPF_PROG_TEST_RUN`
@@ -479,63 +443,13 @@ fn test_run(prog: &OwnedFd, flags: u32) -> Result<u32, i32> {
     frame[..6].fill(0xff);
     frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    let mut opts = sys::bpf_test_run_opts {
-        sz: std::mem::size_of::<sys::bpf_test_run_opts>() as sys::size_t,
-        data_in: frame.as_ptr().cast(),
-        data_size_in: 64,
-        repeat: 1,
-        flags,
-        ..Default::default()
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(prog);
-    // SAFETY: `opts` is sized, its input frame lives for the call, and it
-    // has no output buffers.
-    let r = unsafe { sys::bpf_prog_test_run_opts(fd, &mut opts) };
-    if r < 0 {
-        return Err(-r);
-    }
-    Ok(opts.retval)
+    os::test_run_once(prog, &frame, flags)
 }
 
 /// Creates a one-entry map: `Ok` when the kernel accepts it (it is closed
 /// again), else the errno. `mmap`: also map its memory and unmap it.
 fn create_map(kind: sys::bpf_map_type, value: u32, flags: u32, mmap: bool) -> Result<(), i32> {
-    let opts = sys::bpf_map_create_opts {
-        sz: std::mem::size_of::<sys::bpf_map_create_opts>() as sys::size_t,
-        map_flags: flags,
-        ..Default::default()
-    };
-    // SAFETY: a NUL-terminated name and a sized options struct, both living
-    // for the call.
-    let fd = unsafe { sys::bpf_map_create(kind, c"tg_probe".as_ptr(), 4, value, 1, &opts) };
-    if fd < 0 {
-        return Err(-fd);
-    }
-    // SAFETY: `fd` is a new descriptor nobody else owns (closed on drop).
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if mmap {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        // SAFETY: a fresh shared mapping of the map's one page, unmapped
-        // right below and never dereferenced.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                raw,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        }
-        // SAFETY: `p` is the mapping of `page` bytes made above.
-        unsafe { libc::munmap(p, page) };
-    }
-    Ok(())
+    os::create_map(kind, value, flags, mmap)
 }
 
 /// Whether XDP programs may call helper `id`, or why it could not be told.
@@ -556,38 +470,17 @@ fn helper(id: sys::bpf_func_id) -> Result<bool, i32> {
             Err(_) => Ok(false),
         };
     }
-    // SAFETY: libbpf takes no options here (NULL) and loads and closes a
-    // probe program of its own.
-    let r = unsafe { sys::libbpf_probe_bpf_helper(sys::BPF_PROG_TYPE_XDP, id, std::ptr::null()) };
-    if r < 0 {
-        Err(-r)
-    } else {
-        Ok(r == 1)
-    }
+    os::libbpf_probe_helper(id)
 }
 
 /// `libbpf_probe_bpf_map_type`.
 fn map_type(kind: sys::bpf_map_type) -> Result<bool, i32> {
-    // SAFETY: libbpf takes no options here (NULL) and creates and closes a
-    // probe map of its own.
-    let r = unsafe { sys::libbpf_probe_bpf_map_type(kind, std::ptr::null()) };
-    if r < 0 {
-        Err(-r)
-    } else {
-        Ok(r == 1)
-    }
+    os::libbpf_probe_map(kind)
 }
 
 /// Creates and closes an AF_XDP socket: the errno when it cannot.
 fn af_xdp_socket() -> Result<(), i32> {
-    // SAFETY: socket has no memory preconditions.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    // SAFETY: `fd` is a new descriptor nobody else owns (closed on drop).
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    Ok(())
+    os::af_xdp_socket()
 }
 
 fn at_least(v: Option<(u32, u32, u32)>, major: u32, minor: u32) -> Option<bool> {
@@ -764,9 +657,7 @@ impl Kernel {
             Status::of(k.bpf_load),
             k.bpf_load_error.clone().unwrap_or_else(|| {
                 // SAFETY: geteuid has no preconditions.
-                format!("a 2-instruction XDP program loaded (euid {})", unsafe {
-                    libc::geteuid()
-                })
+                format!("a 2-instruction XDP program loaded (euid {})", os::euid())
             }),
             if k.bpf_load {
                 "Tollgate loads its XDP program"
@@ -1024,131 +915,6 @@ impl Kernel {
     }
 }
 
-/// `struct ethtool_drvinfo`.
-#[repr(C)]
-struct DrvInfo {
-    cmd: u32,
-    driver: [u8; 32],
-    version: [u8; 32],
-    fw_version: [u8; 32],
-    bus_info: [u8; 32],
-    erom_version: [u8; 32],
-    reserved2: [u8; 12],
-    n_priv_flags: u32,
-    n_stats: u32,
-    testinfo_len: u32,
-    eedump_len: u32,
-    regdump_len: u32,
-}
-
-/// `struct ethtool_channels`: cmd, max rx/tx/other/combined, then the
-/// current rx/tx/other/combined counts.
-#[repr(C)]
-struct Channels([u32; 9]);
-
-const ETHTOOL_GDRVINFO: u32 = 3;
-const ETHTOOL_GCHANNELS: u32 = 0x3c;
-
-/// Interface ioctls on a datagram socket: they ask the calling thread's
-/// network namespace (sysfs would show the namespace it was mounted in).
-struct Ioctl {
-    sock: OwnedFd,
-    name: [libc::c_char; libc::IFNAMSIZ],
-}
-
-impl Ioctl {
-    fn new(name: &str) -> Option<Ioctl> {
-        let bytes = name.as_bytes();
-        if bytes.len() >= libc::IFNAMSIZ {
-            return None;
-        }
-        let mut n = [0 as libc::c_char; libc::IFNAMSIZ];
-        for (d, &b) in n.iter_mut().zip(bytes) {
-            *d = b as libc::c_char;
-        }
-        // SAFETY: socket has no memory preconditions.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `fd` is a new descriptor nobody else owns (closed on drop).
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        Some(Ioctl { sock, name: n })
-    }
-
-    fn request(&self) -> libc::ifreq {
-        // SAFETY: all-zero is a valid ifreq (a name array and a union of
-        // plain data).
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        req.ifr_name = self.name;
-        req
-    }
-
-    /// `SIOCETHTOOL` with `data`.
-    ///
-    /// # Safety
-    /// `data` must be the whole struct the ethtool command in its first
-    /// word reads and writes.
-    unsafe fn ethtool<T>(&self, data: &mut T) -> bool {
-        let mut req = self.request();
-        req.ifr_ifru.ifru_data = std::ptr::from_mut(data).cast();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sock);
-        // SAFETY: `req` names the interface (NUL-terminated: shorter than
-        // IFNAMSIZ, zero-filled) and points at `data`, which outlives the
-        // call and is what the command expects (the caller's promise).
-        unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) == 0 }
-    }
-
-    /// The driver's name (`ethtool -i`).
-    fn driver(&self) -> Option<String> {
-        let mut info = DrvInfo {
-            cmd: ETHTOOL_GDRVINFO,
-            driver: [0; 32],
-            version: [0; 32],
-            fw_version: [0; 32],
-            bus_info: [0; 32],
-            erom_version: [0; 32],
-            reserved2: [0; 12],
-            n_priv_flags: 0,
-            n_stats: 0,
-            testinfo_len: 0,
-            eedump_len: 0,
-            regdump_len: 0,
-        };
-        // SAFETY: a whole ethtool_drvinfo for ETHTOOL_GDRVINFO.
-        if !unsafe { self.ethtool(&mut info) } {
-            return None;
-        }
-        let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
-        let name = String::from_utf8_lossy(&info.driver[..end]).into_owned();
-        (!name.is_empty()).then_some(name)
-    }
-
-    /// Receive queues (`ethtool -l`: rx plus combined channels).
-    fn rx_queues(&self) -> Option<usize> {
-        let mut ch = Channels([0; 9]);
-        ch.0[0] = ETHTOOL_GCHANNELS;
-        // SAFETY: a whole ethtool_channels for ETHTOOL_GCHANNELS.
-        if !unsafe { self.ethtool(&mut ch) } {
-            return None;
-        }
-        usize::try_from(ch.0[5].saturating_add(ch.0[8])).ok()
-    }
-
-    /// The MTU.
-    fn mtu(&self) -> Option<u32> {
-        let mut req = self.request();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sock);
-        // SAFETY: `req` names the interface; SIOCGIFMTU writes its MTU
-        // into the request.
-        if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } != 0 {
-            return None;
-        }
-        // SAFETY: SIOCGIFMTU succeeded: the union holds the MTU.
-        u32::try_from(unsafe { req.ifr_ifru.ifru_mtu }).ok()
-    }
-}
-
 impl Interface {
     /// Asks what interface `name` (in the calling thread's network
     /// namespace) offers.
@@ -1161,7 +927,7 @@ impl Interface {
             return f;
         };
         f.ifindex = Some(idx);
-        if let Some(io) = Ioctl::new(name) {
+        if let Some(io) = os::Ioctl::new(name) {
             f.driver = io.driver();
             f.rx_queues = io.rx_queues();
             f.mtu = io.mtu();
@@ -1962,10 +1728,8 @@ mod tests {
         let path = format!("/run/netns/{}", ns.0);
         let (a, gone) = std::thread::spawn(move || {
             let f = std::fs::File::open(&path).expect("netns file");
-            // SAFETY: `f` is an open namespace file; setns only moves this
-            // thread, which ends right after.
-            let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            // Only this thread moves, and it ends right after.
+            crate::sys::setns_net(&f).expect("setns");
             (Interface::probe("pa0"), Interface::probe("pa9"))
         })
         .join()

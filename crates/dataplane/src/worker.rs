@@ -8,7 +8,9 @@
 //! (relaxed atomics, one writer) and republishes the core's counters there a
 //! few times a second; the metrics exporter only reads them.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -339,7 +341,7 @@ pub type Job = Box<dyn FnOnce(&mut Pipeline, u64) + Send>;
 #[derive(Clone, Debug)]
 pub struct Mailbox {
     jobs: Sender<Job>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<File>,
 }
 
 /// Why a job could not be posted.
@@ -355,7 +357,7 @@ pub enum PostError {
 
 impl Mailbox {
     /// The worker's wake-up eventfd (for other workers handing it frames).
-    pub fn wake_fd(&self) -> Arc<OwnedFd> {
+    pub fn wake_fd(&self) -> Arc<File> {
         self.wake.clone()
     }
 
@@ -365,11 +367,7 @@ impl Mailbox {
             TrySendError::Full(_) => PostError::Busy,
             TrySendError::Disconnected(_) => PostError::Stopped,
         })?;
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to an eventfd we own; an
-        // eventfd counter cannot overflow from these few writes, and a failed
-        // write only delays the job to the next poll timeout.
-        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        wake(&self.wake);
         Ok(())
     }
 }
@@ -378,7 +376,7 @@ impl Mailbox {
 #[derive(Debug)]
 pub struct Inbox {
     jobs: Receiver<Job>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<File>,
     /// This worker's number (in events).
     pub worker: usize,
     /// Where connection events go (when events are enabled in the core).
@@ -387,13 +385,7 @@ pub struct Inbox {
 
 /// A mailbox for worker `worker`, holding at most `capacity` pending jobs.
 pub fn mailbox(worker: usize, capacity: usize) -> std::io::Result<(Mailbox, Inbox)> {
-    // SAFETY: eventfd takes no pointers; the result is checked below.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    let wake = Arc::new(crate::sys::eventfd()?);
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     Ok((
         Mailbox {
@@ -412,9 +404,8 @@ pub fn mailbox(worker: usize, capacity: usize) -> std::io::Result<(Mailbox, Inbo
 impl Inbox {
     fn clear_wake(&self) {
         let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live buffer from our
-        // non-blocking eventfd; EAGAIN (nothing pending) is fine.
-        let _ = unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        // A non-blocking eventfd: EAGAIN (nothing pending) is fine.
+        let _ = (&*self.wake).read(&mut buf);
     }
 }
 
@@ -459,11 +450,10 @@ pub fn handoff_queue() -> (Sender<Handoff>, Receiver<Handoff>) {
     bounded(HANDOFF_QUEUE)
 }
 
-fn wake(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live buffer to an eventfd we hold; a
+fn wake(fd: &File) {
+    // An eventfd counter cannot overflow from these few writes, and a
     // failed write only delays the wake-up to the next poll timeout.
-    let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    let _ = (&*fd).write(&1u64.to_ne_bytes());
 }
 
 /// What the workers of one instance share: the owner function, a bounded
@@ -476,12 +466,12 @@ pub struct Fabric {
     handoff_rx: Vec<Receiver<Handoff>>,
     msg_tx: Vec<Sender<ExpectMsg>>,
     msg_rx: Vec<Receiver<ExpectMsg>>,
-    wake: Vec<Arc<OwnedFd>>,
+    wake: Vec<Arc<File>>,
 }
 
 impl Fabric {
     /// The fabric of `wakes.len()` workers (their mailboxes' eventfds).
-    pub fn new(sharding: Sharding, wakes: Vec<Arc<OwnedFd>>) -> Arc<Fabric> {
+    pub fn new(sharding: Sharding, wakes: Vec<Arc<File>>) -> Arc<Fabric> {
         let n = wakes.len();
         let (mut htx, mut hrx, mut mtx, mut mrx) = (vec![], vec![], vec![], vec![]);
         for _ in 0..n {
@@ -756,9 +746,7 @@ impl Worker {
             } else {
                 idle_timeout
             };
-            // SAFETY: `fds` is a valid array of three pollfd for the call's
-            // duration (a negative fd is ignored by poll).
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
+            let ready = crate::sys::poll(&mut fds, timeout);
             let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.follow_suspension(now);
             if self.fabric.is_some() {

@@ -2,6 +2,8 @@
 //! the dataplane commands (`lab`, `run`), the daemon's control plane and
 //! metrics, and the control-socket client.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod daemon;
 pub mod live;

@@ -32,21 +32,14 @@ extern "C" fn on_signal(sig: libc::c_int) {
 }
 
 fn install_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to atomics, which is
-        // async-signal-safe; `signal` replaces the default disposition.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
+    // The handler only stores to atomics: async-signal-safe.
+    dataplane::sys::on_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], on_signal);
 }
 
 /// 128 random bits from the kernel (zeros only if it cannot give them).
 fn random_secret() -> HashSecret {
     let mut b = [0u8; 16];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if got != 16 {
+    if !dataplane::sys::random(&mut b) {
         tracing::warn!("getrandom failed: the table hash is not keyed with a secret");
     }
     let (lo, hi) = b.split_at(8);

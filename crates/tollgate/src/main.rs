@@ -1,5 +1,7 @@
 //! `tollgate`: the command line.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,6 +8,8 @@
 //!
 //! `tg-bench [packets]` (default 2 000 000 per measurement).
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

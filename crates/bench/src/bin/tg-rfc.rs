@@ -13,6 +13,8 @@
 //! `latency.svg` into the output directory (default `bench/results`).
 //! Root only. `tg-rfc [--out DIR] [--quick]`.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -628,30 +630,7 @@ fn raise_fd_limit() -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1 << 20)
         .min(1 << 20);
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the structs we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        let raised = libc::rlimit {
-            rlim_cur: want.max(lim.rlim_cur),
-            rlim_max: want.max(lim.rlim_max),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-            return raised.rlim_cur;
-        }
-        // As far as the hard limit goes.
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-            lim.rlim_cur
-        } else {
-            1024
-        }
-    }
+    dataplane::sys::raise_nofile(want)
 }
 
 /// Measurements that failed (not counting those left out on purpose).

@@ -407,13 +407,5 @@ fn prefetch<T>(r: &T) {
 
 #[inline(always)]
 fn prefetch_addr(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint: it never faults (not even on an invalid
-    // address) and neither reads nor writes memory as the program can observe.
-    unsafe {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    crate::mem::prefetch(p);
 }

@@ -13,7 +13,6 @@
 //! worker does.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -24,6 +23,9 @@ use conntrack::table::{FastPath, FastState, Reclaim};
 use conntrack::tuple::Family;
 use conntrack::{Pipeline, Tuple};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+mod shm;
+use shm::{FlowRaw, Index4, Region, TcpDirRaw};
 
 /// Slots of the offload table (`TG_OFFLOAD_SLOTS`).
 pub const SLOTS: u32 = 131_072;
@@ -40,142 +42,6 @@ const PENDING: u64 = 1;
 const ACTIVE: u64 = 2;
 const BUSY: u64 = 3;
 const WITHDRAWN: u64 = 4;
-
-/// `struct tg_tcp_dir`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct TcpDirRaw {
-    end: u32,
-    maxend: u32,
-    maxwin: u32,
-    maxack: u32,
-    scale: u8,
-    flags: u8,
-    pad: u16,
-}
-
-/// `struct tg_flow`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct FlowRaw {
-    ctl: u64,
-    last_seen: u64,
-    packets: [u64; 2],
-    bytes: [u64; 2],
-    tcp: [TcpDirRaw; 2],
-    last_seq: u32,
-    last_ack: u32,
-    last_end: u32,
-    last_win: u16,
-    last_dir: u8,
-    retrans: u8,
-    proto: u8,
-    last_ack_valid: u8,
-    pad: u16,
-    done: [u32; 2],
-    ready: u32,
-    reported_packets: [u64; 2],
-    reported_bytes: [u64; 2],
-    stale: u64,
-    pad3: [u64; 4],
-}
-
-const _: () = assert!(std::mem::size_of::<FlowRaw>() == 192);
-const _: () = assert!(std::mem::size_of::<TcpDirRaw>() == 20);
-
-/// An mmap-able array map mapped into this process: `len` values of `T`.
-struct Mapped<T> {
-    ptr: NonNull<T>,
-    len: usize,
-}
-
-// SAFETY: plain shared memory; every access follows the ownership rules of
-// the module documentation (what the program writes too is only touched
-// atomically or whole).
-unsafe impl<T> Send for Mapped<T> {}
-// SAFETY: as for Send.
-unsafe impl<T> Sync for Mapped<T> {}
-
-impl<T> Mapped<T> {
-    /// Maps the `len` values of the array map behind `fd`.
-    fn new(fd: i32, len: usize) -> std::io::Result<Mapped<T>> {
-        let bytes = len * std::mem::size_of::<T>();
-        // SAFETY: a shared read-write mapping of an mmap-able array map of
-        // `len` values of `T` (the kernel checks the size); no existing
-        // memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<T>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(Mapped { ptr, len })
-    }
-}
-
-impl<T> Drop for Mapped<T> {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are the mapping made in `new`, unmapped once
-        // (dropped once, after its last user).
-        unsafe {
-            libc::munmap(
-                self.ptr.as_ptr().cast(),
-                self.len * std::mem::size_of::<T>(),
-            );
-        }
-    }
-}
-
-/// The `flow_state` array.
-type Region = Mapped<FlowRaw>;
-
-impl Region {
-    fn slot_ptr(&self, slot: u32) -> Option<*mut FlowRaw> {
-        let i = slot as usize;
-        // SAFETY: `i < len`: the pointer stays inside the mapping.
-        (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i) })
-    }
-
-    fn ctl(&self, slot: u32) -> Option<&AtomicU64> {
-        let p = self.slot_ptr(slot)?;
-        // SAFETY: `ctl` is the struct's first field, 8-byte aligned (the
-        // array's values are 192-byte strides of a page-aligned mapping), and
-        // lives as long as `self`; the program only touches it atomically.
-        Some(unsafe { &*(std::ptr::addr_of_mut!((*p).ctl).cast::<AtomicU64>()) })
-    }
-
-    /// Copies slot `slot` out (the caller owns it, or only reads fields the
-    /// program writes whole).
-    fn read(&self, slot: u32) -> Option<FlowRaw> {
-        let p = self.slot_ptr(slot)?;
-        // SAFETY: in the mapping; a volatile read, since the program may
-        // write concurrently (fields it writes are naturally aligned and
-        // read whole).
-        Some(unsafe { std::ptr::read_volatile(p) })
-    }
-
-    /// Writes slot `slot` but its `ctl` word (the caller owns the slot).
-    fn write(&self, slot: u32, v: &FlowRaw) {
-        let Some(p) = self.slot_ptr(slot) else { return };
-        // SAFETY: in the mapping, and owned by this worker while it is not
-        // ACTIVE or BUSY: the program reads it then, never writes it. `ctl`
-        // (the first 8 bytes) is left alone.
-        unsafe {
-            let dst = p.cast::<u8>().add(8);
-            let src = std::ptr::from_ref(v).cast::<u8>().add(8);
-            std::ptr::copy_nonoverlapping(src, dst, std::mem::size_of::<FlowRaw>() - 8);
-        }
-    }
-}
 
 /// `TG_FLOWS4_BUCKETS` (bpf/tollgate.h).
 const FLOWS4_BUCKETS: u32 = 524_288;
@@ -194,10 +60,6 @@ const _: () = assert!(
         && (E4_VALID | E4_CLAIMED | E4_GEN_MASK) & E4_KEY_MASK == 0
         && (E4_KEY_MASK | E4_GEN_MASK) & E4_REF_MASK == 0
 );
-
-/// `flows4`: buckets of four entries of four words (src, dst, ports,
-/// meta), as bpf/tollgate.h lays them out; the program only reads them.
-type Index4 = Mapped<[AtomicU32; 16]>;
 
 /// An IPv4 key of `flows4`: source, destination and ports as the packet
 /// carries them (read as native words), and the key bits of `meta`
@@ -229,11 +91,7 @@ fn flows4_hash(seed: u32, src: u32, dst: u32, ports: u32, want: u32) -> u32 {
 
 impl Index4 {
     fn bucket(&self, seed: u32, k: Key4) -> &[AtomicU32; 16] {
-        let b = flows4_hash(seed, k.0, k.1, k.2, k.3) as usize % self.len;
-        // SAFETY: `b < len`: inside the mapping, 64-byte aligned (page-aligned
-        // mapping, 64-byte values); AtomicU32 has u32's layout; the program
-        // only reads these words.
-        unsafe { &*self.ptr.as_ptr().add(b) }
+        self.at(flows4_hash(seed, k.0, k.1, k.2, k.3) as usize)
     }
 
     /// Publishes `k -> rf` in a free entry of its bucket (or in place of
@@ -487,65 +345,11 @@ fn take_activity(region: &Region, slot: u32, offset: i128, full: bool) -> FastSt
     if full {
         // Withdrawn: the worker owns the slot, write the reported counts back.
         region.write(slot, &f);
-    } else if let Some(p) = region.slot_ptr(slot) {
+    } else {
         // Active: only the worker-owned counters are written.
-        // SAFETY: in the mapping; `reported_*` are worker-only fields the
-        // program never reads or writes.
-        unsafe {
-            std::ptr::addr_of_mut!((*p).reported_packets).write_volatile(f.reported_packets);
-            std::ptr::addr_of_mut!((*p).reported_bytes).write_volatile(f.reported_bytes);
-        }
+        region.write_reported(slot, f.reported_packets, f.reported_bytes);
     }
     fs
-}
-
-/// Publishes a pending slot: the core's window state `tcp`, then (release)
-/// `add` more packets gone per direction; `ready` bits if given.
-fn publish_slot(
-    region: &Region,
-    slot: u32,
-    tcp: Option<TcpFast>,
-    add: [u32; 2],
-    ready: Option<u32>,
-) {
-    let Some(ptr) = region.slot_ptr(slot) else {
-        return;
-    };
-    // SAFETY: in the mapping; while the slot is PENDING the program only
-    // reads it. The window state is written before `done` is published
-    // (release), so a program that sees the new `done` sees the state that
-    // goes with it.
-    unsafe {
-        if let Some(t) = tcp {
-            let dir = |d: &TcpDir| TcpDirRaw {
-                end: d.end,
-                maxend: d.maxend,
-                maxwin: d.maxwin,
-                maxack: d.maxack,
-                scale: d.scale,
-                flags: d.flags,
-                pad: 0,
-            };
-            std::ptr::addr_of_mut!((*ptr).tcp).write_volatile([dir(&t.seen[0]), dir(&t.seen[1])]);
-            std::ptr::addr_of_mut!((*ptr).last_dir).write_volatile(t.last_dir);
-            std::ptr::addr_of_mut!((*ptr).last_seq).write_volatile(t.last_seq);
-            std::ptr::addr_of_mut!((*ptr).last_ack).write_volatile(t.last_ack);
-            std::ptr::addr_of_mut!((*ptr).last_end).write_volatile(t.last_end);
-            std::ptr::addr_of_mut!((*ptr).last_win).write_volatile(t.last_win);
-            std::ptr::addr_of_mut!((*ptr).retrans).write_volatile(t.retrans);
-        }
-        if let Some(r) = ready {
-            std::ptr::addr_of_mut!((*ptr).ready).write_volatile(r);
-        }
-        std::sync::atomic::fence(Ordering::Release);
-        for (d, n) in add.iter().enumerate() {
-            if *n > 0 {
-                let done =
-                    &*std::ptr::addr_of_mut!((*ptr).done[d]).cast::<std::sync::atomic::AtomicU32>();
-                done.fetch_add(*n, Ordering::Release);
-            }
-        }
-    }
 }
 
 /// The core's view of a worker's fast path: withdraws a connection and
@@ -563,20 +367,16 @@ impl FastPath for Reclaimer {
             return Reclaim::Taken(FastState::default());
         }
         let slot = self.base + conn;
-        if let (Some(d), Some(p)) = (dir, self.region.slot_ptr(slot)) {
+        if let Some(d) = dir {
             // A packet sent to the slow path while the flow was pending: the
             // core tracks it on its own state (current, unless the program
             // took the flow meanwhile and the packet was overtaken); the
             // program keeps the flow.
-            let shift = 32 * u32::from(d == conntrack::Direction::Reply);
-            // SAFETY: in the mapping; `stale` is a worker-only field.
-            unsafe {
-                let st = std::ptr::addr_of_mut!((*p).stale);
-                let v = st.read_volatile();
-                if (v >> shift) & 0xffff_ffff != 0 {
-                    st.write_volatile(v - (1 << shift));
-                    return Reclaim::Pending;
-                }
+            if self
+                .region
+                .take_stale(slot, u8::from(d == conntrack::Direction::Reply))
+            {
+                return Reclaim::Pending;
             }
         }
         match withdraw(&self.region, slot) {
@@ -670,19 +470,6 @@ pub struct Offloader {
     pub counters: Arc<OffloadCounters>,
 }
 
-/// CLOCK_MONOTONIC in ns (the clock of the program's timestamps).
-fn monotonic_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec)
-}
-
 impl Offloader {
     /// The offload table of worker `worker` of `workers` over `maps`.
     pub fn new(maps: Maps, worker: usize, workers: usize) -> Offloader {
@@ -719,7 +506,9 @@ impl Offloader {
 
     /// The core's clock is `now` ns at this instant.
     pub fn set_clock(&self, now: u64) {
-        let off = monotonic_ns().saturating_sub(i64::try_from(now).unwrap_or(i64::MAX));
+        let off = i64::try_from(crate::sys::monotonic_ns())
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(now).unwrap_or(i64::MAX));
         self.offset.store(off, Ordering::Relaxed);
     }
 
@@ -745,13 +534,8 @@ impl Offloader {
             return;
         }
         let region = &self.maps.region;
-        let Some(p) = region.slot_ptr(slot) else {
+        if !region.add_stale(slot, dir & 1) {
             return;
-        };
-        // SAFETY: in the mapping; `stale` is a worker-only field.
-        unsafe {
-            let st = std::ptr::addr_of_mut!((*p).stale);
-            st.write_volatile(st.read_volatile() + (1 << (32 * u32::from(dir & 1))));
         }
         self.credited.push(slot);
         let pending = region
@@ -770,10 +554,7 @@ impl Offloader {
     /// IP) must not excuse a later one.
     pub fn end_batch(&mut self) {
         for slot in self.credited.drain(..) {
-            if let Some(p) = self.maps.region.slot_ptr(slot) {
-                // SAFETY: in the mapping; `stale` is a worker-only field.
-                unsafe { std::ptr::addr_of_mut!((*p).stale).write_volatile(0) };
-            }
+            self.maps.region.clear_stale(slot);
         }
     }
 
@@ -874,7 +655,7 @@ impl Offloader {
                 .ctl(slot)
                 .is_some_and(|c| c.load(Ordering::Acquire) >> SHIFT == PENDING);
             if pending && ct.is_offloaded(conn) {
-                publish_slot(&region, slot, ct.offload_tcp(conn), add, None);
+                region.publish(slot, ct.offload_tcp(conn), add, None);
             }
         }
     }
@@ -912,7 +693,7 @@ impl Offloader {
                 }
                 return false;
             }
-            let Some(ptr) = region.slot_ptr(slot) else {
+            let Some((done, before)) = region.done_and_ready(slot) else {
                 return false;
             };
             let at = self.epochs[conn as usize];
@@ -921,21 +702,17 @@ impl Offloader {
                 .binary_search_by_key(&conn, |&(c, _)| c)
                 .map_or([0; 2], |i| took[i].1);
             let q = [c & ((1 << 30) - 1), (c >> 30) & ((1 << 30) - 1)];
-            // SAFETY: in the mapping; `done` is written by the worker only.
-            let done = unsafe { std::ptr::addr_of!((*ptr).done).read_volatile() };
             let caught_up = (0..2).all(|d| {
                 u64::from(done[d]) + u64::from(add[d]) == q[d]
                     && (q[d] > 0 || ready & (1 << d) != 0)
             });
             if !caught_up && now.saturating_sub(self.since[conn as usize]) > FORCE_NS {
                 ready |= 4;
-                // SAFETY: in the mapping; `ready` is written by the worker only.
-                let before = unsafe { std::ptr::addr_of!((*ptr).ready).read_volatile() };
                 if before & 4 == 0 {
                     counters.forced.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            publish_slot(&region, slot, ct.offload_tcp(conn), add, Some(ready));
+            region.publish(slot, ct.offload_tcp(conn), add, Some(ready));
             true
         });
     }
@@ -1167,19 +944,7 @@ mod tests {
 
     /// `buckets` buckets of `flows4`'s layout in anonymous shared memory.
     fn index(buckets: usize) -> Index4 {
-        let name = std::ffi::CString::new("tg-flows4-test").unwrap_or_default();
-        // SAFETY: memfd_create takes a valid C string; ftruncate sizes the
-        // new file.
-        let fd = unsafe {
-            let fd = libc::memfd_create(name.as_ptr(), 0);
-            assert!(fd >= 0, "memfd_create");
-            assert_eq!(libc::ftruncate(fd, (buckets * 64) as libc::off_t), 0);
-            fd
-        };
-        let idx = Index4::new(fd, buckets).expect("mapped");
-        // SAFETY: our own fd; the mapping keeps the memory.
-        unsafe { libc::close(fd) };
-        idx
+        Index4::anonymous(buckets).expect("mapped")
     }
 
     fn k(port: u32, want: u32) -> Key4 {
