@@ -152,7 +152,8 @@ pub(crate) struct HelpCx<'a, 'p> {
     pub(crate) from_client: bool,
     /// The packet's time.
     pub(crate) now: u64,
-    asks: Asks,
+    // A reference: the requests are a kilobyte, not to be moved.
+    asks: &'a mut Asks,
 }
 
 impl HelpCx<'_, '_> {
@@ -163,12 +164,12 @@ impl HelpCx<'_, '_> {
 
     /// Requests and counts for the table.
     pub(crate) fn asks(&mut self) -> &mut Asks {
-        &mut self.asks
+        self.asks
     }
 
     /// The connection's helper state and the requests, borrowed together.
     pub(crate) fn state(&mut self) -> (&mut HelpState, &mut Asks) {
-        (&mut self.ct.helps.states[self.help], &mut self.asks)
+        (&mut self.ct.helps.states[self.help], self.asks)
     }
 
     /// The line buffer of the packet's direction and the requests.
@@ -261,8 +262,33 @@ impl Conntrack {
         let Some(kind) = helper_of(e.helper) else {
             return;
         };
-        let orig = e.orig.tuple(&self.v6hi[idx as usize]);
-        let mut cx = HelpCx {
+        self.run_helper(kind, idx, help, track, pkt, now);
+    }
+
+    /// [`Self::help`] past its checks. Kept out of line: most packets have
+    /// no helper, and the pipeline's loop stays small without this body.
+    #[inline(never)]
+    fn run_helper(
+        &mut self,
+        kind: HelperKind,
+        idx: u32,
+        help: u32,
+        track: &Track,
+        pkt: &Packet<'_>,
+        now: u64,
+    ) {
+        let orig = self.entries[idx as usize]
+            .orig
+            .tuple(&self.v6hi[idx as usize]);
+        let mut asks = Asks {
+            specs: [None; ASKS_MAX],
+            n: 0,
+            errors: 0,
+            refused: 0,
+            end_call: false,
+            unregister: None,
+        };
+        kind.help(&mut HelpCx {
             ct: self,
             idx,
             help: help as usize,
@@ -272,17 +298,8 @@ impl Conntrack {
             orig,
             from_client: !track.reply,
             now,
-            asks: Asks {
-                specs: [None; ASKS_MAX],
-                n: 0,
-                errors: 0,
-                refused: 0,
-                end_call: false,
-                unregister: None,
-            },
-        };
-        kind.help(&mut cx);
-        let asks = cx.asks;
+            asks: &mut asks,
+        });
         let ks = kind as usize;
         if asks.end_call {
             // BYE or CANCEL: the call's media expectations go.
