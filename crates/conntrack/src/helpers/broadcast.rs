@@ -1,5 +1,5 @@
-//! NetBIOS-NS and SNMP: broadcast queries (the kernel's
-//! `nf_conntrack_broadcast.c`). The payload is not parsed: a query to a
+//! NetBIOS-NS and SNMP: broadcast queries (the kernel's broadcast helper).
+//! The payload is not parsed: a query to a
 //! directed broadcast address expects answers from whichever hosts of the
 //! subnet reply, to the client's port.
 

@@ -1,6 +1,6 @@
-//! The conntrack helpers (the kernel's `nf_conntrack_{ftp,irc,tftp,sip,
-//! amanda,sane,pptp,netbios_ns,snmp}.c`): their registry, and per helper a
-//! payload parser and its glue.
+//! The conntrack helpers (the kernel's `nf_conntrack_{ftp,irc,tftp,amanda,sane}.c`
+//! and its SIP, PPTP, NetBIOS-NS and SNMP helpers): their registry, and per
+//! helper a payload parser and its glue.
 //!
 //! Each parser reads the bytes of a control connection and returns a typed
 //! announcement of the data connection that will follow. They do no I/O,
