@@ -115,25 +115,9 @@ pub struct ExpectPolicy {
     pub timeout: u32,
 }
 
-/// The kernel's defaults per helper.
+/// The kernel's defaults per helper (from the helper registry).
 pub fn default_policy(h: HelperKind) -> ExpectPolicy {
-    let (max_expected, timeout) = match h {
-        HelperKind::Ftp => (1, 300),
-        HelperKind::Tftp => (1, 300),
-        HelperKind::Irc => (8, 300),
-        // Audio and video, RTP and RTCP, offered by both parties.
-        HelperKind::Sip => (8, 180),
-        // Four since the kernel learnt STATE streams.
-        HelperKind::Amanda => (4, 180),
-        HelperKind::Sane => (1, 300),
-        HelperKind::Pptp => (2, 300),
-        HelperKind::NetbiosNs => (1, 3),
-        HelperKind::Snmp => (1, 30),
-    };
-    ExpectPolicy {
-        max_expected,
-        timeout,
-    }
+    h.spec().policy
 }
 
 /// Why an expectation was refused.

@@ -27,6 +27,7 @@ pub mod table;
 pub mod timeouts;
 pub mod tuple;
 
+pub use helpers::HelperKind;
 pub use pipeline::{PacketResult, Pipeline};
 pub use reason::DropReason;
 pub use table::{Config, ConnInfo, Conntrack, Event, EventKind, Stats};
@@ -70,82 +71,5 @@ impl CtState {
             "untracked" => CtState::Untracked,
             _ => return None,
         })
-    }
-}
-
-/// Conntrack helpers, by their kernel names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum HelperKind {
-    /// `ftp`.
-    Ftp,
-    /// `tftp`.
-    Tftp,
-    /// `irc`.
-    Irc,
-    /// `sip`.
-    Sip,
-    /// `amanda`.
-    Amanda,
-    /// `sane`.
-    Sane,
-    /// `pptp`.
-    Pptp,
-    /// `netbios-ns`.
-    NetbiosNs,
-    /// `snmp`.
-    Snmp,
-}
-
-impl HelperKind {
-    /// Every helper.
-    pub const ALL: &'static [HelperKind] = &[
-        HelperKind::Ftp,
-        HelperKind::Tftp,
-        HelperKind::Irc,
-        HelperKind::Sip,
-        HelperKind::Amanda,
-        HelperKind::Sane,
-        HelperKind::Pptp,
-        HelperKind::NetbiosNs,
-        HelperKind::Snmp,
-    ];
-
-    /// Kernel name.
-    pub fn name(self) -> &'static str {
-        match self {
-            HelperKind::Ftp => "ftp",
-            HelperKind::Tftp => "tftp",
-            HelperKind::Irc => "irc",
-            HelperKind::Sip => "sip",
-            HelperKind::Amanda => "amanda",
-            HelperKind::Sane => "sane",
-            HelperKind::Pptp => "pptp",
-            HelperKind::NetbiosNs => "netbios-ns",
-            HelperKind::Snmp => "snmp",
-        }
-    }
-
-    /// The helper the kernel registers on the well-known port of a
-    /// connection's destination (for automatic assignment).
-    pub fn for_port(t: &Tuple) -> Option<HelperKind> {
-        use crate::tuple::ipproto::{TCP, UDP};
-        Some(match (t.proto, t.dst_port) {
-            (TCP, 21) => HelperKind::Ftp,
-            (UDP, 69) => HelperKind::Tftp,
-            (TCP, 6667) => HelperKind::Irc,
-            (TCP | UDP, 5060) => HelperKind::Sip,
-            (UDP, 10080) => HelperKind::Amanda,
-            (TCP, 6566) => HelperKind::Sane,
-            (TCP, 1723) => HelperKind::Pptp,
-            (UDP, 137) => HelperKind::NetbiosNs,
-            (UDP, 161) => HelperKind::Snmp,
-            _ => return None,
-        })
-    }
-
-    /// From a kernel name.
-    pub fn from_name(s: &str) -> Option<HelperKind> {
-        HelperKind::ALL.iter().copied().find(|h| h.name() == s)
     }
 }

@@ -712,16 +712,26 @@ fn parse_rule(
     }
     if let Some(h) = &r.helper {
         match HelperKind::from_name(h.get_ref()) {
-            None => errs.push(l.at(h.span(), format!(
-                "rule {n}: helper: \"{}\" is not one of ftp, tftp, irc, sip, amanda, sane, pptp, netbios-ns, snmp",
-                h.get_ref()
-            ))),
+            None => errs.push(l.at(
+                h.span(),
+                format!(
+                    "rule {n}: helper: \"{}\" is not one of {}",
+                    h.get_ref(),
+                    HelperKind::names(", ")
+                ),
+            )),
             Some(k) => {
                 if !matches!(rule.proto, ProtoMatch::Proto(ipproto::TCP | ipproto::UDP)) {
-                    errs.push(l.at(h.span(), format!("rule {n}: helper needs proto = \"tcp\" or \"udp\"")));
+                    errs.push(l.at(
+                        h.span(),
+                        format!("rule {n}: helper needs proto = \"tcp\" or \"udp\""),
+                    ));
                 }
                 if rule.action == Action::Notrack {
-                    errs.push(l.at(h.span(), format!("rule {n}: a notrack rule cannot assign a helper")));
+                    errs.push(l.at(
+                        h.span(),
+                        format!("rule {n}: a notrack rule cannot assign a helper"),
+                    ));
                 }
                 rule.helper = Some(k);
             }

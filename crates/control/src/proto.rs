@@ -297,11 +297,7 @@ impl ExpectAddSpec {
             format!(
                 "helper: \"{}\" is not one of {}",
                 self.helper,
-                HelperKind::ALL
-                    .iter()
-                    .map(|h| h.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                HelperKind::names(", ")
             )
         })?;
         Ok((

@@ -137,7 +137,7 @@ pub const EXPECT_NAMES: [&str; 5] = [
     "expect_evicted",
 ];
 
-const HELPERS: usize = 9;
+const HELPERS: usize = HelperKind::COUNT;
 
 /// The conntrack core's counters as last published by the worker.
 #[derive(Debug, Default)]

@@ -26,7 +26,9 @@
 //! (the kernel reads its first 5) or above 65535 (the kernel wraps it) is an
 //! error here. Port 0 or no digits is an error in both.
 
-use super::{digits, find, ParseErr};
+use super::{digits, expected_tcp, find, HelpCx, ParseErr};
+use crate::packet::L4;
+use crate::timeouts::SEC;
 
 /// The kernel's `max_expected` for Amanda: one port per stream keyword.
 pub const MAX_PORTS: usize = 4;
@@ -129,6 +131,30 @@ fn port5(s: &[u8]) -> Result<u16, ParseErr> {
         Ok(0) => Err(ParseErr::ZeroPort),
         Ok(p) => Ok(p),
         Err(_) => Err(ParseErr::BadNumber),
+    }
+}
+
+/// The glue: only the answer (reply direction) names ports, each one on the
+/// connection's original destination that its original source will connect
+/// to. The answer may come late, so the master lives 300 s (the kernel's
+/// `master_timeout`).
+pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
+    let L4::Udp { payload } = cx.pkt.l4 else {
+        return;
+    };
+    if cx.from_client {
+        return;
+    }
+    cx.parsed();
+    cx.set_deadline(cx.now + 300 * SEC);
+    let ports = parse(payload);
+    let orig = cx.orig;
+    let asks = cx.asks();
+    if ports.error().is_some() {
+        asks.error();
+    }
+    for &(_, port) in ports.as_slice() {
+        asks.push(expected_tcp(orig.src, orig.dst, port, orig.family, false));
     }
 }
 

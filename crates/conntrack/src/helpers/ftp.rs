@@ -39,7 +39,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{number, port, ParseErr};
+use super::{expected_tcp, number, port, HelpCx, ParseErr};
+use crate::packet::L4;
+use crate::tuple::Addr;
 
 /// Which FTP message announced the data connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -270,6 +272,50 @@ fn parse_229_arg(arg: &[u8]) -> Result<FtpCmd, ParseErr> {
         addr: None,
         port,
     })
+}
+
+/// The glue: a `PORT`/`EPRT` (client) or `227` (server) names an address
+/// that must be the sender's own (else a third host could be "bounced"
+/// into), unless `ftp_loose` is set; `229` names only a port on the server.
+/// The expected connection comes from the other end of the control
+/// connection, any source port, to the announced address and port. An
+/// address of the other family than the control connection is refused.
+pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
+    let L4::Tcp(seg) = cx.pkt.l4 else {
+        return;
+    };
+    if seg.payload.is_empty() {
+        return;
+    }
+    cx.parsed();
+    let from_client = cx.from_client;
+    let sender = cx.pkt.tuple;
+    let loose = cx.ftp_loose();
+    let (lines, asks) = cx.lines();
+    lines.feed(seg.seq, seg.payload, |line| {
+        match parse_line(line, from_client) {
+            Ok(None) => {}
+            Err(_) => asks.error(),
+            Ok(Some(cmd)) => {
+                let (fam, addr) = match cmd.addr {
+                    Some(ip) => Addr::from_ip(ip),
+                    // 229: the server's own address.
+                    None => (sender.family, sender.src),
+                };
+                if fam != sender.family || (!loose && addr != sender.src) {
+                    asks.refuse();
+                    return;
+                }
+                asks.push(expected_tcp(
+                    sender.dst,
+                    addr,
+                    cmd.port,
+                    sender.family,
+                    false,
+                ));
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -43,7 +43,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{digits, find, port, ParseErr};
+use super::{digits, expected_tcp, find, port, HelpCx, ParseErr};
+use crate::packet::L4;
+use crate::tuple::Addr;
 
 /// The kernel looks at no more than this many bytes of a packet; we look at
 /// no more than this many bytes of a line, which bounds the work.
@@ -221,6 +223,45 @@ fn parse_args(args: &[u8]) -> Result<(Ipv4Addr, u16, usize), ParseErr> {
     pos += blanks;
     let (port, n) = port(args.get(pos..).unwrap_or_default())?;
     Ok((Ipv4Addr::from(ip_value), port, pos + n))
+}
+
+/// The glue: DCC offers (client to server) name the client's own address;
+/// the peer that will connect is unknown: any source address and port. The
+/// kernel acts on the first offer naming the sender.
+pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
+    let L4::Tcp(seg) = cx.pkt.l4 else {
+        return;
+    };
+    if seg.payload.is_empty() {
+        return;
+    }
+    cx.parsed();
+    let from_client = cx.from_client;
+    let sender = cx.pkt.tuple;
+    let (lines, asks) = cx.lines();
+    lines.feed(seg.seq, seg.payload, |line| {
+        if !from_client {
+            return;
+        }
+        let mut saw_err = false;
+        for offer in offers(line) {
+            match offer {
+                Err(_) => saw_err = true,
+                Ok(o) => {
+                    let (fam, addr) = Addr::from_ip(o.addr);
+                    if fam != sender.family || addr != sender.src {
+                        asks.refuse();
+                        continue;
+                    }
+                    asks.push(expected_tcp(Addr(0), addr, o.port, fam, true));
+                    return;
+                }
+            }
+        }
+        if saw_err {
+            asks.error();
+        }
+    });
 }
 
 #[cfg(test)]

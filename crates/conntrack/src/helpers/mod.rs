@@ -1,12 +1,15 @@
-//! Pure payload parsers for the conntrack helpers (the kernel's
-//! `nf_conntrack_{ftp,irc,tftp,amanda,sane}.c`).
+//! The conntrack helpers (the kernel's `nf_conntrack_{ftp,irc,tftp,amanda,sane}.c`
+//! and its SIP, PPTP, NetBIOS-NS and SNMP helpers): their registry, and per
+//! helper a payload parser and its glue.
 //!
 //! Each parser reads the bytes of a control connection and returns a typed
 //! announcement of the data connection that will follow. They do no I/O,
 //! never allocate, never panic on any input and do work linear in the input.
-//! Turning an announcement into an expectation (anti-bounce address checks,
-//! masks, per-helper limits, policy) is the caller's job; the parsers return
-//! every address they read so that the caller can make those checks.
+//! Each helper's glue (its `help` function) runs the parser on an accepted
+//! packet and turns what it read into expectation requests through a
+//! [`HelpCx`]: it makes the helper's own checks (anti-bounce addresses,
+//! masks) and leaves the rest (clashes, `max_expected`, timeouts) to the
+//! expectation table.
 //!
 //! Error convention shared by the parsers: `Ok(None)` means "not a message
 //! this helper acts on" (most traffic), `Err(ParseErr)` means "this is such a
@@ -14,12 +17,174 @@
 //! it; the caller counts a helper parse error).
 
 pub mod amanda;
+pub mod broadcast;
 pub mod ftp;
 pub mod irc;
 pub mod pptp;
 pub mod sane;
 pub mod sip;
 pub mod tftp;
+
+use crate::expect::{ExpectPolicy, ExpectSpec, Mask};
+use crate::linebuf::LineBuf;
+use crate::tuple::{ipproto, Addr, Family, Tuple};
+
+pub(crate) use crate::table::HelpCx;
+
+/// Declares the helpers from one list: [`HelperKind`] and its `COUNT`,
+/// `ALL`, names, well-known ports and dispatch, and [`REGISTRY`].
+macro_rules! registry {
+    ($(
+        $kind:ident $name:literal $glue:ident [$(($proto:ident, $port:literal)),*]
+        max $max:literal timeout $timeout:literal;
+    )*) => {
+        /// Conntrack helpers, by their kernel names; in [`REGISTRY`] order,
+        /// which numbers per-helper arrays (`kind as usize`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum HelperKind {
+            $(
+                #[doc = concat!("`", $name, "`.")]
+                $kind,
+            )*
+        }
+
+        impl HelperKind {
+            /// Number of helpers: the size of every per-helper array.
+            pub const COUNT: usize = [$(HelperKind::$kind),*].len();
+
+            /// Every helper, in registry order.
+            pub const ALL: &'static [HelperKind; HelperKind::COUNT] = &[$(HelperKind::$kind),*];
+
+            /// The helper the kernel registers on the well-known port of a
+            /// connection's destination (for automatic assignment).
+            pub fn for_port(t: &Tuple) -> Option<HelperKind> {
+                Some(match (t.proto, t.dst_port) {
+                    $($((ipproto::$proto, $port))|* => HelperKind::$kind,)*
+                    _ => return None,
+                })
+            }
+
+            /// Runs the helper's glue on a packet (a `match`: static calls).
+            #[inline]
+            pub(crate) fn help(self, cx: &mut HelpCx<'_, '_>) {
+                match self {
+                    $(HelperKind::$kind => $glue::help(cx),)*
+                }
+            }
+        }
+
+        /// Every helper's constants, indexed by `HelperKind as usize`.
+        pub const REGISTRY: [HelperSpec; HelperKind::COUNT] = [$(
+            HelperSpec {
+                kind: HelperKind::$kind,
+                name: $name,
+                ports: &[$((ipproto::$proto, $port)),*],
+                policy: ExpectPolicy { max_expected: $max, timeout: $timeout },
+            },
+        )*];
+    };
+}
+
+// The registry. Adding a helper means: its file here (parser, `help` glue,
+// tests; per-connection state, if any, a field of `HelpState` below), its
+// module line above, one line below, and its fuzz target (`fuzz/`). Every
+// per-helper array, name lookup, config key, metric label and CLI choice
+// follows from this list. Order fixes `HelperKind as usize`: append.
+//
+// kind      name          glue       well-known ports        kernel default expectation policy
+registry! {
+    Ftp       "ftp"         ftp        [(TCP, 21)]               max 1 timeout 300;
+    Tftp      "tftp"        tftp       [(UDP, 69)]               max 1 timeout 300;
+    Irc       "irc"         irc        [(TCP, 6667)]             max 8 timeout 300;
+    // Audio and video, RTP and RTCP, offered by both parties.
+    Sip       "sip"         sip        [(TCP, 5060), (UDP, 5060)] max 8 timeout 180;
+    // Four since the kernel learnt STATE streams.
+    Amanda    "amanda"      amanda     [(UDP, 10080)]            max 4 timeout 180;
+    Sane      "sane"        sane       [(TCP, 6566)]             max 1 timeout 300;
+    Pptp      "pptp"        pptp       [(TCP, 1723)]             max 2 timeout 300;
+    NetbiosNs "netbios-ns"  broadcast  [(UDP, 137)]              max 1 timeout 3;
+    Snmp      "snmp"        broadcast  [(UDP, 161)]              max 1 timeout 30;
+}
+
+// Helper codes (`kind + 1`, 0 for none) are stored in a `u8`.
+const _: () = assert!(HelperKind::COUNT < u8::MAX as usize);
+
+/// A helper's constants: one row of [`REGISTRY`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelperSpec {
+    /// The helper.
+    pub kind: HelperKind,
+    /// Kernel name: in config files, the control protocol, metric labels and
+    /// listings.
+    pub name: &'static str,
+    /// (L4 protocol, destination port) pairs it is assigned to automatically.
+    pub ports: &'static [(u8, u16)],
+    /// The kernel's default expectation policy.
+    pub policy: ExpectPolicy,
+}
+
+impl HelperKind {
+    /// Its row of [`REGISTRY`].
+    #[inline]
+    pub fn spec(self) -> &'static HelperSpec {
+        &REGISTRY[self as usize]
+    }
+
+    /// Kernel name.
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// From a kernel name.
+    pub fn from_name(s: &str) -> Option<HelperKind> {
+        REGISTRY.iter().find(|h| h.name == s).map(|h| h.kind)
+    }
+
+    /// Every kernel name, in registry order, joined by `sep` (for messages).
+    pub fn names(sep: &str) -> String {
+        REGISTRY.map(|h| h.name).join(sep)
+    }
+}
+
+/// Per-connection state of a helper.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HelpState {
+    /// Line reassembly per direction (FTP, IRC).
+    pub(crate) lines: [LineBuf; 2],
+    pub(crate) sane: sane::SaneState,
+    pub(crate) pptp: pptp::PptpState,
+}
+
+/// A TCP connection from `src` (any port; any address if `any_src`) to
+/// `dst:port`. The caller sets the requesting helper.
+pub(crate) fn expected_tcp(
+    src: Addr,
+    dst: Addr,
+    port: u16,
+    family: Family,
+    any_src: bool,
+) -> ExpectSpec {
+    ExpectSpec {
+        tuple: Tuple {
+            src,
+            dst,
+            src_port: 0,
+            dst_port: port,
+            proto: ipproto::TCP,
+            family,
+        },
+        mask: Mask {
+            src_addr: any_src,
+            src_port: true,
+            src_prefix: 0,
+        },
+        helper: HelperKind::Ftp,
+        child_helper: None,
+        permanent: false,
+        timeout: None,
+    }
+}
 
 /// Why a helper refused a message that looked like one it acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -104,6 +269,28 @@ pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_is_in_kind_order_with_unique_names_and_ports() {
+        for (i, h) in REGISTRY.iter().enumerate() {
+            assert_eq!(h.kind as usize, i);
+            assert_eq!(HelperKind::ALL[i], h.kind);
+            assert_eq!(HelperKind::from_name(h.name), Some(h.kind));
+            for &(proto, port) in h.ports {
+                let t = Tuple {
+                    proto,
+                    dst_port: port,
+                    ..Tuple::default()
+                };
+                assert_eq!(HelperKind::for_port(&t), Some(h.kind), "{}", h.name);
+            }
+        }
+        assert_eq!(
+            HelperKind::names(", "),
+            "ftp, tftp, irc, sip, amanda, sane, pptp, netbios-ns, snmp"
+        );
+        assert_eq!(HelperKind::from_name("FTP"), None);
+    }
 
     #[test]
     fn helpers_digits_saturate_and_count_zeros() {

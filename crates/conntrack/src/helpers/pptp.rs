@@ -5,7 +5,11 @@
 //! id. Like the kernel, the parser reads the control message that starts a
 //! segment and ignores messages shorter than their fixed size.
 
-use super::ParseErr;
+use super::{HelpCx, ParseErr};
+use crate::expect::{ExpectSpec, Mask};
+use crate::packet::L4;
+use crate::tuple::{ipproto, Tuple};
+use crate::CtState;
 
 /// `PPTP_MAGIC_COOKIE`.
 const MAGIC: u32 = 0x1A2B_3C4D;
@@ -301,6 +305,60 @@ pub fn on_message(st: &mut PptpState, from_pns: bool, msg: PptpMsg) -> PptpActio
         _ => {}
     }
     PptpAction::None
+}
+
+/// The two GRE tuples of a PPTP call on control connection `orig`.
+pub(crate) fn gre_tuples(orig: &Tuple, st: &PptpState) -> [Tuple; 2] {
+    let pns_to_pac = Tuple {
+        src: orig.src,
+        dst: orig.dst,
+        src_port: st.pns_call_id,
+        dst_port: st.pac_call_id,
+        proto: ipproto::GRE,
+        family: orig.family,
+    };
+    [pns_to_pac, pns_to_pac.invert()]
+}
+
+/// The glue: on an established control connection, a call that comes up
+/// expects its two GRE flows (and their keys are learnt); a call that ends
+/// is torn down.
+pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
+    let L4::Tcp(seg) = cx.pkt.l4 else {
+        return;
+    };
+    if seg.payload.is_empty() || cx.track.state != CtState::Established {
+        return;
+    }
+    cx.parsed();
+    match parse(seg.payload) {
+        Ok(None) => {}
+        Err(_) => cx.asks().error(),
+        Ok(Some(msg)) => {
+            let from_client = cx.from_client;
+            let (st, _) = cx.state();
+            let action = on_message(&mut st.pptp, from_client, msg);
+            let st = st.pptp;
+            match action {
+                PptpAction::None => {}
+                PptpAction::ExpectGre { .. } => {
+                    let kind = cx.kind;
+                    for t in gre_tuples(&cx.orig, &st) {
+                        cx.asks().push(ExpectSpec {
+                            tuple: t,
+                            mask: Mask::default(),
+                            helper: kind,
+                            child_helper: None,
+                            permanent: false,
+                            timeout: None,
+                        });
+                        cx.learn_gre_key(&t);
+                    }
+                }
+                PptpAction::TearDown => cx.pptp_teardown(&st),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

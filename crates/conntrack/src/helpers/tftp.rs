@@ -18,7 +18,10 @@
 //! a reply pinhole. Unknown mode names are accepted (reported as
 //! [`TftpMode::Other`]): the server refuses them, but they are well-formed.
 
-use super::ParseErr;
+use super::{HelpCx, HelperKind, ParseErr};
+use crate::expect::{ExpectSpec, Mask};
+use crate::packet::L4;
+use crate::tuple::{ipproto, Tuple};
 
 /// Request opcode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,6 +92,42 @@ fn cstr(s: &[u8]) -> Result<(&[u8], &[u8]), ParseErr> {
         return Err(ParseErr::BadSyntax);
     }
     Ok((&s[..nul], &s[nul + 1..]))
+}
+
+/// The glue: a request expects the server's answer from any port back to
+/// the client's.
+pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
+    let L4::Udp { payload } = cx.pkt.l4 else {
+        return;
+    };
+    if !cx.from_client {
+        return;
+    }
+    cx.parsed();
+    let orig = cx.orig;
+    match parse(payload) {
+        Ok(Some(_)) => cx.asks().push(ExpectSpec {
+            tuple: Tuple {
+                src: orig.dst,
+                dst: orig.src,
+                src_port: 0,
+                dst_port: orig.src_port,
+                proto: ipproto::UDP,
+                family: orig.family,
+            },
+            mask: Mask {
+                src_addr: false,
+                src_port: true,
+                src_prefix: 0,
+            },
+            helper: HelperKind::Tftp,
+            child_helper: None,
+            permanent: false,
+            timeout: None,
+        }),
+        Ok(None) => {}
+        Err(_) => cx.asks().error(),
+    }
 }
 
 #[cfg(test)]

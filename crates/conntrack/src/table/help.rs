@@ -1,47 +1,25 @@
-//! Running helpers on accepted packets (the kernel's helper hook): per-connection
-//! helper state, the glue from each parser's announcements to expectations, and
-//! the anti-bounce checks.
+//! Running helpers on accepted packets (the kernel's helper hook): the slab of
+//! per-connection helper state, the context a helper's glue runs in
+//! (`HelpCx`: its packet, its state, what it may ask of the table), the
+//! expectations it asked for, and the GRE keys the PPTP helper learns.
 //!
-//! Who may be announced, as in the kernel:
-//! - FTP `PORT`/`EPRT` (client) and `227` (server) name an address that must be
-//!   the sender's own (else a third host could be "bounced" into), unless
-//!   `ftp_loose` is set; `229` names only a port on the server. The expected
-//!   connection comes from the other end of the control connection, any source
-//!   port, to the announced address and port. An address of the other family
-//!   than the control connection is refused.
-//! - IRC DCC offers (client to server) name the client's own address; the peer
-//!   that will connect is unknown: any source address and port.
-//! - TFTP requests expect the server's answer from any port back to the client's.
-//! - SANE and Amanda announce a port on the connection's original destination
-//!   that its original source will connect to (Amanda: in the reply direction).
+//! Which helper runs is the registry's `match` (`HelperKind::help`); each
+//! helper's glue, with the anti-bounce checks it makes, lives beside its
+//! parser in `crate::helpers`.
 
 use super::entry::status;
 use super::{Conntrack, NONE};
 use crate::expect::helper_of;
-use crate::expect::{ExpectSpec, Mask};
-use crate::helpers::pptp::{self, PptpAction, PptpState};
-use crate::helpers::sip::{self, Method};
-use crate::helpers::{amanda, ftp, irc, sane, tftp};
+use crate::expect::{ExpectPolicy, ExpectSpec};
+use crate::helpers::pptp::{self, PptpState};
+use crate::helpers::{HelpState, HelperKind};
 use crate::linebuf::LineBuf;
 use crate::packet::{Packet, L4};
 use crate::table::Track;
-use crate::tuple::{ipproto, Addr, Family, Tuple};
-use crate::HelperKind;
-
-/// Per-connection state of a helper.
-#[derive(Clone, Debug, Default)]
-pub(super) struct HelpState {
-    /// Line reassembly per direction (FTP, IRC).
-    lines: [LineBuf; 2],
-    sane: sane::SaneState,
-    pptp: PptpState,
-}
+use crate::tuple::{Addr, Family, Tuple};
 
 /// Most GRE keys the PPTP helper remembers at once (two per call).
 pub(super) const KEYMAP_MAX: usize = 4096;
-/// Seconds a SIP signalling flow over UDP lives after each message (the
-/// kernel's `sip_timeout`): registrations and calls outlast the UDP timeout.
-pub(super) const SIP_TIMEOUT: u32 = 3600;
 /// Seconds an unreplied PPTP GRE flow lives (`PPTP_GRE_TIMEOUT`).
 pub(super) const PPTP_GRE_TIMEOUT: u32 = 600;
 /// Seconds a replied PPTP GRE flow lives (`PPTP_GRE_STREAM_TIMEOUT`).
@@ -62,21 +40,24 @@ pub(super) struct KeyMap {
     src_key: u16,
 }
 
+/// Per-helper counters, indexed by `HelperKind as usize`.
+type PerHelper = [u64; HelperKind::COUNT];
+
 /// Helper counters, per helper (indexed by `HelperKind as usize`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HelperStats {
     /// Packets the helper parsed.
-    pub packets: [u64; 9],
+    pub packets: PerHelper,
     /// Malformed helper messages.
-    pub parse_errors: [u64; 9],
+    pub parse_errors: PerHelper,
     /// Expectations created.
-    pub expectations: [u64; 9],
+    pub expectations: PerHelper,
     /// Announcements refused: address not the sender's (bounce), family mismatch.
-    pub refused: [u64; 9],
+    pub refused: PerHelper,
     /// Expectations the table refused (full, clash).
-    pub expect_failed: [u64; 9],
+    pub expect_failed: PerHelper,
     /// Connections that got no helper state because the helper slab was full.
-    pub no_state: [u64; 9],
+    pub no_state: PerHelper,
 }
 
 /// The slab of helper states, allocated once.
@@ -107,8 +88,145 @@ impl Helps {
     }
 }
 
-fn ip_to_addr(ip: std::net::IpAddr) -> (Family, Addr) {
-    Addr::from_ip(ip)
+/// Most announcements one packet may carry (SIP: 8 streams, RTP and RTCP).
+const ASKS_MAX: usize = 16;
+
+/// What a helper's glue hands back after one packet, besides what it did
+/// through [`HelpCx`] at once.
+#[derive(Debug)]
+pub(crate) struct Asks {
+    specs: [Option<ExpectSpec>; ASKS_MAX],
+    n: usize,
+    errors: u64,
+    refused: u64,
+    end_call: bool,
+    unregister: Option<Tuple>,
+}
+
+impl Asks {
+    /// Asks for an expectation (the table sets the asking helper; beyond
+    /// `ASKS_MAX` a packet's requests are dropped).
+    pub(crate) fn push(&mut self, spec: ExpectSpec) {
+        if let Some(slot) = self.specs.get_mut(self.n) {
+            *slot = Some(spec);
+            self.n += 1;
+        }
+    }
+
+    /// Counts a malformed helper message.
+    pub(crate) fn error(&mut self) {
+        self.errors += 1;
+    }
+
+    /// Counts a refused announcement (bounce, family mismatch).
+    pub(crate) fn refuse(&mut self) {
+        self.refused += 1;
+    }
+
+    /// The call ends (SIP `BYE`, `CANCEL`): the connection's expectations go.
+    pub(crate) fn end_call(&mut self) {
+        self.end_call = true;
+    }
+
+    /// The expectation for `t` goes (a SIP registration with expires 0).
+    pub(crate) fn unregister(&mut self, t: Tuple) {
+        self.unregister = Some(t);
+    }
+}
+
+/// One run of a helper on one accepted packet of a connection it is
+/// attached to: what its glue reads, and what it may ask of the table.
+pub(crate) struct HelpCx<'a, 'p> {
+    ct: &'a mut Conntrack,
+    idx: u32,
+    help: usize,
+    /// The helper.
+    pub(crate) kind: HelperKind,
+    /// The packet.
+    pub(crate) pkt: &'a Packet<'p>,
+    /// Its tracking result.
+    pub(crate) track: &'a Track,
+    /// The connection's original tuple.
+    pub(crate) orig: Tuple,
+    /// The packet goes in the original direction.
+    pub(crate) from_client: bool,
+    /// The packet's time.
+    pub(crate) now: u64,
+    // A reference: the requests are a kilobyte, not to be moved.
+    asks: &'a mut Asks,
+}
+
+impl HelpCx<'_, '_> {
+    /// Counts a packet the helper parses.
+    pub(crate) fn parsed(&mut self) {
+        self.ct.help_stats.packets[self.kind as usize] += 1;
+    }
+
+    /// Requests and counts for the table.
+    pub(crate) fn asks(&mut self) -> &mut Asks {
+        self.asks
+    }
+
+    /// The connection's helper state and the requests, borrowed together.
+    pub(crate) fn state(&mut self) -> (&mut HelpState, &mut Asks) {
+        (&mut self.ct.helps.states[self.help], self.asks)
+    }
+
+    /// The line buffer of the packet's direction and the requests.
+    pub(crate) fn lines(&mut self) -> (&mut LineBuf, &mut Asks) {
+        let dir = usize::from(self.track.reply);
+        let (st, asks) = self.state();
+        (&mut st.lines[dir], asks)
+    }
+
+    /// The helper's expectation policy.
+    pub(crate) fn policy(&self) -> ExpectPolicy {
+        self.ct.cfg.expect_policy[self.kind as usize]
+    }
+
+    /// The FTP helper accepts third-party addresses (`ftp_loose`).
+    pub(crate) fn ftp_loose(&self) -> bool {
+        self.ct.cfg.ftp_loose
+    }
+
+    /// Sets the connection's deadline (nanoseconds).
+    pub(crate) fn set_deadline(&mut self, deadline: u64) {
+        self.ct.set_deadline(self.idx, deadline);
+    }
+
+    /// PPTP: remembers the GRE key of `t` (a call's GRE tuple) and tells the
+    /// other shards.
+    pub(crate) fn learn_gre_key(&mut self, t: &Tuple) {
+        let ct = &mut *self.ct;
+        let origin = crate::expect::Origin {
+            worker: ct.expects.shard().unwrap_or(0),
+            id: self.idx,
+        };
+        if ct.keymap.len() < KEYMAP_MAX {
+            ct.keymap.push(KeyMap {
+                master: self.idx,
+                origin,
+                src: t.src,
+                dst: t.dst,
+                family: t.family,
+                dst_key: t.dst_port,
+                src_key: t.src_port,
+            });
+        }
+        ct.expects.announce(crate::expect::ExpectMsg::GreKey {
+            origin,
+            src: t.src,
+            dst: t.dst,
+            family: t.family,
+            dst_key: t.dst_port,
+            src_key: t.src_port,
+        });
+    }
+
+    /// PPTP: the call `st` ends.
+    pub(crate) fn pptp_teardown(&mut self, st: &PptpState) {
+        self.ct.pptp_teardown(self.idx, st, self.now);
+    }
 }
 
 impl Conntrack {
@@ -144,334 +262,61 @@ impl Conntrack {
         let Some(kind) = helper_of(e.helper) else {
             return;
         };
-        let orig = e.orig.tuple(&self.v6hi[idx as usize]);
-        let help = help as usize;
-        let from_client = !track.reply;
-        // At most 16 announcements per packet (SIP: 8 streams, RTP and RTCP).
-        let mut asks: [Option<ExpectSpec>; 16] = [None; 16];
-        let mut end_call = false;
-        let mut unregister: Option<Tuple> = None;
-        let mut n = 0;
-        let mut push = |spec: ExpectSpec| {
-            if let Some(slot) = asks.get_mut(n) {
-                *slot = Some(spec);
-                n += 1;
-            }
+        self.run_helper(kind, idx, help, track, pkt, now);
+    }
+
+    /// [`Self::help`] past its checks. Kept out of line: most packets have
+    /// no helper, and the pipeline's loop stays small without this body.
+    #[inline(never)]
+    fn run_helper(
+        &mut self,
+        kind: HelperKind,
+        idx: u32,
+        help: u32,
+        track: &Track,
+        pkt: &Packet<'_>,
+        now: u64,
+    ) {
+        let orig = self.entries[idx as usize]
+            .orig
+            .tuple(&self.v6hi[idx as usize]);
+        let mut asks = Asks {
+            specs: [None; ASKS_MAX],
+            n: 0,
+            errors: 0,
+            refused: 0,
+            end_call: false,
+            unregister: None,
         };
+        kind.help(&mut HelpCx {
+            ct: self,
+            idx,
+            help: help as usize,
+            kind,
+            pkt,
+            track,
+            orig,
+            from_client: !track.reply,
+            now,
+            asks: &mut asks,
+        });
         let ks = kind as usize;
-        let mut errors = 0u64;
-        let mut refused = 0u64;
-        match (kind, pkt.l4) {
-            (HelperKind::Ftp, L4::Tcp(seg)) if !seg.payload.is_empty() => {
-                self.help_stats.packets[ks] += 1;
-                let dir = usize::from(track.reply);
-                let sender = pkt.tuple;
-                let loose = self.cfg.ftp_loose;
-                self.helps.states[help].lines[dir].feed(seg.seq, seg.payload, |line| {
-                    match ftp::parse_line(line, from_client) {
-                        Ok(None) => {}
-                        Err(_) => errors += 1,
-                        Ok(Some(cmd)) => {
-                            let (fam, addr) = match cmd.addr {
-                                Some(ip) => ip_to_addr(ip),
-                                // 229: the server's own address.
-                                None => (sender.family, sender.src),
-                            };
-                            if fam != sender.family || (!loose && addr != sender.src) {
-                                refused += 1;
-                                return;
-                            }
-                            push(expected_tcp(
-                                sender.dst,
-                                addr,
-                                cmd.port,
-                                sender.family,
-                                false,
-                            ));
-                        }
-                    }
-                });
-            }
-            (HelperKind::Irc, L4::Tcp(seg)) if !seg.payload.is_empty() => {
-                self.help_stats.packets[ks] += 1;
-                let dir = usize::from(track.reply);
-                let sender = pkt.tuple;
-                self.helps.states[help].lines[dir].feed(seg.seq, seg.payload, |line| {
-                    if !from_client {
-                        return;
-                    }
-                    // The kernel acts on the first offer naming the sender.
-                    let mut saw_err = false;
-                    for offer in irc::offers(line) {
-                        match offer {
-                            Err(_) => saw_err = true,
-                            Ok(o) => {
-                                let (fam, addr) = ip_to_addr(o.addr);
-                                if fam != sender.family || addr != sender.src {
-                                    refused += 1;
-                                    continue;
-                                }
-                                push(expected_tcp(Addr(0), addr, o.port, fam, true));
-                                return;
-                            }
-                        }
-                    }
-                    if saw_err {
-                        errors += 1;
-                    }
-                });
-            }
-            (HelperKind::Tftp, L4::Udp { payload }) if from_client => {
-                self.help_stats.packets[ks] += 1;
-                match tftp::parse(payload) {
-                    Ok(Some(_)) => push(ExpectSpec {
-                        tuple: Tuple {
-                            src: orig.dst,
-                            dst: orig.src,
-                            src_port: 0,
-                            dst_port: orig.src_port,
-                            proto: ipproto::UDP,
-                            family: orig.family,
-                        },
-                        mask: Mask {
-                            src_addr: false,
-                            src_port: true,
-                            src_prefix: 0,
-                        },
-                        helper: HelperKind::Tftp,
-                        child_helper: None,
-                        permanent: false,
-                        timeout: None,
-                    }),
-                    Ok(None) => {}
-                    Err(_) => errors += 1,
-                }
-            }
-            (HelperKind::Amanda, L4::Udp { payload }) if !from_client => {
-                // Only the answer (reply direction) names ports; it may come late,
-                // so the master lives 300 s (the kernel's `master_timeout`).
-                self.help_stats.packets[ks] += 1;
-                self.set_deadline(idx, now + 300 * crate::timeouts::SEC);
-                let ports = amanda::parse(payload);
-                if ports.error().is_some() {
-                    errors += 1;
-                }
-                for &(_, port) in ports.as_slice() {
-                    push(expected_tcp(orig.src, orig.dst, port, orig.family, false));
-                }
-            }
-            (HelperKind::Sane, L4::Tcp(seg)) if !seg.payload.is_empty() => {
-                self.help_stats.packets[ks] += 1;
-                let st = &mut self.helps.states[help].sane;
-                if let Some(port) = sane::on_payload(st, from_client, seg.payload) {
-                    push(expected_tcp(orig.src, orig.dst, port, orig.family, false));
-                }
-            }
-            (HelperKind::Pptp, L4::Tcp(seg))
-                if !seg.payload.is_empty() && track.state == crate::CtState::Established =>
-            {
-                self.help_stats.packets[ks] += 1;
-                match pptp::parse(seg.payload) {
-                    Ok(None) => {}
-                    Err(_) => errors += 1,
-                    Ok(Some(msg)) => {
-                        let st = &mut self.helps.states[help].pptp;
-                        match pptp::on_message(st, from_client, msg) {
-                            PptpAction::None => {}
-                            PptpAction::ExpectGre { .. } => {
-                                let st = *st;
-                                for t in Self::pptp_gre_tuples(&orig, &st) {
-                                    push(ExpectSpec {
-                                        tuple: t,
-                                        mask: Mask::default(),
-                                        helper: kind,
-                                        child_helper: None,
-                                        permanent: false,
-                                        timeout: None,
-                                    });
-                                    let origin = crate::expect::Origin {
-                                        worker: self.expects.shard().unwrap_or(0),
-                                        id: idx,
-                                    };
-                                    if self.keymap.len() < KEYMAP_MAX {
-                                        self.keymap.push(KeyMap {
-                                            master: idx,
-                                            origin,
-                                            src: t.src,
-                                            dst: t.dst,
-                                            family: t.family,
-                                            dst_key: t.dst_port,
-                                            src_key: t.src_port,
-                                        });
-                                    }
-                                    self.expects.announce(crate::expect::ExpectMsg::GreKey {
-                                        origin,
-                                        src: t.src,
-                                        dst: t.dst,
-                                        family: t.family,
-                                        dst_key: t.dst_port,
-                                        src_key: t.src_port,
-                                    });
-                                }
-                            }
-                            PptpAction::TearDown => {
-                                let st = *st;
-                                self.pptp_teardown(idx, &st, now);
-                            }
-                        }
-                    }
-                }
-            }
-            (
-                HelperKind::Sip,
-                L4::Udp { payload } | L4::Tcp(crate::packet::TcpSeg { payload, .. }),
-            ) if !payload.is_empty() => {
-                self.help_stats.packets[ks] += 1;
-                let sender = pkt.tuple;
-                let stream = matches!(pkt.l4, L4::Tcp(_));
-                if !stream {
-                    self.set_deadline(idx, now + u64::from(SIP_TIMEOUT) * crate::timeouts::SEC);
-                }
-                let mut rest = payload;
-                while !rest.is_empty() {
-                    let (msg, used) = match sip::parse(rest) {
-                        Ok(x) => x,
-                        // The rest of a message continues in the next segment.
-                        Err(crate::helpers::ParseErr::Truncated) if stream => break,
-                        Err(_) => {
-                            errors += 1;
-                            break;
-                        }
-                    };
-                    if matches!(msg.request, Some(Method::Bye | Method::Cancel)) {
-                        end_call = true;
-                    } else if msg.request.is_none()
-                        && (200..300).contains(&msg.status)
-                        && msg.cseq_method == Method::Register
-                    {
-                        // A registration: the UA (this answer's receiver) may
-                        // be called by the registrar at its Contact.
-                        if let Some(c) = msg.contact {
-                            let (fam, addr) = ip_to_addr(c.addr);
-                            let expires = c.expires.or(msg.expires).unwrap_or(3600);
-                            if fam != sender.family || addr != sender.dst {
-                                // Third-party registrations are not followed.
-                                refused += 1;
-                            } else {
-                                let tuple = Tuple {
-                                    src: sender.src,
-                                    dst: addr,
-                                    src_port: 0,
-                                    dst_port: c.port,
-                                    proto: sender.proto,
-                                    family: fam,
-                                };
-                                if expires == 0 {
-                                    unregister = Some(tuple);
-                                } else {
-                                    push(ExpectSpec {
-                                        tuple,
-                                        mask: Mask {
-                                            src_addr: false,
-                                            src_port: true,
-                                            src_prefix: 0,
-                                        },
-                                        helper: kind,
-                                        child_helper: Some(HelperKind::Sip),
-                                        permanent: true,
-                                        timeout: Some(expires),
-                                    });
-                                }
-                            }
-                        }
-                    } else if msg.carries_offer_or_answer() {
-                        for m in msg.media() {
-                            let (fam, addr) = ip_to_addr(m.addr);
-                            // Direct media: only the sender's own address, and
-                            // only from the other signalling party.
-                            if fam != sender.family || addr != sender.src {
-                                refused += 1;
-                                continue;
-                            }
-                            for port in [m.port, m.rtcp_port] {
-                                push(ExpectSpec {
-                                    tuple: Tuple {
-                                        src: sender.dst,
-                                        dst: addr,
-                                        src_port: 0,
-                                        dst_port: port,
-                                        proto: ipproto::UDP,
-                                        family: fam,
-                                    },
-                                    mask: Mask {
-                                        src_addr: false,
-                                        src_port: true,
-                                        src_prefix: 0,
-                                    },
-                                    helper: kind,
-                                    child_helper: None,
-                                    permanent: false,
-                                    timeout: None,
-                                });
-                            }
-                        }
-                    }
-                    if !stream || used == 0 || used >= rest.len() {
-                        break;
-                    }
-                    rest = &rest[used..];
-                }
-            }
-            (HelperKind::NetbiosNs | HelperKind::Snmp, L4::Udp { .. }) if from_client => {
-                // Broadcast queries: answers come from whichever hosts of the
-                // subnet reply, to the client's port (kernel
-                // `nf_conntrack_broadcast_help`, which only acts on queries to a
-                // directed broadcast address).
-                let Some(prefix) = broadcast_prefix(pkt.tuple.dst, pkt.tuple.family) else {
-                    return;
-                };
-                self.help_stats.packets[ks] += 1;
-                push(ExpectSpec {
-                    tuple: Tuple {
-                        src: pkt.tuple.dst,
-                        dst: pkt.tuple.src,
-                        src_port: pkt.tuple.dst_port,
-                        dst_port: pkt.tuple.src_port,
-                        proto: ipproto::UDP,
-                        family: pkt.tuple.family,
-                    },
-                    mask: Mask {
-                        src_addr: false,
-                        src_port: false,
-                        src_prefix: prefix,
-                    },
-                    helper: kind,
-                    child_helper: None,
-                    permanent: true,
-                    timeout: None,
-                });
-                // The query's own entry lives as long as its expectation.
-                let tmo = u64::from(self.cfg.expect_policy[ks].timeout) * crate::timeouts::SEC;
-                self.set_deadline(idx, now + tmo);
-            }
-            _ => {}
-        }
-        if end_call {
+        if asks.end_call {
             // BYE or CANCEL: the call's media expectations go.
             let head = core::mem::replace(&mut self.ext[idx as usize].exp_head, NONE);
             if head != NONE {
                 self.expects.remove_all(head);
             }
         }
-        if let Some(t) = unregister {
+        if let Some(t) = asks.unregister {
             // Expires 0: the binding (and its expectation) goes.
             if let Some(slot) = self.expects.find(&t, now) {
                 self.unlink_expectation(slot, true);
             }
         }
-        self.help_stats.parse_errors[ks] += errors;
-        self.help_stats.refused[ks] += refused;
-        for spec in asks.iter().take(n).flatten() {
+        self.help_stats.parse_errors[ks] += asks.errors;
+        self.help_stats.refused[ks] += asks.refused;
+        for spec in asks.specs.iter().take(asks.n).flatten() {
             let mut spec = *spec;
             // Limits and timeouts are those of the helper that asked.
             spec.helper = kind;
@@ -492,19 +337,6 @@ impl Conntrack {
             .map(|k| k.src_key)
     }
 
-    /// The two GRE tuples of a PPTP call on control connection `orig`.
-    fn pptp_gre_tuples(orig: &Tuple, st: &PptpState) -> [Tuple; 2] {
-        let pns_to_pac = Tuple {
-            src: orig.src,
-            dst: orig.dst,
-            src_port: st.pns_call_id,
-            dst_port: st.pac_call_id,
-            proto: ipproto::GRE,
-            family: orig.family,
-        };
-        [pns_to_pac, pns_to_pac.invert()]
-    }
-
     /// A GRE connection was created from one of a call's two expectations: the
     /// other one is no longer needed (the kernel's `pptp_expectfn`).
     pub(super) fn pptp_expected(&mut self, t: &Tuple, now: u64) {
@@ -518,7 +350,7 @@ impl Conntrack {
     /// (`pptp_destroy_siblings`). Expectations go with them.
     fn pptp_teardown(&mut self, master: u32, st: &PptpState, now: u64) {
         let orig = self.orig(master);
-        let tuples = Self::pptp_gre_tuples(&orig, st);
+        let tuples = pptp::gre_tuples(&orig, st);
         self.expects
             .announce(crate::expect::ExpectMsg::GreTeardown {
                 origin: crate::expect::Origin {
@@ -596,81 +428,5 @@ impl Conntrack {
     /// Helper counters.
     pub fn helper_stats(&self) -> &HelperStats {
         &self.help_stats
-    }
-}
-
-/// A TCP connection from `src` (any port; any address if `any_src`) to
-/// `dst:port`. The caller sets the requesting helper.
-fn expected_tcp(src: Addr, dst: Addr, port: u16, family: Family, any_src: bool) -> ExpectSpec {
-    ExpectSpec {
-        tuple: Tuple {
-            src,
-            dst,
-            src_port: 0,
-            dst_port: port,
-            proto: ipproto::TCP,
-            family,
-        },
-        mask: Mask {
-            src_addr: any_src,
-            src_port: true,
-            src_prefix: 0,
-        },
-        helper: HelperKind::Ftp,
-        child_helper: None,
-        permanent: false,
-        timeout: None,
-    }
-}
-
-/// The prefix length of the subnet whose directed broadcast address `dst` is
-/// (host bits all ones), for IPv4; `None` for anything else. A bridge has no
-/// interface address to read the mask from, as the kernel does, so the mask is
-/// inferred from the address itself: whole trailing 255 octets mark the host
-/// part (x.y.z.255 is a /24's broadcast even where it could be a /20's), and
-/// below an octet the trailing one bits do (x.y.z.127 is a /25's). The limited
-/// broadcast 255.255.255.255 names no subnet and, as in the kernel, gets no
-/// expectation.
-fn broadcast_prefix(dst: Addr, family: Family) -> Option<u8> {
-    if family != Family::V4 {
-        return None;
-    }
-    let a = u32::try_from(dst.0).ok()?;
-    let ones = a.trailing_ones();
-    if !(2..32).contains(&ones) {
-        return None;
-    }
-    let host = if ones >= 8 { ones / 8 * 8 } else { ones };
-    u8::try_from(32 - host).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broadcast_prefixes() {
-        assert_eq!(
-            broadcast_prefix(Addr::v4([192, 168, 239, 255]), Family::V4),
-            Some(24)
-        );
-        assert_eq!(
-            broadcast_prefix(Addr::v4([10, 255, 255, 255]), Family::V4),
-            Some(8)
-        );
-        assert_eq!(
-            broadcast_prefix(Addr::v4([172, 16, 255, 255]), Family::V4),
-            Some(16)
-        );
-        assert_eq!(
-            broadcast_prefix(Addr::v4([10, 0, 0, 127]), Family::V4),
-            Some(25)
-        );
-        assert_eq!(
-            broadcast_prefix(Addr::v4([255, 255, 255, 255]), Family::V4),
-            None
-        );
-        assert_eq!(broadcast_prefix(Addr::v4([10, 0, 0, 1]), Family::V4), None);
-        assert_eq!(broadcast_prefix(Addr(u128::MAX), Family::V6), None);
     }
 }

@@ -36,12 +36,13 @@ mod wheel;
 mod tests;
 
 pub use events::{Event, EventKind, EVENT_BUFFER};
+pub(crate) use help::HelpCx;
 pub use help::HelperStats;
 pub use offload::{Candidate, FastPath, FastState, Reclaim};
 pub use query::ConnInfo;
 pub use track::Track;
 
-use crate::expect::{self, ExpectPolicy, Expectations};
+use crate::expect::{ExpectPolicy, Expectations};
 use crate::index::Index;
 use crate::proto::tcp::TcpConfig;
 use crate::timeouts::{Timeouts, SEC};
@@ -72,7 +73,7 @@ pub struct Config {
     /// Capacity of the expectation table (`nf_conntrack_expect_max`).
     pub expect_max: u32,
     /// Per-helper expectation policy, indexed by `HelperKind as usize`.
-    pub expect_policy: [ExpectPolicy; 9],
+    pub expect_policy: [ExpectPolicy; HelperKind::COUNT],
     /// Connections that can have helper state at once (each holds two 512-byte
     /// line buffers).
     pub helper_slots: u32,
@@ -104,9 +105,7 @@ impl Default for Config {
             ftp_loose: false,
             max_per_source: 0,
             auto_helpers: false,
-            expect_policy: core::array::from_fn(|i| {
-                expect::default_policy(HelperKind::ALL.get(i).copied().unwrap_or(HelperKind::Ftp))
-            }),
+            expect_policy: crate::helpers::REGISTRY.map(|h| h.policy),
         }
     }
 }
