@@ -1,4 +1,4 @@
-//! The configuration: one TOML file (DESIGN.md section 4). Parsing checks
+//! The configuration: one TOML file (reference: the README and deploy/README.md). Parsing checks
 //! syntax, unknown keys and meaning; every error names the line and column
 //! and what is wrong, and all of them are reported at once.
 

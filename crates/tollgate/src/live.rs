@@ -324,7 +324,7 @@ impl Drop for Instance {
     }
 }
 
-/// The policy `tollgate lab` runs when given no config: the DESIGN.md example.
+/// The policy `tollgate lab` runs when given no config: the strict example (deploy/examples/replay-strict.toml).
 pub const LAB_CONFIG: &str = r#"
 [control]
 socket = "/run/tollgate/lab.sock"

@@ -1,7 +1,7 @@
 //! `tollgate replay`: the pipeline on a capture, no NIC. A packet whose source
 //! address is in an inside prefix arrives on `inside`, any other on `outside`
 //! (non-IP frames too); each packet's capture time is the core's `now`.
-//! Output: one JSON object per packet (DESIGN.md section 4).
+//! Output: one JSON object per packet.
 
 use std::collections::BTreeMap;
 use std::io::Write;
