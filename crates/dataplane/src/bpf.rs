@@ -393,20 +393,7 @@ impl XdpProgram {
 
     /// The program's per-CPU `punts` counters, summed.
     fn punt_counts<const N: usize>(&self) -> [u64; N] {
-        let mut out = [0u64; N];
-        for (i, o) in out.iter_mut().enumerate() {
-            // i < 5.
-            #[allow(clippy::cast_possible_truncation)]
-            let key = (i as u32).to_ne_bytes();
-            if let Ok(Some(vals)) = self.skel.maps.punts.lookup_percpu(&key, MapFlags::ANY) {
-                *o = vals
-                    .iter()
-                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                    .map(u64::from_ne_bytes)
-                    .sum();
-            }
-        }
-        out
+        percpu_sums(&self.skel.maps.punts)
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`; returns the
@@ -481,6 +468,23 @@ impl XdpProgram {
         };
         Ok((rv, meta, took))
     }
+}
+
+/// The first `N` slots of a per-CPU array map of `u64`, each summed over
+/// the CPUs (0 where a slot cannot be read).
+pub fn percpu_sums<M: MapCore, const N: usize>(map: &M) -> [u64; N] {
+    let mut out = [0u64; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        let Ok(key) = u32::try_from(i) else { break };
+        if let Ok(Some(vals)) = map.lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY) {
+            *o = vals
+                .iter()
+                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum();
+        }
+    }
+    out
 }
 
 /// XDP action codes.

@@ -894,20 +894,7 @@ impl Offloader {
     /// The sixth: frames the program dropped for want of headroom for its
     /// prefix ([`crate::bpf::Mark::Prefix`]).
     pub fn punts(&self) -> [u64; 6] {
-        let mut out = [0u64; 6];
-        for (i, o) in out.iter_mut().enumerate() {
-            // i < 6.
-            #[allow(clippy::cast_possible_truncation)]
-            let key = (i as u32).to_ne_bytes();
-            if let Ok(Some(vals)) = self.maps.punts.lookup_percpu(&key, MapFlags::ANY) {
-                *o = vals
-                    .iter()
-                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                    .map(u64::from_ne_bytes)
-                    .sum();
-            }
-        }
-        out
+        crate::bpf::percpu_sums(&*self.maps.punts)
     }
 
     /// Connections pending and active now.
