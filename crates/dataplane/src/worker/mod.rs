@@ -8,10 +8,8 @@
 //! (relaxed atomics, one writer) and republishes the core's counters there a
 //! few times a second; the metrics exporter only reads them.
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,14 +17,21 @@ use capture::ether::{self, FrameError, ETH_P_IP, ETH_P_IPV6};
 use conntrack::expect::ExpectMsg;
 use conntrack::pipeline::BATCH;
 use conntrack::policy::{Action, Side};
-use conntrack::shard::Sharding;
-use conntrack::{DropReason, Event, HelperKind, PacketResult, Pipeline};
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use conntrack::{DropReason, Event, PacketResult, Pipeline};
 
 use crate::bpf::{BpfError, Mark, XdpProgram};
 use crate::offload::Offloader;
 use crate::recheck::{OffloadStatus, Watcher};
-use crate::xsk::{Pair, PortError, RingStats};
+use crate::xsk::{Pair, PortError};
+
+mod counters;
+mod fabric;
+mod mailbox;
+
+pub use counters::*;
+pub use fabric::{handoff_queue, Fabric, Handoff, HANDOFF_MAX};
+use mailbox::wake;
+pub use mailbox::{mailbox, Inbox, Job, Mailbox, PostError};
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,440 +67,6 @@ pub struct WorkerConfig {
     /// Spin on the rings instead of sleeping in `poll()` when they are
     /// empty: no wake-up per packet at low rates, the core always busy.
     pub busy_poll: bool,
-}
-
-/// A fixed-bucket histogram written by one thread, read by any.
-#[derive(Debug)]
-pub struct Histogram {
-    /// Upper bounds (inclusive) of the buckets; the last is `u64::MAX` (+Inf).
-    pub bounds: &'static [u64],
-    /// Observations per bucket (not cumulative).
-    pub buckets: Box<[AtomicU64]>,
-    /// Sum of the observed values.
-    pub sum: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [u64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one value.
-    pub fn observe(&self, v: u64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| v <= b)
-            .unwrap_or(self.bounds.len() - 1);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(v, Ordering::Relaxed);
-    }
-}
-
-/// Bounds of the batch-size histogram (frames).
-pub const BATCH_SIZE_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, u64::MAX];
-/// Bounds of the batch-time histogram (nanoseconds).
-pub const BATCH_NS_BOUNDS: &[u64] = &[
-    1_000,
-    2_000,
-    5_000,
-    10_000,
-    20_000,
-    50_000,
-    100_000,
-    200_000,
-    500_000,
-    1_000_000,
-    5_000_000,
-    u64::MAX,
-];
-
-/// Names of [`CoreCounters::stats`], the kernel's `conntrack -S` names.
-pub const STAT_NAMES: [&str; 10] = [
-    "found",
-    "new",
-    "invalid",
-    "insert_failed",
-    "drop",
-    "early_drop",
-    "search_restart",
-    "expired",
-    "frag_followed",
-    "source_limit",
-];
-
-/// Names of [`CoreCounters::expect`].
-pub const EXPECT_NAMES: [&str; 5] = [
-    "expect_new",
-    "expect_create",
-    "expect_delete",
-    "expect_refused",
-    "expect_evicted",
-];
-
-const HELPERS: usize = HelperKind::COUNT;
-
-/// The conntrack core's counters as last published by the worker.
-#[derive(Debug, Default)]
-pub struct CoreCounters {
-    /// Entries in the table.
-    pub entries: AtomicU64,
-    /// The table's capacity.
-    pub max_entries: AtomicU64,
-    /// In [`STAT_NAMES`] order.
-    pub stats: [AtomicU64; 10],
-    /// In [`EXPECT_NAMES`] order.
-    pub expect: [AtomicU64; 5],
-    /// Live expectations per helper (`HelperKind as usize`).
-    pub expect_live: [AtomicU64; HELPERS],
-    /// Messages each helper parsed.
-    pub helper_packets: [AtomicU64; HELPERS],
-    /// Malformed helper messages.
-    pub helper_parse_errors: [AtomicU64; HELPERS],
-    /// Expectations each helper created.
-    pub helper_expectations: [AtomicU64; HELPERS],
-    /// Announcements refused (bounce, family mismatch).
-    pub helper_refused: [AtomicU64; HELPERS],
-}
-
-/// Counters a worker writes and anyone may read (relaxed atomics: no locks on
-/// the packet path).
-#[derive(Debug)]
-pub struct Counters {
-    /// Frames received, per side (inside, outside).
-    pub rx: [AtomicU64; 2],
-    /// Bytes received (whole frames), per side.
-    pub rx_bytes: [AtomicU64; 2],
-    /// Frames forwarded, per side they arrived on.
-    pub forwarded: [AtomicU64; 2],
-    /// Frames dropped by policy or conntrack, per side they arrived on.
-    pub dropped: [AtomicU64; 2],
-    /// Drops per [`DropReason::index`].
-    pub drop_reasons: Box<[AtomicU64]>,
-    /// Frames that could not be queued for transmission (no free TX frame).
-    pub tx_full: AtomicU64,
-    /// Frames handed to the worker that owns their connection.
-    pub handoffs: AtomicU64,
-    /// Frames other workers handed to this one.
-    pub handoffs_in: AtomicU64,
-    /// Frames that could not be handed over (queue full, frame too large).
-    pub handoff_dropped: AtomicU64,
-    /// Frames waiting in this worker's handoff queue (last published).
-    pub handoff_depth: AtomicU64,
-    /// UMEM frames free in the worker's pool (neither in a fill, RX, TX or
-    /// completion ring): near zero means the rings are starved.
-    pub umem_free: AtomicU64,
-    /// Expectation messages sent to / received from other workers.
-    pub expect_msgs: [AtomicU64; 2],
-    /// Expectation messages lost to a full queue.
-    pub expect_msgs_dropped: AtomicU64,
-    /// Frames per received batch.
-    pub batch_size: Histogram,
-    /// Time to process one batch, nanoseconds.
-    pub batch_ns: Histogram,
-    /// Control jobs run.
-    pub jobs: AtomicU64,
-    /// Connection events lost (subscriber too slow or buffer full).
-    pub events_dropped: AtomicU64,
-    /// The core's counters, republished a few times a second.
-    pub core: CoreCounters,
-    /// AF_XDP ring statistics per side, republished with the core's.
-    pub rings: [[AtomicU64; 6]; 2],
-    /// The fast path's counters for this worker's connections (republished).
-    pub offload: crate::offload::OffloadCounters,
-    /// Packets of installed flows the XDP program gave the slow path, per
-    /// [`crate::offload::PUNT_NAMES`] (all workers; published by worker 0).
-    pub punts: [AtomicU64; 5],
-    /// Frames the XDP program dropped for want of headroom for its prefix
-    /// (published by worker 0).
-    pub no_mark_room: AtomicU64,
-    /// 1 while the fast path is suspended because an interface cannot
-    /// transmit redirected frames ([`crate::recheck`]; published by worker 0).
-    pub offload_suspended: AtomicU64,
-    /// Times it was suspended that way (published by worker 0).
-    pub offload_suspensions: AtomicU64,
-}
-
-/// Names of [`Counters::rings`]' six fields.
-pub const RING_NAMES: [&str; 6] = [
-    "rx_dropped",
-    "rx_invalid",
-    "tx_invalid",
-    "rx_ring_full",
-    "fill_ring_empty",
-    "tx_ring_empty",
-];
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            rx: Default::default(),
-            rx_bytes: Default::default(),
-            forwarded: Default::default(),
-            dropped: Default::default(),
-            drop_reasons: DropReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
-            tx_full: AtomicU64::new(0),
-            handoffs: AtomicU64::new(0),
-            handoffs_in: AtomicU64::new(0),
-            handoff_dropped: AtomicU64::new(0),
-            handoff_depth: AtomicU64::new(0),
-            umem_free: AtomicU64::new(0),
-            expect_msgs: Default::default(),
-            expect_msgs_dropped: AtomicU64::new(0),
-            batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
-            batch_ns: Histogram::new(BATCH_NS_BOUNDS),
-            jobs: AtomicU64::new(0),
-            events_dropped: AtomicU64::new(0),
-            core: CoreCounters::default(),
-            rings: Default::default(),
-            offload: crate::offload::OffloadCounters::default(),
-            punts: Default::default(),
-            no_mark_room: AtomicU64::new(0),
-            offload_suspended: AtomicU64::new(0),
-            offload_suspensions: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Counters {
-    /// Copies the pipeline's counters into [`Counters::core`].
-    pub fn publish(&self, p: &Pipeline, now: u64) {
-        let ct = p.conntrack();
-        let c = &self.core;
-        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        set(&c.entries, ct.len() as u64);
-        set(&c.max_entries, u64::from(ct.config().max_entries));
-        let s = ct.stats();
-        for (a, v) in c.stats.iter().zip([
-            s.found,
-            s.new,
-            s.invalid,
-            s.insert_failed,
-            s.drop,
-            s.early_drop,
-            s.search_restart,
-            s.expired,
-            s.frag_followed,
-            s.source_limit,
-        ]) {
-            set(a, v);
-        }
-        let e = ct.expect_stats();
-        for (a, v) in c.expect.iter().zip([
-            e.expect_new,
-            e.expect_create,
-            e.expect_delete,
-            e.expect_refused,
-            e.expect_evicted,
-        ]) {
-            set(a, v);
-        }
-        let mut live = [0u64; HELPERS];
-        for x in ct.expectations(now) {
-            if let Some(h) = x.helper {
-                live[h as usize] += 1;
-            }
-        }
-        let h = ct.helper_stats();
-        for (i, n) in live.iter().enumerate() {
-            set(&c.expect_live[i], *n);
-            set(&c.helper_packets[i], h.packets[i]);
-            set(&c.helper_parse_errors[i], h.parse_errors[i]);
-            set(&c.helper_expectations[i], h.expectations[i]);
-            set(&c.helper_refused[i], h.refused[i]);
-        }
-    }
-
-    fn publish_rings(&self, side: usize, r: RingStats) {
-        for (a, v) in self.rings[side].iter().zip([
-            r.rx_dropped,
-            r.rx_invalid,
-            r.tx_invalid,
-            r.rx_ring_full,
-            r.fill_ring_empty,
-            r.tx_ring_empty,
-        ]) {
-            a.store(v, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Helpers in `HelperKind as usize` order, for labels.
-pub fn helper_names() -> [&'static str; HELPERS] {
-    let mut n = [""; HELPERS];
-    for h in HelperKind::ALL {
-        n[*h as usize] = h.name();
-    }
-    n
-}
-
-/// Work the control plane runs on a worker, between two batches, with the
-/// worker's pipeline and its clock.
-pub type Job = Box<dyn FnOnce(&mut Pipeline, u64) + Send>;
-
-/// The control plane's end of a worker's mailbox.
-#[derive(Clone, Debug)]
-pub struct Mailbox {
-    jobs: Sender<Job>,
-    wake: Arc<File>,
-}
-
-/// Why a job could not be posted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PostError {
-    /// The worker's queue is full (it is stuck or flooded with requests).
-    #[error("worker busy")]
-    Busy,
-    /// The worker has stopped.
-    #[error("worker stopped")]
-    Stopped,
-}
-
-impl Mailbox {
-    /// The worker's wake-up eventfd (for other workers handing it frames).
-    pub fn wake_fd(&self) -> Arc<File> {
-        self.wake.clone()
-    }
-
-    /// Queues a job and wakes the worker.
-    pub fn post(&self, job: Job) -> Result<(), PostError> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => PostError::Busy,
-            TrySendError::Disconnected(_) => PostError::Stopped,
-        })?;
-        wake(&self.wake);
-        Ok(())
-    }
-}
-
-/// The worker's end of its mailbox.
-#[derive(Debug)]
-pub struct Inbox {
-    jobs: Receiver<Job>,
-    wake: Arc<File>,
-    /// This worker's number (in events).
-    pub worker: usize,
-    /// Where connection events go (when events are enabled in the core).
-    pub events: Option<Sender<(usize, Event)>>,
-}
-
-/// A mailbox for worker `worker`, holding at most `capacity` pending jobs.
-pub fn mailbox(worker: usize, capacity: usize) -> std::io::Result<(Mailbox, Inbox)> {
-    let wake = Arc::new(crate::sys::eventfd()?);
-    let (tx, rx) = crossbeam_channel::bounded(capacity);
-    Ok((
-        Mailbox {
-            jobs: tx,
-            wake: wake.clone(),
-        },
-        Inbox {
-            jobs: rx,
-            wake,
-            worker,
-            events: None,
-        },
-    ))
-}
-
-impl Inbox {
-    fn clear_wake(&self) {
-        let mut buf = [0u8; 8];
-        // A non-blocking eventfd: EAGAIN (nothing pending) is fine.
-        let _ = (&*self.wake).read(&mut buf);
-    }
-}
-
-/// Largest frame one worker can hand to another.
-pub const HANDOFF_MAX: usize = 2048;
-/// Frames queued per worker for handoff.
-const HANDOFF_QUEUE: usize = 1024;
-/// Expectation messages queued per worker.
-const MSG_QUEUE: usize = 8192;
-
-/// A frame on its way to the worker that owns its connection.
-pub struct Handoff {
-    side: Side,
-    len: u16,
-    data: [u8; HANDOFF_MAX],
-}
-
-impl Handoff {
-    /// A copy of `frame`, received on `side`; `None` if it is larger than
-    /// [`HANDOFF_MAX`].
-    pub fn new(side: Side, frame: &[u8]) -> Option<Handoff> {
-        let len = u16::try_from(frame.len())
-            .ok()
-            .filter(|&l| usize::from(l) <= HANDOFF_MAX)?;
-        let mut h = Handoff {
-            side,
-            len,
-            data: [0; HANDOFF_MAX],
-        };
-        h.data[..frame.len()].copy_from_slice(frame);
-        Some(h)
-    }
-
-    /// The frame.
-    pub fn frame(&self) -> &[u8] {
-        &self.data[..usize::from(self.len)]
-    }
-}
-
-/// One worker's handoff queue (bounded, lock-free), as the fabric makes it.
-pub fn handoff_queue() -> (Sender<Handoff>, Receiver<Handoff>) {
-    bounded(HANDOFF_QUEUE)
-}
-
-fn wake(fd: &File) {
-    // An eventfd counter cannot overflow from these few writes, and a
-    // failed write only delays the wake-up to the next poll timeout.
-    let _ = (&*fd).write(&1u64.to_ne_bytes());
-}
-
-/// What the workers of one instance share: the owner function, a bounded
-/// lock-free handoff queue and expectation-message queue per worker, and each
-/// worker's wake-up eventfd.
-pub struct Fabric {
-    /// Which worker owns which connection.
-    pub sharding: Sharding,
-    handoff_tx: Vec<Sender<Handoff>>,
-    handoff_rx: Vec<Receiver<Handoff>>,
-    msg_tx: Vec<Sender<ExpectMsg>>,
-    msg_rx: Vec<Receiver<ExpectMsg>>,
-    wake: Vec<Arc<File>>,
-}
-
-impl Fabric {
-    /// The fabric of `wakes.len()` workers (their mailboxes' eventfds).
-    pub fn new(sharding: Sharding, wakes: Vec<Arc<File>>) -> Arc<Fabric> {
-        let n = wakes.len();
-        let (mut htx, mut hrx, mut mtx, mut mrx) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..n {
-            let (t, r) = handoff_queue();
-            htx.push(t);
-            hrx.push(r);
-            let (t, r) = bounded(MSG_QUEUE);
-            mtx.push(t);
-            mrx.push(r);
-        }
-        Arc::new(Fabric {
-            sharding,
-            handoff_tx: htx,
-            handoff_rx: hrx,
-            msg_tx: mtx,
-            msg_rx: mrx,
-            wake: wakes,
-        })
-    }
-
-    /// Workers.
-    pub fn workers(&self) -> usize {
-        self.wake.len()
-    }
 }
 
 /// How often the worker republishes the core's counters (ns).
@@ -1074,7 +645,10 @@ impl Worker {
             let mut ips: [(Side, &[u8]); BATCH] = [(side, &[]); BATCH];
             // What happens to each frame: its index in `ips`, or one of these.
             const HANDED: u8 = 254;
+            // Not IP, and why (named here, at the frame's one parse).
             const NOT_IP: u8 = 255;
+            const VLAN_TOO_DEEP: u8 = 253;
+            const TRUNCATED: u8 = 252;
             let mut disp = [NOT_IP; BATCH];
             let mut n_ip = 0;
             for (i, f) in frames.iter().enumerate() {
@@ -1082,7 +656,17 @@ impl Worker {
                 if bypass {
                     continue;
                 }
-                let Ok(h) = ether::parse(f) else { continue };
+                let h = match ether::parse(f) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        disp[i] = if e == FrameError::VlanTooDeep {
+                            VLAN_TOO_DEEP
+                        } else {
+                            TRUNCATED
+                        };
+                        continue;
+                    }
+                };
                 if h.ethertype != ETH_P_IP && h.ethertype != ETH_P_IPV6 {
                     continue;
                 }
@@ -1137,24 +721,20 @@ impl Worker {
                     o.consider(pipeline, side, &conns[..n_ip], &reply[..n_ip], now);
                 }
             }
-            for (i, f) in frames.iter().enumerate() {
+            for i in 0..frames.len() {
                 let (verdict, reason) = if bypass {
                     (Action::Accept, None)
                 } else if disp[i] == HANDED {
                     continue;
-                } else if disp[i] != NOT_IP {
-                    let r = results[usize::from(disp[i])];
-                    (r.verdict, r.reason)
                 } else {
-                    match ether::parse(f) {
-                        Ok(h) if h.ethertype == ETH_P_IP || h.ethertype == ETH_P_IPV6 => {
-                            (Action::Drop, Some(DropReason::FrameTruncated))
+                    match disp[i] {
+                        NOT_IP => (non_ip, Some(DropReason::NonIp)),
+                        VLAN_TOO_DEEP => (Action::Drop, Some(DropReason::VlanTooDeep)),
+                        TRUNCATED => (Action::Drop, Some(DropReason::FrameTruncated)),
+                        k => {
+                            let r = results[usize::from(k)];
+                            (r.verdict, r.reason)
                         }
-                        Ok(_) => (non_ip, Some(DropReason::NonIp)),
-                        Err(FrameError::VlanTooDeep) => {
-                            (Action::Drop, Some(DropReason::VlanTooDeep))
-                        }
-                        Err(_) => (Action::Drop, Some(DropReason::FrameTruncated)),
                     }
                 };
                 if verdict == Action::Accept {
