@@ -336,7 +336,9 @@ impl Drop for UdpEcho {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("a UDP echo thread panicked");
+            }
         }
     }
 }

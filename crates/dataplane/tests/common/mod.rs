@@ -63,7 +63,11 @@ impl Drop for Running {
         }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A worker that panicked fails the test that started it (unless
+            // the test is failing already: one panic says it).
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("the lab's worker thread panicked");
+            }
         }
     }
 }
