@@ -379,7 +379,11 @@ fn parse_ipv6(b: &[u8], strict_len: bool) -> Result<Ip<'_>, DropReason> {
             _ => break,
         }
     }
-    if matches!(next, 0 | 43 | 60 | 51) || (next == 44 && frag.is_none_or(|f| f.offset == 0)) {
+    // A later fragment ends the walk at its fragment header, whatever the
+    // header it names (an AH-protected packet's fragments all name AH):
+    // what follows is the datagram's data.
+    let later_fragment = frag.is_some_and(|f| f.offset != 0);
+    if !later_fragment && matches!(next, 0 | 43 | 60 | 51 | 44) {
         // Still inside the chain after MAX_EXT_HEADERS headers.
         return Err(DropReason::Ipv6BadExtHeader);
     }
@@ -395,6 +399,21 @@ fn parse_ipv6(b: &[u8], strict_len: bool) -> Result<Ip<'_>, DropReason> {
         ip_len: u32::try_from(end).unwrap_or(u32::MAX),
         options: false,
     })
+}
+
+/// What the kernel's IP input says of an IP packet `l3` that a frame of
+/// EtherType `ethertype` (0x0800 or 0x86dd) carries: each family's input
+/// checks the version field of its own header, so an IPv6 packet behind
+/// EtherType IPv4 (or the reverse) is dropped as a bad header, never
+/// tracked as the other family. `None`: the version matches (or the packet
+/// is too short to say; its parse names that). Other EtherTypes: `None`.
+pub fn ethertype_mismatch(ethertype: u16, l3: &[u8]) -> Option<DropReason> {
+    let version = l3.first()? >> 4;
+    match ethertype {
+        0x0800 if version != 4 => Some(DropReason::Ipv4BadHeader),
+        0x86dd if version != 6 => Some(DropReason::Ipv6BadHeader),
+        _ => None,
+    }
 }
 
 /// The kernel's `tcp_valid_flags`: combinations of FIN, SYN, RST, ACK and URG

@@ -49,6 +49,8 @@ reasons! {
     Ipv4BadLength => "ipv4_bad_length",
     /// IPv6 header truncated or payload length beyond the frame.
     Ipv6Truncated => "ipv6_truncated",
+    /// IPv6 version field wrong (the frame's EtherType said IPv6).
+    Ipv6BadHeader => "ipv6_bad_header",
     /// IPv6 extension header chain truncated or malformed.
     Ipv6BadExtHeader => "ipv6_bad_ext_header",
 

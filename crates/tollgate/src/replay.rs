@@ -129,7 +129,13 @@ fn l3_of(link: u16, data: &[u8]) -> L3<'_> {
         _ => return L3::Bad(DropReason::UnknownLinkType),
     };
     match et {
-        ETH_P_IP | ETH_P_IPV6 => L3::Ip(data.get(off..).unwrap_or(&[])),
+        ETH_P_IP | ETH_P_IPV6 => {
+            let l3 = data.get(off..).unwrap_or(&[]);
+            match conntrack::packet::ethertype_mismatch(et, l3) {
+                Some(r) => L3::Bad(r),
+                None => L3::Ip(l3),
+            }
+        }
         _ => L3::NonIp,
     }
 }

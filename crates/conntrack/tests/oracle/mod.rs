@@ -116,24 +116,6 @@ pub enum Diff {
     /// GRE tracker (`gre_pkt_to_tuple`) refuses it, so Tollgate marks it
     /// invalid; etherparse does not parse GRE.
     GreNotPpp,
-    /// NOT a justified difference: a Tollgate bug this oracle found,
-    /// reported, and let through only so the fuzz target can look past it
-    /// (remove it once fixed). An EtherType that says IPv4 over an IPv6
-    /// header, or IPv6 over an IPv4 one: the kernel's `ip_rcv_core` and
-    /// `ipv6_rcv` drop it and etherparse refuses it, but Tollgate's framing
-    /// hands the bytes on and `packet::parse` reads the family from the
-    /// version nibble, so the packet is tracked.
-    BugEthertypeVersion,
-    /// NOT a justified difference: a Tollgate bug this oracle found,
-    /// reported, and let through only so the fuzz target can look past it
-    /// (remove it once fixed). An IPv6 fragment that is not the first,
-    /// whose fragment header names an extension header (hop-by-hop,
-    /// routing, destination options or AH: every fragment of an
-    /// AH-protected packet does) as the next header: Tollgate stops
-    /// walking there, as it should, but then refuses the packet as a chain
-    /// it could not finish (`Ipv6BadExtHeader`); the kernel does not drop
-    /// such fragments.
-    BugNonFirstFragmentExt,
 }
 
 /// What a comparison found: the documented differences that applied, or a
@@ -267,9 +249,13 @@ pub fn compare_frame(f: &[u8]) -> Outcome {
             by_type.is_err(),
             "etherparse: IP version differs from EtherType, accepted"
         );
-        if !matches!(packet::parse(ip, NOCK), Err(ParseError::Malformed(_))) {
-            diffs.push(Diff::BugEthertypeVersion);
-        }
+        // What Tollgate's framing does with it: the family's input refuses
+        // a header of the other version, as the kernel's does.
+        // (No byte at all: the parse refuses it as truncated.)
+        check!(
+            ip.is_empty() || packet::ethertype_mismatch(fr.ethertype, ip).is_some(),
+            "Tollgate: IP version differs from EtherType, accepted"
+        );
     }
     Ok(diffs)
 }
@@ -382,12 +368,6 @@ fn compare_parsed(
                 unreachable!()
             };
             if *r == DropReason::Ipv6BadExtHeader {
-                if let Some((_, f)) = v6_later_fragment(&ip) {
-                    if matches!(f.next_header().0, 0 | 43 | 60 | 51) {
-                        diffs.push(Diff::BugNonFirstFragmentExt);
-                        return Ok(());
-                    }
-                }
                 if let IpSlice::Ipv6(v6) = &ip {
                     if v6.extensions().clone().into_iter().count() > 16 {
                         diffs.push(Diff::ExtChainBound);

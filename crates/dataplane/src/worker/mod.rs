@@ -649,6 +649,9 @@ impl Worker {
             const NOT_IP: u8 = 255;
             const VLAN_TOO_DEEP: u8 = 253;
             const TRUNCATED: u8 = 252;
+            // An EtherType naming the other IP family than the header's.
+            const V4_BAD_HEADER: u8 = 251;
+            const V6_BAD_HEADER: u8 = 250;
             let mut disp = [NOT_IP; BATCH];
             let mut n_ip = 0;
             for (i, f) in frames.iter().enumerate() {
@@ -671,6 +674,17 @@ impl Worker {
                     continue;
                 }
                 let l3 = f.get(h.l3_offset..).unwrap_or(&[]);
+                match conntrack::packet::ethertype_mismatch(h.ethertype, l3) {
+                    Some(DropReason::Ipv6BadHeader) => {
+                        disp[i] = V6_BAD_HEADER;
+                        continue;
+                    }
+                    Some(_) => {
+                        disp[i] = V4_BAD_HEADER;
+                        continue;
+                    }
+                    None => {}
+                }
                 if let Some(fab) = fabric {
                     let owner = fab.sharding.owner(l3).unwrap_or(id);
                     if owner != id {
@@ -731,6 +745,8 @@ impl Worker {
                         NOT_IP => (non_ip, Some(DropReason::NonIp)),
                         VLAN_TOO_DEEP => (Action::Drop, Some(DropReason::VlanTooDeep)),
                         TRUNCATED => (Action::Drop, Some(DropReason::FrameTruncated)),
+                        V4_BAD_HEADER => (Action::Drop, Some(DropReason::Ipv4BadHeader)),
+                        V6_BAD_HEADER => (Action::Drop, Some(DropReason::Ipv6BadHeader)),
                         k => {
                             let r = results[usize::from(k)];
                             (r.verdict, r.reason)
