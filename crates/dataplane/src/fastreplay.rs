@@ -205,14 +205,9 @@ impl FastReplay {
                 reason: None,
             }];
             self.pipeline.process_batch(&[(side, l3)], now, &mut out);
-            self.off.end_batch();
-            let r = out[0];
-            if r.verdict == Action::Accept && r.state == CtState::Established {
-                let conn = self.pipeline.batch_conns()[0];
-                self.off
-                    .consider(&mut self.pipeline, side, &[conn], &[r.reply], now);
-            }
-            r
+            self.off
+                .after_batch(&mut self.pipeline, side, &out, true, now);
+            out[0]
         };
         // Both "rings" are empty after each packet: pending flows may go.
         self.off.collect_gone(&mut self.pipeline);

@@ -16,11 +16,13 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use conntrack::pipeline::OffloadPlan;
+use conntrack::pipeline::{OffloadPlan, PacketResult, BATCH};
+use conntrack::policy::Action;
 use conntrack::policy::Side;
 use conntrack::proto::tcp::{TcpDir, TcpFast};
 use conntrack::table::{FastPath, FastState, Reclaim};
 use conntrack::tuple::Family;
+use conntrack::CtState;
 use conntrack::{Pipeline, Tuple};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
@@ -528,7 +530,7 @@ impl Offloader {
     /// back from the program even if the program has taken it meanwhile
     /// (the worker stopped waiting: the frame was overtaken). While the flow
     /// is pending, it counts once the batch has left
-    /// ([`Self::publish_pending`]). Call [`Self::end_batch`] after the batch.
+    /// ([`Self::publish_pending`]). Call [`Self::after_batch`] after the batch.
     pub fn pending_done(&mut self, slot: u32, dir: u8) {
         if slot < self.base || slot - self.base >= self.cap {
             return;
@@ -552,7 +554,7 @@ impl Offloader {
     /// The batch the [`Self::pending_done`] frames belonged to has been
     /// tracked: credits a frame did not use (not tracked: malformed, not
     /// IP) must not excuse a later one.
-    pub fn end_batch(&mut self) {
+    fn end_batch(&mut self) {
         for slot in self.credited.drain(..) {
             self.maps.region.clear_stale(slot);
         }
@@ -820,17 +822,39 @@ impl Offloader {
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Offers the accepted packets of a batch's connections to the fast
-    /// path: `conns` and `reply` per packet, all entered on `side`. The keys
-    /// of every connection taken go into the map in one system call.
-    pub fn consider(
+    /// After a batch went through the pipeline (`results`, one per packet,
+    /// all entered on `side`): forgets the credits of [`Self::pending_done`]
+    /// the batch did not use and, if `offering`, offers the fast path the
+    /// connection of every packet accepted as established. The worker and
+    /// `tollgate replay --offload` both end their batches here.
+    pub fn after_batch(
         &mut self,
         p: &mut Pipeline,
         side: Side,
-        conns: &[u32],
-        reply: &[bool],
+        results: &[PacketResult],
+        offering: bool,
         now: u64,
     ) {
+        self.end_batch();
+        let n = results.len().min(BATCH);
+        if !offering || n == 0 {
+            return;
+        }
+        let mut conns = [u32::MAX; BATCH];
+        let mut reply = [false; BATCH];
+        for (i, r) in results[..n].iter().enumerate() {
+            if r.verdict == Action::Accept && r.state == CtState::Established {
+                conns[i] = p.batch_conns()[i];
+                reply[i] = r.reply;
+            }
+        }
+        self.consider(p, side, &conns[..n], &reply[..n], now);
+    }
+
+    /// Offers the accepted packets of a batch's connections to the fast
+    /// path: `conns` and `reply` per packet, all entered on `side`. The keys
+    /// of every connection taken go into the map in one system call.
+    fn consider(&mut self, p: &mut Pipeline, side: Side, conns: &[u32], reply: &[bool], now: u64) {
         let mut batch: Vec<(u32, [FlowKey; 2])> = Vec::new();
         for (&conn, &r) in conns.iter().zip(reply) {
             if conn == u32::MAX || conn >= self.cap || p.conntrack().is_offloaded(conn) {

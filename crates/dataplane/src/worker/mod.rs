@@ -721,19 +721,7 @@ impl Worker {
                 pipeline.process_batch(&ips[..n_ip], now, &mut results[..n_ip]);
             }
             if let Some(o) = offload {
-                o.end_batch();
-                if offering && n_ip > 0 {
-                    let mut conns = [u32::MAX; BATCH];
-                    let mut reply = [false; BATCH];
-                    for (i, r) in results[..n_ip].iter().enumerate() {
-                        if r.verdict == Action::Accept && r.state == conntrack::CtState::Established
-                        {
-                            conns[i] = pipeline.batch_conns()[i];
-                            reply[i] = r.reply;
-                        }
-                    }
-                    o.consider(pipeline, side, &conns[..n_ip], &reply[..n_ip], now);
-                }
+                o.after_batch(pipeline, side, &results[..n_ip], offering, now);
             }
             for i in 0..frames.len() {
                 let (verdict, reason) = if bypass {
