@@ -828,6 +828,7 @@ fn part_connections(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'stati
     let ct_fwds = [
         Forwarder::Bridge,
         Forwarder::Kernel { rps: false },
+        Forwarder::Kernel { rps: true },
         Forwarder::Tollgate,
     ];
     let mut conns = Vec::new();
@@ -852,7 +853,10 @@ fn part_connections(lab: &Arc<Lab>, args: &Args, md: &mut String) -> Bars<'stati
              second for {} s. Tear-down: {} held connections closed by the client at once, until \
              every FIN has crossed both ways. Capacity: connections held at once with the table \
              set to {limit} entries (Tollgate's `max_entries`, the kernel's `nf_conntrack_max`, \
-             restored after), each checked with a byte both ways; the plain bridge keeps no table.",
+             restored after), each checked with a byte both ways; the plain bridge keeps no table. \
+             The endpoints' threads run on CPU 0; Tollgate's worker and, with RPS, the kernel's \
+             forwarding run on CPU 1. Without RPS the kernel forwards on CPU 0 beside the twelve \
+             endpoint threads, which starve it: compare Tollgate with the RPS row.",
             if args.quick { 1.5 } else { 3.0 },
             args.teardown,
         ),
