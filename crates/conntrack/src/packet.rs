@@ -295,6 +295,11 @@ fn parse_ipv4(b: &[u8]) -> Result<Ip<'_>, DropReason> {
         offset,
         more,
     });
+    // A fragment ending beyond a datagram's 65 535 bytes: the kernel's
+    // reassembly discards it (ip_frag_queue).
+    if frag.is_some() && offset as usize + (tot - ihl) > 65_535 {
+        return Err(DropReason::FragmentBad);
+    }
     Ok(Ip {
         family: Family::V4,
         src: addr4(&b[12..16]),
@@ -358,6 +363,14 @@ fn parse_ipv6(b: &[u8], strict_len: bool) -> Result<Ip<'_>, DropReason> {
                 pos += 8;
                 if more || offset != 0 {
                     frag = Some(Frag { id, offset, more });
+                    // What the kernel's reassembly refuses (nf_ct_frag6_queue,
+                    // RFC 8200 4.5): a fragment ending beyond 65 535 bytes,
+                    // and one that is not the last whose data is not a
+                    // multiple of 8 bytes.
+                    let data = end - pos;
+                    if offset as usize + data > 65_535 || (more && data % 8 != 0) {
+                        return Err(DropReason::FragmentBad);
+                    }
                 }
                 if offset != 0 {
                     // Later fragments carry no upper-layer header.
@@ -915,6 +928,53 @@ mod tests {
                 more: false
             })
         );
+    }
+
+    /// What reassembly refuses is refused here: a fragment ending beyond
+    /// 65 535 bytes (both families), and an IPv6 fragment with more to
+    /// come whose data is not a multiple of 8 bytes (IPv4 rounds it down).
+    #[test]
+    fn fragment_bounds() {
+        // IPv4: offset 8 184 * 8 = 65 472, 100 bytes of data: ends at 65 572.
+        let mut b = Pkt::udp4(A, 1000, B, 53).payload(&[7; 92]).build();
+        b[6..8].copy_from_slice(&8184u16.to_be_bytes());
+        b[10..12].copy_from_slice(&[0, 0]);
+        let sum = !csum_fold(csum_add(0, &b[..20]));
+        b[10..12].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(
+            p(&b).err(),
+            Some(ParseError::Malformed(DropReason::FragmentBad))
+        );
+        // The same fragment ending at 65 535 exactly passes.
+        let mut ok = Pkt::udp4(A, 1000, B, 53).payload(&[7; 55]).build();
+        ok[6..8].copy_from_slice(&8184u16.to_be_bytes());
+        ok[10..12].copy_from_slice(&[0, 0]);
+        let sum = !csum_fold(csum_add(0, &ok[..20]));
+        ok[10..12].copy_from_slice(&sum.to_be_bytes());
+        assert!(p(&ok).is_ok());
+        // IPv6: a fragment header with more to come over 9 bytes of data.
+        let frag6 = |data: usize, offset_units: u16, more: bool| {
+            let mut b = vec![0u8; 40 + 8 + data];
+            b[0] = 0x60;
+            let plen = u16::try_from(8 + data).unwrap_or(u16::MAX);
+            b[4..6].copy_from_slice(&plen.to_be_bytes());
+            b[6] = 44;
+            b[7] = 64;
+            b[8..24].copy_from_slice(&A6);
+            b[24..40].copy_from_slice(&B6);
+            b[40] = 17;
+            let fo = offset_units << 3 | u16::from(more);
+            b[42..44].copy_from_slice(&fo.to_be_bytes());
+            b[44..48].copy_from_slice(&7u32.to_be_bytes());
+            b
+        };
+        let bad = ParseError::Malformed(DropReason::FragmentBad);
+        assert_eq!(p(&frag6(9, 1, true)).err(), Some(bad));
+        assert!(p(&frag6(16, 1, true)).is_ok());
+        // The last fragment may end anywhere, but not beyond 65 535.
+        assert!(p(&frag6(9, 1, false)).is_ok());
+        assert_eq!(p(&frag6(16, 8190, false)).err(), Some(bad));
+        assert!(p(&frag6(15, 8190, false)).is_ok());
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub enum Diff {
     /// `ipv6_skip_exthdr` stops at such a fragment header, and so does
     /// Tollgate.
     AfterNonFirstFragment,
+    /// A fragment the kernel's reassembly refuses (`ip_frag_queue`,
+    /// `nf_ct_frag6_queue`, RFC 8200 4.5): one ending beyond a datagram's
+    /// 65 535 bytes, or an IPv6 fragment with more to come whose data is not
+    /// a multiple of 8 bytes. Tollgate drops it (`fragment_bad`);
+    /// etherparse slices one packet and does not look.
+    FragmentBounds,
     /// A TCP flag combination `tcp_valid_flags` refuses (SYN|FIN, none,
     /// ...): the kernel's `tcp_error` marks it invalid, so Tollgate does;
     /// etherparse reads any flags.
@@ -367,6 +373,10 @@ fn compare_parsed(
             let Err(ParseError::Malformed(r)) = tg else {
                 unreachable!()
             };
+            if *r == DropReason::FragmentBad && ip.is_fragmenting_payload() {
+                diffs.push(Diff::FragmentBounds);
+                return Ok(());
+            }
             if *r == DropReason::Ipv6BadExtHeader {
                 if let IpSlice::Ipv6(v6) = &ip {
                     if v6.extensions().clone().into_iter().count() > 16 {
