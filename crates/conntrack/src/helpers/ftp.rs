@@ -40,7 +40,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{expected_tcp, number, port, HelpCx, ParseErr};
-use crate::packet::L4;
 use crate::tuple::Addr;
 
 /// Which FTP message announced the data connection.
@@ -281,13 +280,9 @@ fn parse_229_arg(arg: &[u8]) -> Result<FtpCmd, ParseErr> {
 /// connection, any source port, to the announced address and port. An
 /// address of the other family than the control connection is refused.
 pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
-    let L4::Tcp(seg) = cx.pkt.l4 else {
+    let Some(seg) = cx.tcp_payload() else {
         return;
     };
-    if seg.payload.is_empty() {
-        return;
-    }
-    cx.parsed();
     let from_client = cx.from_client;
     let sender = cx.pkt.tuple;
     let loose = cx.ftp_loose();

@@ -44,7 +44,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{digits, expected_tcp, find, port, HelpCx, ParseErr};
-use crate::packet::L4;
 use crate::tuple::Addr;
 
 /// The kernel looks at no more than this many bytes of a packet; we look at
@@ -229,13 +228,9 @@ fn parse_args(args: &[u8]) -> Result<(Ipv4Addr, u16, usize), ParseErr> {
 /// the peer that will connect is unknown: any source address and port. The
 /// kernel acts on the first offer naming the sender.
 pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
-    let L4::Tcp(seg) = cx.pkt.l4 else {
+    let Some(seg) = cx.tcp_payload() else {
         return;
     };
-    if seg.payload.is_empty() {
-        return;
-    }
-    cx.parsed();
     let from_client = cx.from_client;
     let sender = cx.pkt.tuple;
     let (lines, asks) = cx.lines();

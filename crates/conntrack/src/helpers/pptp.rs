@@ -7,7 +7,6 @@
 
 use super::{HelpCx, ParseErr};
 use crate::expect::{ExpectSpec, Mask};
-use crate::packet::L4;
 use crate::tuple::{ipproto, Tuple};
 use crate::CtState;
 
@@ -324,13 +323,12 @@ pub(crate) fn gre_tuples(orig: &Tuple, st: &PptpState) -> [Tuple; 2] {
 /// expects its two GRE flows (and their keys are learnt); a call that ends
 /// is torn down.
 pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
-    let L4::Tcp(seg) = cx.pkt.l4 else {
-        return;
-    };
-    if seg.payload.is_empty() || cx.track.state != CtState::Established {
+    if cx.track.state != CtState::Established {
         return;
     }
-    cx.parsed();
+    let Some(seg) = cx.tcp_payload() else {
+        return;
+    };
     match parse(seg.payload) {
         Ok(None) => {}
         Err(_) => cx.asks().error(),

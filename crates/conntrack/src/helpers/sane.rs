@@ -22,7 +22,6 @@
 //! Stricter than the kernel: it would announce port 0; we do not.
 
 use super::{expected_tcp, HelpCx};
-use crate::packet::L4;
 
 /// RPC code of `SANE_NET_START`.
 const SANE_NET_START: u32 = 7;
@@ -82,13 +81,9 @@ pub fn on_payload(state: &mut SaneState, from_client: bool, payload: &[u8]) -> O
 /// The glue: the server announces a port on the connection's original
 /// destination that its original source will connect to.
 pub(crate) fn help(cx: &mut HelpCx<'_, '_>) {
-    let L4::Tcp(seg) = cx.pkt.l4 else {
+    let Some(seg) = cx.tcp_payload() else {
         return;
     };
-    if seg.payload.is_empty() {
-        return;
-    }
-    cx.parsed();
     let from_client = cx.from_client;
     let orig = cx.orig;
     let (st, asks) = cx.state();

@@ -156,10 +156,24 @@ pub(crate) struct HelpCx<'a, 'p> {
     asks: &'a mut Asks,
 }
 
-impl HelpCx<'_, '_> {
+impl<'p> HelpCx<'_, 'p> {
     /// Counts a packet the helper parses.
     pub(crate) fn parsed(&mut self) {
         self.ct.help_stats.packets[self.kind as usize] += 1;
+    }
+
+    /// The packet's TCP segment, counted as parsed ([`Self::parsed`]), if it
+    /// carries a payload: what the TCP helpers read. `None` (nothing
+    /// counted) for one without payload, or not TCP.
+    pub(crate) fn tcp_payload(&mut self) -> Option<crate::packet::TcpSeg<'p>> {
+        let crate::packet::L4::Tcp(seg) = self.pkt.l4 else {
+            return None;
+        };
+        if seg.payload.is_empty() {
+            return None;
+        }
+        self.parsed();
+        Some(seg)
     }
 
     /// Requests and counts for the table.
